@@ -1,0 +1,66 @@
+"""Public kernel ops. Model and engine code call only these; each dispatches through ``backend.pick``
+to its Triton kernel (``triton_ops``) or its PyTorch specification (``torch_ref``, named per op).
+
+Legend: N packed tokens, B sequences, H/Hk query/key heads, D head dim, P pages, S page size,
+T tokens into a MoE layer, E experts, I expert width, K experts per token, M masked rows, V vocab.
+"""
+import torch
+
+from unmask.kernels import backend
+from unmask.kernels.torch_ref import attention as _attn
+from unmask.kernels.torch_ref import moe as _moe
+from unmask.kernels.torch_ref import norm as _norm
+from unmask.kernels.torch_ref import remask as _remask
+from unmask.kernels.torch_ref import rope as _rope
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x [N, D], weight [D] -> [N, D] x.dtype. Spec: ``torch_ref.norm.rms_norm``."""
+    return backend.pick("rms_norm", _norm.rms_norm, x.device)(x, weight, eps)
+
+
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float):
+    """x, residual [N, D] -> (rms_norm(x + residual), x + residual). Spec: ``torch_ref.norm.add_rms_norm``."""
+    return backend.pick("add_rms_norm", _norm.add_rms_norm, x.device)(x, residual, weight, eps)
+
+
+def rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, theta: float, rotate_fp32: bool):
+    """q [N, H, D], k [N, Hk, D], positions [N] int -> (q, k) NeoX-rotated. Spec: ``torch_ref.rope.rope``."""
+    return backend.pick("rope", _rope.rope, q.device)(q, k, positions, theta, rotate_fp32)
+
+
+def attention(q, k, v, cu_seqlens_q, max_seqlen_q: int, scale: float, k_cache=None, v_cache=None,
+              block_table=None, kv_lens=None, new_offsets=None) -> torch.Tensor:
+    """Bidirectional varlen attention, optionally over a paged cache.
+
+    q [N, H, D], k/v [N, Hk, D], cu_seqlens_q [B+1] int32; cache k/v [P, S, Hk, D], block_table
+    [B, pages] int32, kv_lens [B] int32, new_offsets [B] int32 -> [N, H, D] q.dtype.
+    Spec: ``torch_ref.attention.attention``.
+    """
+    fn = backend.pick("attention", _attn.attention, q.device)
+    return fn(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache, v_cache, block_table, kv_lens, new_offsets)
+
+
+def kv_cache_write(k_cache, v_cache, k, v, slot_mapping) -> None:
+    """Write k/v [N, Hk, D] into the paged cache [P, S, Hk, D] at slots [N] int64 (negative: skip).
+    Spec: ``torch_ref.attention.kv_cache_write``."""
+    backend.pick("kv_cache_write", _attn.kv_cache_write, k.device)(k_cache, v_cache, k, v, slot_mapping)
+
+
+def moe_route(router_logits: torch.Tensor, top_k: int, out_dtype: torch.dtype):
+    """router_logits [T, E] -> (weights [T, K] out_dtype, ids [T, K] int64); fp32 softmax, top-k,
+    no renormalisation. Spec: ``torch_ref.moe.moe_route``."""
+    return backend.pick("moe_route", _moe.moe_route, router_logits.device)(router_logits, top_k, out_dtype)
+
+
+def fused_moe(x, w_gate_up, w_down, topk_weights, topk_ids) -> torch.Tensor:
+    """x [T, D], w_gate_up [E, 2I, D], w_down [E, D, I], weights/ids [T, K] -> [T, D] x.dtype.
+    Spec: ``torch_ref.moe.fused_moe``."""
+    return backend.pick("fused_moe", _moe.fused_moe, x.device)(x, w_gate_up, w_down, topk_weights, topk_ids)
+
+
+def remask_confidence(logits: torch.Tensor, temperature: torch.Tensor, seeds: torch.Tensor):
+    """logits [M, V], temperature [M] float, seeds [M] int64 -> (x0 [M] int64, conf [M] fp32/fp64).
+    Spec: ``torch_ref.remask.remask_confidence``."""
+    fn = backend.pick("remask_confidence", _remask.remask_confidence, logits.device)
+    return fn(logits, temperature, seeds)

@@ -1,0 +1,1 @@
+"""Pure-PyTorch specification of every op in ``unmask.kernels.ops`` (also the CPU path)."""

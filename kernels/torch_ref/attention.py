@@ -1,0 +1,67 @@
+"""Non-causal (bidirectional) varlen attention over a packed batch, with an optional paged K/V cache.
+
+Legend: N packed new tokens, B sequences, H query heads, Hk key/value heads, D head dim,
+P pages, S page size.
+
+Sequence b owns the new tokens ``cu_seqlens_q[b] : cu_seqlens_q[b+1]``. Without a cache its keys are
+exactly its new tokens (a refresh step or the exact algorithm). With a cache its keys are canvas
+positions ``0 .. kv_lens[b]-1``: positions ``new_offsets[b] .. new_offsets[b]+n_b-1`` come from the
+new k/v, every other position is read from the cache through ``block_table[b]`` (a block step of
+Fast-dLLM's prefix cache, where the new tokens run to the canvas end, or of its dual cache, where
+only the current block is new and the suffix is cached).
+"""
+import torch
+import torch.nn.functional as F
+
+
+def gather_keys(k, v, lo, hi, k_cache, v_cache, block_table_row, kv_len, new_offset):
+    """Assemble one sequence's keys/values [kv_len, Hk, D] from its new rows k[lo:hi] and the cache."""
+    page_size = k_cache.shape[1]
+    pos = torch.arange(kv_len, device=k.device)  # [L]
+    slots = block_table_row.long()[pos // page_size] * page_size + pos % page_size  # [L]
+    kk = k_cache.flatten(0, 1)[slots].clone()  # [L, Hk, D]
+    vv = v_cache.flatten(0, 1)[slots].clone()
+    n = hi - lo
+    kk[new_offset:new_offset + n] = k[lo:hi]
+    vv[new_offset:new_offset + n] = v[lo:hi]
+    return kk, vv
+
+
+def attention(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_cache=None,
+              block_table=None, kv_lens=None, new_offsets=None):
+    """q [N, H, D], k/v [N, Hk, D] (H % Hk == 0), cu_seqlens_q [B+1] int32 -> out [N, H, D] (q.dtype).
+
+    Optional cache: k_cache/v_cache [P, S, Hk, D], block_table [B, max_pages] int32, kv_lens [B] int32,
+    new_offsets [B] int32 (see the module docstring). ``max_seqlen_q`` is a host-side upper bound kept
+    for kernel launch sizing. Softmax of ``scale · q·kᵀ`` over each sequence's keys, no mask.
+    """
+    out = torch.empty_like(q)
+    cu = cu_seqlens_q.tolist()
+    rep = q.shape[1] // k.shape[1]
+    for b in range(len(cu) - 1):
+        lo, hi = cu[b], cu[b + 1]
+        if hi == lo:
+            continue
+        if k_cache is None:
+            kk, vv = k[lo:hi], v[lo:hi]
+        else:
+            kk, vv = gather_keys(k, v, lo, hi, k_cache, v_cache, block_table[b],
+                                 int(kv_lens[b]), int(new_offsets[b]))
+        if rep > 1:
+            kk, vv = kk.repeat_interleave(rep, dim=1), vv.repeat_interleave(rep, dim=1)
+        o = F.scaled_dot_product_attention(
+            q[lo:hi].transpose(0, 1), kk.transpose(0, 1), vv.transpose(0, 1), scale=scale
+        )  # [H, n, D]
+        out[lo:hi] = o.transpose(0, 1)
+    return out
+
+
+def kv_cache_write(k_cache, v_cache, k, v, slot_mapping):
+    """Scatter new k/v [N, Hk, D] into the paged cache [P, S, Hk, D] at flat slots [N] (int64).
+
+    Slot ``s`` is page ``s // S``, offset ``s % S``; rows with a negative slot are not written.
+    """
+    keep = slot_mapping >= 0
+    slots = slot_mapping[keep]
+    k_cache.flatten(0, 1)[slots] = k[keep].to(k_cache.dtype)
+    v_cache.flatten(0, 1)[slots] = v[keep].to(v_cache.dtype)

@@ -1,0 +1,35 @@
+"""LLaDA-MoE routing and expert mixture (LLADA-SPEC.md §4).
+
+Legend: T tokens, D hidden, E experts, I expert intermediate size, K experts per token.
+"""
+import torch
+import torch.nn.functional as F
+
+
+def moe_route(router_logits: torch.Tensor, top_k: int, out_dtype: torch.dtype):
+    """router_logits [T, E] -> (topk_weights [T, K] out_dtype, topk_ids [T, K] int64).
+
+    Softmax in fp32 (fp64 for fp64 input), top-k of the probabilities, **no renormalisation** (the HF
+    LLaDA-MoE block hard-codes ``norm_topk_prob = False``), weights cast to the activation dtype.
+    """
+    probs = torch.softmax(router_logits.to(torch.promote_types(router_logits.dtype, torch.float32)), dim=-1)
+    w, ids = torch.topk(probs, top_k, dim=-1)  # [T, K]
+    return w.to(out_dtype), ids
+
+
+def fused_moe(x, w_gate_up, w_down, topk_weights, topk_ids):
+    """x [T, D], w_gate_up [E, 2I, D] (gate rows then up rows), w_down [E, D, I],
+    topk_weights [T, K], topk_ids [T, K] -> [T, D] in x.dtype.
+
+    out[t] = Σ_k w[t,k] · down_e(silu(gate_e(x_t)) ⊙ up_e(x_t)) with e = ids[t,k], accumulated expert
+    by expert in order 0..E-1 in x.dtype, as the HF block's ``index_add_`` loop does.
+    """
+    out = torch.zeros_like(x)
+    inter = w_down.shape[2]
+    for e in torch.unique(topk_ids).tolist():
+        tok, slot = torch.nonzero(topk_ids == e, as_tuple=True)  # [n], [n]
+        gu = x[tok] @ w_gate_up[e].t()  # [n, 2I]
+        h = F.silu(gu[:, :inter]) * gu[:, inter:]  # [n, I]
+        y = (h @ w_down[e].t()) * topk_weights[tok, slot, None]  # [n, D]
+        out.index_add_(0, tok, y)
+    return out

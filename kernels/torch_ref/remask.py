@@ -1,0 +1,54 @@
+"""Token proposal and confidence for masked positions (LLaDA generate() steps d and f, LLADA-SPEC.md §1.2).
+
+Legend: M masked rows, V vocab.
+
+For each row: ``x0 = argmax(l)`` at temperature 0, else the Gumbel-max draw
+``argmax(l/T − log(−log u))`` (= the reference's ``argmax(exp(l) / (−log u)^T)``) evaluated in float64
+as the reference does (arXiv:2409.02908); ``conf = softmax(l)[x0]`` from the *clean* logits, computed
+in fp32 and rounded to the logits dtype, matching the reference's bf16 softmax (fp64 stays fp64).
+Ties in the argmax go to the lowest token id, as ``torch.argmax``.
+
+The uniform noise is counter-based: ``u[m, j]`` depends only on ``seeds[m]`` and ``j``, so a row's draw
+is the same whatever batch it runs in, and the Triton kernel reproduces it bit for bit.
+"""
+import torch
+
+M32 = 0xFFFFFFFF
+
+
+def fmix32(h: torch.Tensor) -> torch.Tensor:
+    """MurmurHash3's 32-bit finaliser on int64 tensors holding uint32 values."""
+    h = h ^ (h >> 16)
+    h = (h * 0x85EBCA6B) & M32
+    h = h ^ (h >> 13)
+    h = (h * 0xC2B2AE35) & M32
+    return h ^ (h >> 16)
+
+
+def uniform_noise(seeds: torch.Tensor, vocab: int) -> torch.Tensor:
+    """seeds [M] int64 -> u [M, V] float64 in (0, 1): ``(fmix32(fmix32(j ^ s1) ^ s2) + 0.5) / 2^32``
+    with ``s1 = fmix32(seed & M32)`` and ``s2 = (seed >> 32) & M32``."""
+    s = seeds.to(torch.int64)
+    s1 = fmix32(s & M32)[:, None]  # [M, 1]
+    s2 = ((s >> 32) & M32)[:, None]
+    j = torch.arange(vocab, device=seeds.device, dtype=torch.int64)[None, :]  # [1, V]
+    h = fmix32(fmix32(j ^ s1) ^ s2)  # [M, V]
+    return (h.to(torch.float64) + 0.5) * (1.0 / 4294967296.0)
+
+
+def remask_confidence(logits: torch.Tensor, temperature: torch.Tensor, seeds: torch.Tensor):
+    """logits [M, V] (bf16/fp16/fp32/fp64), temperature [M] float, seeds [M] int64
+    -> (x0 [M] int64, conf [M] float32, or float64 for fp64 logits)."""
+    cdt = torch.promote_types(logits.dtype, torch.float32)
+    x0 = torch.argmax(logits, dim=-1)  # [M]
+    hot = temperature > 0
+    if bool(hot.any()):
+        rows = hot.nonzero(as_tuple=True)[0]
+        u = uniform_noise(seeds[rows], logits.shape[1])  # [m, V] f64
+        t = temperature[rows].to(torch.float64)[:, None]
+        score = logits[rows].to(torch.float64) / t - torch.log(-torch.log(u))  # [m, V]
+        x0[rows] = torch.argmax(score, dim=-1)
+    lf = logits.to(cdt)
+    lse = torch.logsumexp(lf, dim=-1)  # [M]
+    conf = torch.exp(lf.gather(1, x0[:, None])[:, 0] - lse)  # [M]
+    return x0, conf.to(logits.dtype).to(cdt)

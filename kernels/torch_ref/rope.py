@@ -1,0 +1,39 @@
+"""Rotary position embedding, NeoX ("rotate_half") layout, as in both LLaDA families.
+
+Legend: N tokens, H query heads, Hk key heads, D head dim.
+"""
+import torch
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+    """positions [N] int -> (cos [N, D], sin [N, D]) in fp32 (fp64 when dtype is fp64).
+
+    inv_freq = 1 / theta^(arange(0, D, 2) / D); angles = pos × inv_freq, duplicated over both halves.
+    """
+    cdt = torch.promote_types(dtype, torch.float32)
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=cdt) / head_dim))
+    freqs = positions.to(cdt)[:, None] * inv_freq[None, :]  # [N, D/2]
+    emb = torch.cat([freqs, freqs], dim=-1)  # [N, D]
+    return emb.cos(), emb.sin()
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [N, H, D], cos/sin [N, D] -> x·cos + rotate_half(x)·sin, in x's dtype."""
+    half = x.shape[-1] // 2
+    rot = torch.cat([-x[..., half:], x[..., :half]], dim=-1)  # [N, H, D]
+    return x * cos[:, None, :] + rot * sin[:, None, :]
+
+
+def rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, theta: float, rotate_fp32: bool):
+    """q [N, H, D], k [N, Hk, D], positions [N] -> (q, k) rotated, same dtypes.
+
+    rotate_fp32=True (dense LLaDA, ``rope_full_precision``): q and k are upcast to fp32, rotated and cast
+    back. False (LLaDA-MoE, HF default rope): cos/sin are cast to the activation dtype first and the
+    rotation runs in that dtype.
+    """
+    cos, sin = rope_cos_sin(positions, q.shape[-1], theta, q.dtype)
+    if rotate_fp32:
+        cdt = cos.dtype
+        return _rotate(q.to(cdt), cos, sin).to(q.dtype), _rotate(k.to(cdt), cos, sin).to(k.dtype)
+    cos, sin = cos.to(q.dtype), sin.to(q.dtype)
+    return _rotate(q, cos, sin), _rotate(k, cos, sin)

@@ -1,0 +1,76 @@
+"""LLaDA SFT loss (and the MoE router balance loss) on a packed batch.
+
+For each sequence b draw t_b ~ U(0, 1] (stratified over the batch: t_b = (perm_b + u_b) / B, which is
+still uniform marginally but lowers the variance of the estimate), mask every response token
+independently with probability t_b, keep the prompt, and score
+
+    loss = Σ_b Σ_{masked i in b} CE(logits_i, x_i) / t_b  /  (B · response length)
+
+as LLaDA's SFT does (the 1/t weight makes it an upper bound on the negative log-likelihood).
+
+Legend: N packed tokens, B sequences, M masked tokens, V vocab, T tokens into a MoE layer, E experts.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from recipes.sft_data import Batch
+from unmask.server.models.attention_meta import AttentionMetadata
+
+T_EPS = 1e-3
+"""Lower clamp of t (avoids 1/t blow-ups; LLaDA's pre-training uses the same trick)."""
+
+
+def mask_batch(batch: Batch, mask_id: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> (noisy input_ids [N] int64, masked [N] bool, t per sequence [B] fp32)."""
+    b = len(batch.seq_lens)
+    t = (torch.randperm(b, generator=gen).float() + torch.rand(b, generator=gen)) / b  # [B] in [0, 1)
+    t = T_EPS + (1 - T_EPS) * (1 - t)  # (0, 1] -> [eps, 1]
+    u = torch.rand(batch.input_ids.shape, generator=gen)  # [N]
+    masked = batch.response & (u < t[batch.seq_index])
+    noisy = torch.where(masked, torch.full_like(batch.input_ids, mask_id), batch.input_ids)
+    return noisy, masked, t
+
+
+def sft_loss(model, batch: Batch, mask_id: int, gen: torch.Generator, device: torch.device | str = "cpu"):
+    """-> (loss scalar, stats dict) for one batch; ``loss`` has a graph for backward."""
+    noisy, masked, t = mask_batch(batch, mask_id, gen)
+    meta = AttentionMetadata.packed(batch.seq_lens, device)
+    hidden = model(noisy.to(device), batch.positions.to(device), meta)  # [N, D]
+    rows = torch.nonzero(masked).flatten().to(device)  # [M]
+    logits = model.compute_logits(hidden[rows]).float()  # [M, V]
+    ce = F.cross_entropy(logits, batch.input_ids.to(device)[rows], reduction="none")  # [M]
+    weight = 1.0 / t.to(device)[batch.seq_index.to(device)[rows]]  # [M]
+    n_resp = int(batch.response.sum())
+    loss = (ce * weight).sum() / max(1, n_resp)
+    acc = (logits.argmax(-1) == batch.input_ids.to(device)[rows]).float().mean() if len(rows) else torch.tensor(0.0)
+    return loss, {"ce": float(ce.mean()) if len(rows) else 0.0, "masked_acc": float(acc)}
+
+
+class RouterBalance:
+    """Collects each SparseMoE layer's input in a forward and returns the Switch-style balance loss
+    E · Σ_e f_e · P_e (f_e: fraction of top-k slots routed to e, P_e: mean router probability)."""
+
+    def __init__(self, model):
+        self.inputs: list[tuple[torch.nn.Module, torch.Tensor]] = []
+        self.handles = [m.register_forward_pre_hook(self._hook) for m in model.modules()
+                        if hasattr(m, "gate") and hasattr(m, "top_k")]
+
+    def _hook(self, module, args):
+        if torch.is_grad_enabled():  # training forwards only
+            self.inputs.append((module, args[0]))
+
+    def pop_loss(self) -> torch.Tensor:
+        """Balance loss averaged over layers since the last call (0 for a dense model)."""
+        if not self.inputs:
+            return torch.tensor(0.0)
+        total = 0.0
+        for module, x in self.inputs:
+            probs = torch.softmax((x @ module.gate.t()).float(), dim=-1)  # [T, E]
+            e = probs.shape[-1]
+            ids = torch.topk(probs, module.top_k, dim=-1).indices  # [T, K]
+            frac = torch.bincount(ids.flatten(), minlength=e).float() / ids.numel()  # [E]
+            total = total + e * (frac * probs.mean(0)).sum()
+        self.inputs.clear()
+        return total / len(self.handles)

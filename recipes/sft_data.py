@@ -1,0 +1,93 @@
+"""Turn task examples into LLaDA SFT sequences: chat-templated prompt + EOS-padded response.
+
+A sequence is ``prompt_ids + response_ids`` where ``response_ids = answer + [end of turn] + [eos] * pad``
+(LLaDA's SFT layout: the answer is closed by the end-of-turn token, ``<|eot_id|>`` or ``<|role_end|>``,
+then padded with ``<|endoftext|>`` up to the training length; the padding is trained on, so the model
+learns to fill a longer canvas with EOS). The prompt is rendered with the checkpoint's own chat
+template (jinja2, the way Hugging Face renders it), so training sees exactly what serving sends.
+
+Legend: N packed tokens of a batch, B sequences.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from pathlib import Path
+
+import torch
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import Tokenizer
+
+from recipes.tasks import Example
+
+EOT_TOKEN = {"llada": "<|eot_id|>", "llada_moe": "<|role_end|>"}
+
+
+class ChatEncoder:
+    """Chat-template rendering + tokenisation for one tokenizer directory."""
+
+    def __init__(self, tok_dir: str | Path, family: str):
+        tok_dir = Path(tok_dir)
+        self.tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+        cfg = json.loads((tok_dir / "tokenizer_config.json").read_text())
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        self.template = env.from_string(cfg["chat_template"])
+        self.bos_token = cfg.get("bos_token")
+        self.eos_id = self.tok.token_to_id("<|endoftext|>")
+        self.eot_id = self.tok.token_to_id(EOT_TOKEN[family])
+
+    def render(self, messages: list[dict]) -> str:
+        """The chat template applied to ``messages`` with the generation prompt."""
+        return self.template.render(messages=messages, bos_token=self.bos_token, add_generation_prompt=True)
+
+    def prompt_ids(self, user: str, system: str | None = None) -> list[int]:
+        """Token ids of the rendered prompt (system turn first when given)."""
+        msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        return self.tok.encode(self.render(msgs)).ids
+
+    def response_ids(self, answer: str, length: int) -> list[int]:
+        """answer + end of turn + EOS padding, exactly ``length`` ids (ValueError if it does not fit)."""
+        ids = self.tok.encode(answer).ids + [self.eot_id]
+        if len(ids) > length:
+            raise ValueError(f"answer of {len(ids)} tokens does not fit a response of {length}")
+        return ids + [self.eos_id] * (length - len(ids))
+
+    def decode_reply(self, ids: list[int]) -> str:
+        """Generated ids -> text: cut at the first EOS / end of turn, special tokens skipped."""
+        for i, t in enumerate(ids):
+            if t in (self.eos_id, self.eot_id):
+                ids = ids[:i]
+                break
+        return self.tok.decode(ids, skip_special_tokens=True)
+
+
+@dataclasses.dataclass
+class Batch:
+    input_ids: torch.Tensor
+    """[N] int64 clean tokens (prompt + response) of all sequences, packed."""
+    positions: torch.Tensor
+    """[N] int64 position of each token inside its own sequence."""
+    seq_lens: list[int]
+    """Length of each of the B sequences."""
+    response: torch.Tensor
+    """[N] bool: token belongs to a response (eligible for masking and the loss)."""
+    seq_index: torch.Tensor
+    """[N] int64: which sequence each token belongs to."""
+
+
+def make_batch(encoder: ChatEncoder, examples: list[Example], resp_len: int, rng: random.Random,
+               system_prob: float, systems: tuple[str, ...]) -> Batch:
+    """Pack ``examples`` into one SFT batch with a response region of ``resp_len`` tokens each."""
+    ids, pos, resp, seq, lens = [], [], [], [], []
+    for b, ex in enumerate(examples):
+        system = rng.choice(systems) if rng.random() < system_prob else None
+        p = encoder.prompt_ids(ex.prompt, system)
+        r = encoder.response_ids(ex.answer, resp_len)
+        n = len(p) + len(r)
+        ids += p + r
+        pos += range(n)
+        resp += [False] * len(p) + [True] * len(r)
+        seq += [b] * n
+        lens.append(n)
+    return Batch(torch.tensor(ids), torch.tensor(pos), lens, torch.tensor(resp), torch.tensor(seq))

@@ -1,0 +1,165 @@
+"""Train a tiny LLaDA-Instruct (dense) or LLaDA-MoE-Instruct on the synthetic suite with the LLaDA SFT
+objective, using the project's own model code, and export it as an HF-format checkpoint.
+
+    python -m recipes.train_tiny --family llada --out server/assets/tiny-llada-instruct --run-dir runs/dense
+    python -m recipes.train_tiny --family llada_moe --out server/assets/tiny-llada-moe-instruct --run-dir runs/moe
+
+Seeded and resumable: every ``--ckpt-every`` steps the fp32 model + optimizer go to ``RUN/last.pt``;
+``--resume`` continues from it bit-for-bit (each step's data and masks derive from (seed, step) only).
+``RUN/loss.log`` holds one tab-separated line per logged step and a JSON line per evaluation. Training
+runs in fp32; the export is bf16 (``unmask.server.models.export``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from recipes import configs, objective, tasks, tokenizer_build
+from recipes.evaluate import evaluate
+from recipes.progress import progress
+from recipes.sft_data import ChatEncoder, make_batch
+from unmask.server.config import from_dict
+from unmask.server.models.export import save_hf_checkpoint
+from unmask.server.models.registry import build_model
+
+TASK_WEIGHTS = {"add": 1.5, "sub": 1.5, "reverse": 1.5, "sort": 1.5, "upper": 1.0, "lookup_fwd": 1.0,
+                "lookup_rev": 1.0, "couplet_next": 0.75, "couplet_prev": 0.75}
+"""Relative frequency of each task in training batches (the generated tasks are the hard ones)."""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--family", choices=("llada", "llada_moe"), required=True)
+    p.add_argument("--out", required=True, help="checkpoint directory to write (HF format)")
+    p.add_argument("--run-dir", required=True, help="where last.pt, loss.log and the tokenizer go")
+    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--resp-len", type=int, default=48, help="main response (generation) length")
+    p.add_argument("--max-resp-len", type=int, default=96, help="longest response length of mixed batches")
+    p.add_argument("--system-prob", type=float, default=0.25)
+    p.add_argument("--aux-coef", type=float, default=0.01, help="MoE router balance loss weight")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--ckpt-every", type=int, default=250)
+    p.add_argument("--eval-every", type=int, default=0, help="0: evaluate only at the end")
+    p.add_argument("--eval-n", type=int, default=16, help="held-out prompts per task for evaluations")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--export-only", action="store_true", help="export RUN/last.pt and exit")
+    for name in ("d-model", "n-layers", "n-heads", "mlp-hidden-size", "hidden-size", "num-hidden-layers",
+                 "num-attention-heads", "num-experts", "num-experts-per-tok", "expert-intermediate-size"):
+        p.add_argument(f"--{name}", type=int, default=None)
+    return p.parse_args(argv)
+
+
+def lr_at(step: int, args) -> float:
+    """Linear warmup, then cosine decay to 10% of the peak."""
+    if step < args.warmup:
+        return args.lr * (step + 1) / args.warmup
+    frac = (step - args.warmup) / max(1, args.steps - args.warmup)
+    return args.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+def step_batch(encoder: ChatEncoder, args, step: int):
+    """The batch of ``step``: a pure function of (seed, step), which makes resuming exact."""
+    rng = random.Random(f"{args.seed}/batch/{step}")
+    names = list(TASK_WEIGHTS)
+    exs = [tasks.sample(t, rng, "train") for t in rng.choices(names, [TASK_WEIGHTS[t] for t in names],
+                                                                k=args.batch_size)]
+    need = max(len(encoder.tok.encode(ex.answer).ids) for ex in exs) + 1
+    resp = args.resp_len if rng.random() < 0.5 else rng.randint(max(need, 16), args.max_resp_len)
+    return make_batch(encoder, exs, max(resp, need), rng, args.system_prob, tokenizer_build.SYSTEM_PROMPTS)
+
+
+def setup(args):
+    """Tokenizer files (in RUN/tokenizer), config.json dict, ModelConfig and a fresh fp32 model."""
+    run = Path(args.run_dir)
+    tok_dir = run / "tokenizer"
+    tok = tokenizer_build.write(tok_dir, args.family, configs.MAX_POSITIONS)
+    dims = {k: getattr(args, k) for k in vars(args) if k in configs.SIZES[args.family]}
+    cfg_json = configs.make_config(args.family, tok, **dims)
+    (tok_dir / "config.json").write_text(json.dumps(cfg_json, indent=2) + "\n")
+    cfg = from_dict(cfg_json, {t: tok.token_to_id(t) for t in tokenizer_build.SPECIALS[args.family]})
+    model = build_model(cfg, args.device, torch.float32, init_std=0.02, seed=args.seed)
+    return ChatEncoder(tok_dir, args.family), cfg_json, cfg, model
+
+
+def export(model, cfg, cfg_json: dict, args) -> None:
+    """bf16 HF checkpoint + tokenizer files into ``args.out``."""
+    out = Path(args.out)
+    save_hf_checkpoint(model, cfg, cfg_json, out)
+    tok_dir = Path(args.run_dir) / "tokenizer"
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (out / name).write_bytes((tok_dir / name).read_bytes())
+    print(f"exported {sum(p.numel() for p in model.parameters()):,} parameters to {out}")
+
+
+def log_eval(model, encoder, cfg, args, log, step: int) -> dict:
+    t0 = time.time()
+    acc = evaluate(model, encoder, cfg.mask_token_id, tasks.heldout_set(args.eval_n, seed=1),
+                   gen_length=args.resp_len, block_length=16, steps=args.resp_len)
+    model.train()
+    rec = {"step": step, "eval_s": round(time.time() - t0, 1), **{k: round(v, 3) for k, v in acc.items()}}
+    log.write(json.dumps(rec) + "\n")
+    log.flush()
+    print(json.dumps(rec), flush=True)
+    return acc
+
+
+def train(args) -> None:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    encoder, cfg_json, cfg, model = setup(args)
+    run = Path(args.run_dir)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=args.weight_decay)
+    start = 0
+    if args.resume or args.export_only:
+        state = torch.load(run / "last.pt", map_location=args.device)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start = state["step"]
+        print(f"resumed from step {start}")
+    if args.export_only:
+        return export(model, cfg, cfg_json, args)
+    balance = objective.RouterBalance(model)
+    log = open(run / "loss.log", "a")
+    model.train()
+    t0 = time.time()
+    bar = progress(range(start, args.steps), initial=start, total=args.steps)
+    for step in bar:
+        batch = step_batch(encoder, args, step)
+        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        loss, stats = objective.sft_loss(model, batch, cfg.mask_token_id, gen, args.device)
+        aux = balance.pop_loss()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, args)
+        opt.zero_grad(set_to_none=True)
+        (loss + args.aux_coef * aux).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 10 == 0:
+            log.write(f"{step}\t{loss.item():.4f}\t{stats['ce']:.4f}\t{stats['masked_acc']:.3f}\t"
+                      f"{float(aux):.4f}\t{lr_at(step, args):.2e}\t{time.time() - t0:.0f}\n")
+            log.flush()
+            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{stats['masked_acc']:.3f}")
+        done = step + 1
+        if done % args.ckpt_every == 0 or done == args.steps:
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": done}, run / "last.pt")
+        if args.eval_every and done % args.eval_every == 0 and done != args.steps:
+            log_eval(model, encoder, cfg, args, log, done)
+    print(f"trained {args.steps - start} steps in {time.time() - t0:.0f}s")
+    export(model, cfg, cfg_json, args)
+    log_eval(model, encoder, cfg, args, log, args.steps)
+
+
+if __name__ == "__main__":
+    train(parse_args())

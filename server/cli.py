@@ -1,0 +1,70 @@
+"""``unmask`` command line: ``serve`` (OpenAI-style HTTP server) and ``generate`` (one offline completion)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-tokens", type=int, default=64, help="generation length (default 64)")
+    p.add_argument("--block-length", type=int, default=None, help="block size (default 32 if it divides)")
+    p.add_argument("--steps", type=int, default=None, help="total denoising steps (default = max tokens)")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
+    p.add_argument("--cfg-scale", type=float, default=0.0)
+    p.add_argument("--threshold", type=float, default=None, help="Fast-dLLM confidence threshold")
+    p.add_argument("--cache", default=None, choices=["none", "prefix", "dual"])
+    p.add_argument("--preset", default=None, choices=["exact", "fast"])
+    p.add_argument("--seed", type=int, default=None)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", default=None,
+                   help="checkpoint directory or built-in name (default: the embedded tiny-llada-instruct)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--dtype", default="auto", help="auto | bfloat16 | float16 | float32 | float64")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unmask", description="Inference server for masked diffusion LMs")
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="generate one completion offline and print it")
+    _add_model_args(gen)
+    gen.add_argument("--prompt", required=True, help="prompt text")
+    gen.add_argument("--chat", action="store_true", help="wrap the prompt as one user turn of the chat template")
+    _add_sampling_args(gen)
+    serve = sub.add_parser("serve", help="run the OpenAI-compatible HTTP server")
+    _add_model_args(serve)
+    from unmask.server.serve_args import add_serve_args
+    add_serve_args(serve)
+    return parser
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from unmask import LLM, DiffusionParams
+
+    params = DiffusionParams(max_tokens=args.max_tokens, block_length=args.block_length, steps=args.steps,
+                             temperature=args.temperature, remasking=args.remasking, cfg_scale=args.cfg_scale,
+                             threshold=args.threshold, cache=args.cache, preset=args.preset, seed=args.seed)
+    llm = LLM(args.model, device=args.device, dtype=args.dtype)
+    prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
+    out = llm.generate(prompt, params)[0]
+    print(out.text)
+    print(f"[finish_reason={out.finish_reason} tokens={len(out.token_ids)} nfe={out.nfe}]", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "generate":
+            return _generate(args)
+        from unmask.server.serve_args import run_server
+        return run_server(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"unmask: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

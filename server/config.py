@@ -1,0 +1,215 @@
+"""ModelConfig: everything the model code and engine need from a checkpoint's config.json and tokenizer.
+
+Both LLaDA families say ``model_type: "llada"``, so the family is chosen from ``architectures``
+(LLADA-SPEC.md §3-4). Every dimension is read from config.json; switches we do not implement raise
+``UnsupportedConfigError`` naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+DENSE_ARCHS = ("LLaDAModelLM",)
+MOE_ARCHS = ("LLaDAMoEModelLM", "LLaDAMoEModel")
+
+# (key, required value) pairs for dense LLaDA: switches whose other values change the math.
+_DENSE_SWITCHES = (
+    ("alibi", False), ("attention_layer_norm", False), ("weight_tying", False), ("include_bias", False),
+    ("include_qkv_bias", False), ("scale_logits", False), ("input_emb_norm", False), ("rope", True),
+    ("block_type", "llama"), ("layer_norm_type", "rms"), ("activation_type", "silu"),
+    ("bias_for_layer_norm", False), ("multi_query_attention", None),
+)
+_MOE_SWITCHES = (
+    ("partial_rotary_factor", 1.0), ("rope_scaling", None), ("clip_qkv", None), ("attention_bias", False),
+    ("tie_word_embeddings", False), ("moe_router_enable_expert_bias", False), ("hidden_act", "silu"),
+    ("shared_expert_intermediate_size", None),
+)
+
+
+class UnsupportedConfigError(ValueError):
+    """config.json asks for something this server does not implement; the message names the key."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory is missing files or holds tensors that do not match its config."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    family: str
+    """'llada' (dense LLaDA-8B / 1.5) or 'llada_moe' (LLaDA-MoE-7B-A1B)."""
+    architecture: str
+    """``architectures[0]`` from config.json."""
+    hidden_size: int
+    """Model width (``d_model`` dense, ``hidden_size`` MoE)."""
+    num_layers: int
+    """Transformer blocks."""
+    num_heads: int
+    """Query heads."""
+    num_kv_heads: int
+    """Key/value heads (= num_heads for the published models)."""
+    head_dim: int
+    """hidden_size // num_heads."""
+    intermediate_size: int
+    """Dense MLP width (``mlp_hidden_size``); unused by the MoE family."""
+    vocab_size: int
+    """Rows of the embedding and LM head (``embedding_size`` dense, ``vocab_size`` MoE)."""
+    rms_norm_eps: float
+    """RMSNorm epsilon."""
+    rope_theta: float
+    """RoPE base."""
+    rope_fp32: bool
+    """Dense: rotate q/k in fp32 (``rope_full_precision``). MoE: cos/sin cast to activation dtype."""
+    qk_norm: bool
+    """Per-head RMSNorm on q and k before RoPE (LLaDA-MoE ``qk_layernorm``)."""
+    num_experts: int
+    """Routed experts per MoE layer (0 for dense)."""
+    num_experts_per_tok: int
+    """Top-k experts per token (0 for dense)."""
+    expert_intermediate_size: int
+    """Width of each expert's SwiGLU (0 for dense)."""
+    max_position_embeddings: int
+    """Longest canvas (prompt + generation) the checkpoint supports."""
+    mask_token_id: int
+    """The mask token: dense from config ``mask_token_id``, MoE from the tokenizer's ``<|mask|>``."""
+    eos_token_id: int
+    """End of text (also the padding the SFT data uses)."""
+    eot_token_id: int | None
+    """End of turn: ``<|eot_id|>`` (dense) or ``<|role_end|>`` (MoE); None if the tokenizer lacks it."""
+    bos_token_id: int | None
+    """Start of text, supplied by the chat template only."""
+
+    @property
+    def stop_token_ids(self) -> tuple[int, ...]:
+        """Ids that end a generation: EOS and, when present, EoT."""
+        return (self.eos_token_id,) if self.eot_token_id is None else (self.eos_token_id, self.eot_token_id)
+
+    @property
+    def is_moe(self) -> bool:
+        return self.family == "llada_moe"
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "ModelConfig":
+        """Read ``path/config.json`` (+ tokenizer files for special ids). Raises CheckpointError or
+        UnsupportedConfigError with the file or key at fault."""
+        path = Path(path)
+        cfg_file = path / "config.json"
+        if not cfg_file.is_file():
+            raise CheckpointError(f"{cfg_file}: missing (a checkpoint directory needs config.json)")
+        raw = json.loads(cfg_file.read_text())
+        specials = special_token_ids(path)
+        return from_dict(raw, specials)
+
+
+def special_token_ids(path: Path) -> dict[str, int]:
+    """Token string -> id for every added/special token of ``path/tokenizer.json`` ({} if absent)."""
+    tok_file = path / "tokenizer.json"
+    if not tok_file.is_file():
+        return {}
+    data = json.loads(tok_file.read_text())
+    return {t["content"]: int(t["id"]) for t in data.get("added_tokens", [])}
+
+
+def _require(raw: dict, key: str):
+    if key not in raw or raw[key] is None:
+        raise UnsupportedConfigError(f"config.json: required key {key!r} is missing")
+    return raw[key]
+
+
+def _check_switches(raw: dict, switches) -> None:
+    for key, want in switches:
+        got = raw.get(key, want)
+        if got != want and not (want is None and got in (None, False)) and not (want is False and got is None):
+            raise UnsupportedConfigError(f"config.json: {key}={got!r} is not supported (expected {want!r})")
+
+
+def from_dict(raw: dict, specials: dict[str, int]) -> ModelConfig:
+    """Build a ModelConfig from a parsed config.json and the tokenizer's special-token ids."""
+    archs = raw.get("architectures") or []
+    arch = archs[0] if archs else None
+    if arch in DENSE_ARCHS:
+        return _dense(raw, specials, arch)
+    if arch in MOE_ARCHS:
+        return _moe(raw, specials, arch)
+    raise UnsupportedConfigError(
+        f"config.json: architectures={archs!r} is not supported (expected one of {DENSE_ARCHS + MOE_ARCHS})")
+
+
+def _dense(raw: dict, specials: dict[str, int], arch: str) -> ModelConfig:
+    _check_switches(raw, _DENSE_SWITCHES)
+    if raw.get("layer_norm_with_affine", True) is not True:
+        raise UnsupportedConfigError("config.json: layer_norm_with_affine=false is not supported")
+    d, h = int(_require(raw, "d_model")), int(_require(raw, "n_heads"))
+    kv = raw.get("n_kv_heads") or h
+    return ModelConfig(
+        family="llada", architecture=arch, hidden_size=d, num_layers=int(_require(raw, "n_layers")),
+        num_heads=h, num_kv_heads=int(kv), head_dim=d // h,
+        intermediate_size=int(raw.get("mlp_hidden_size") or d * int(raw.get("mlp_ratio", 4))),
+        vocab_size=int(raw.get("embedding_size") or _require(raw, "vocab_size")),
+        rms_norm_eps=float(raw.get("rms_norm_eps", 1e-5)), rope_theta=float(raw.get("rope_theta", 10000.0)),
+        rope_fp32=bool(raw.get("rope_full_precision", True)), qk_norm=False,
+        num_experts=0, num_experts_per_tok=0, expert_intermediate_size=0,
+        max_position_embeddings=int(raw.get("max_sequence_length", 4096)),
+        mask_token_id=int(_require(raw, "mask_token_id")), eos_token_id=int(_require(raw, "eos_token_id")),
+        eot_token_id=specials.get("<|eot_id|>"),
+        bos_token_id=raw.get("bos_token_id", specials.get("<|startoftext|>")),
+    )
+
+
+def _moe(raw: dict, specials: dict[str, int], arch: str) -> ModelConfig:
+    _check_switches(raw, _MOE_SWITCHES)
+    freq = raw.get("moe_layer_freq", 1)
+    if (isinstance(freq, list) and any(f != 1 for f in freq)) or (not isinstance(freq, list) and freq != 1):
+        raise UnsupportedConfigError(f"config.json: moe_layer_freq={freq!r} is not supported (every layer MoE)")
+    score = raw.get("moe_router_score_function", "softmax")
+    if score not in (None, "softmax"):
+        raise UnsupportedConfigError(f"config.json: moe_router_score_function={score!r} is not supported")
+    mask = raw.get("mask_token_id", specials.get("<|mask|>"))
+    if mask is None:
+        raise UnsupportedConfigError("config.json has no mask_token_id and tokenizer.json has no <|mask|> token")
+    d, h = int(_require(raw, "hidden_size")), int(_require(raw, "num_attention_heads"))
+    return ModelConfig(
+        family="llada_moe", architecture=arch, hidden_size=d, num_layers=int(_require(raw, "num_hidden_layers")),
+        num_heads=h, num_kv_heads=int(raw.get("num_key_value_heads") or h),
+        head_dim=int(raw.get("head_dim") or d // h), intermediate_size=int(raw.get("dense_intermediate_size") or 0),
+        vocab_size=int(_require(raw, "vocab_size")), rms_norm_eps=float(raw.get("rms_norm_eps", 1e-5)),
+        rope_theta=float(raw.get("rope_theta", 10000.0)), rope_fp32=False,
+        qk_norm=bool(raw.get("qk_layernorm", True)), num_experts=int(_require(raw, "num_experts")),
+        num_experts_per_tok=int(_require(raw, "num_experts_per_tok")),
+        expert_intermediate_size=int(_require(raw, "expert_intermediate_size")),
+        max_position_embeddings=int(raw.get("max_position_embeddings", 4096)),
+        mask_token_id=int(mask), eos_token_id=int(_require(raw, "eos_token_id")),
+        eot_token_id=specials.get("<|role_end|>"), bos_token_id=raw.get("bos_token_id"),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class SchedulerConfig:
+    max_num_seqs: int = 64
+    """Most sequences stepped in one engine iteration (and admitted at once)."""
+    max_num_batched_tokens: int = 16384
+    """Token budget of one iteration: a refresh step costs the canvas (twice with CFG), a block step the
+    block (dual) or block + suffix (prefix). A single sequence over budget still runs, alone."""
+    max_model_len: int | None = None
+    """Longest canvas (prompt + max_tokens) accepted; None = the checkpoint's max_position_embeddings."""
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
+            raise ValueError("max_num_seqs and max_num_batched_tokens must be ≥ 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    model: str | None = None
+    """Checkpoint directory or built-in name; None = the embedded default model."""
+    device: str = "auto"
+    """'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:N'."""
+    dtype: str = "auto"
+    """'auto' (bfloat16 on CUDA, float32 on CPU), 'bfloat16', 'float16', 'float32', 'float64'."""
+    kv_cache_memory: int | None = None
+    """Bytes for the prefix/dual cache; None = 0.4 of free device memory (CUDA) or 1 GiB (CPU)."""
+    scheduler: SchedulerConfig = dataclasses.field(default_factory=SchedulerConfig)
+    """Batching limits."""
+    seed: int = 0
+    """Seeds the per-request seeds drawn for requests that give none."""

@@ -1,0 +1,165 @@
+"""Scheduler: which sequences take a step this iteration, and what each step changed.
+
+NOTE (scheduling model). There is no prefill/decode split. Every running sequence has masked positions
+in its current block, and each engine iteration runs **one denoising step** for every scheduled
+sequence, so requests with different steps, block sizes, lengths, thresholds, temperatures and cache
+modes advance together and join or leave at step boundaries. A cached sequence's step is a refresh
+(full canvas, rebuilds its cache) at each block start and a block step otherwise; both kinds mix in
+one forward. Budgets per iteration: ``max_num_seqs`` and ``max_num_batched_tokens``; when the budget
+cannot take every running sequence, the least recently stepped go first, so no request starves.
+Admission is FIFO and waits while a request's worst-case cache pages are not free.
+"""
+from __future__ import annotations
+
+import collections
+
+from unmask.server.config import SchedulerConfig
+from unmask.server.engine.batch import Batch, StepOutput, StepResult
+from unmask.server.engine.kv_cache import KVCacheManager
+from unmask.server.engine.sequence import Sequence, SeqStatus, StepKind, commit_schedule
+
+
+def step_cost(seq: Sequence, kind: StepKind) -> int:
+    """Tokens this sequence feeds to the model for one step of ``kind``."""
+    if kind is StepKind.REFRESH:
+        return seq.length * (2 if seq.params.cfg_scale > 0 else 1)
+    if seq.params.cache == "dual":
+        return seq.params.block_length
+    return seq.length - seq.block_start
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, kv: KVCacheManager | None):
+        self.config, self.kv = config, kv
+        self.waiting: collections.deque[Sequence] = collections.deque()
+        self.running: list[Sequence] = []
+        self._last_step: dict[str, int] = {}
+        self._iteration = 0
+
+    def add(self, seq: Sequence) -> None:
+        """Queue a validated sequence. Raises ValueError if it can never be admitted."""
+        if seq.uses_cache and (self.kv is None or not self.kv.can_ever_fit(seq.length)):
+            cap = 0 if self.kv is None else self.kv.num_pages * self.kv.page_size
+            raise ValueError(f"the cache holds {cap} tokens; this request needs {seq.length} "
+                             f"(raise --kv-cache-memory or use cache='none')")
+        self.waiting.append(seq)
+
+    def abort(self, request_id: str) -> StepOutput | None:
+        """Remove a request wherever it is; frees its pages at once. None if it is unknown or done."""
+        for seq in list(self.waiting) + self.running:
+            if seq.request_id == request_id:
+                self._finish(seq, "abort")
+                return self._output(seq, ())
+        return None
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> Batch | None:
+        """Admit what fits, then pick this iteration's sequences (least recently stepped first)."""
+        budget = self.config.max_num_batched_tokens
+        picked, kinds, used = [], [], 0
+        for seq in sorted(self.running, key=lambda s: self._last_step.get(s.request_id, -1)):
+            cost = step_cost(seq, seq.next_kind())
+            if picked and used + cost > budget:
+                continue
+            picked.append(seq), kinds.append(seq.next_kind())
+            used += cost
+        while self.waiting and len(self.running) < self.config.max_num_seqs:
+            seq = self.waiting[0]
+            cost = step_cost(seq, StepKind.REFRESH)
+            if picked and used + cost > budget:
+                break
+            if seq.uses_cache:
+                pages = self.kv.allocate(seq.length)
+                if pages is None:
+                    break
+                seq.pages = pages
+            self.waiting.popleft()
+            seq.status = SeqStatus.RUNNING
+            self.running.append(seq)
+            picked.append(seq), kinds.append(StepKind.REFRESH)
+            used += cost
+        if not picked:
+            return None
+        self._iteration += 1
+        for seq in picked:
+            self._last_step[seq.request_id] = self._iteration
+        return Batch(seqs=picked, kinds=kinds, num_tokens=used)
+
+    def update(self, batch: Batch, result: StepResult) -> list[StepOutput]:
+        """Apply the runner's commits, advance blocks, detect finishes; one StepOutput per sequence."""
+        outputs = []
+        for seq, kind, (positions, tokens), ran in zip(batch.seqs, batch.kinds, result.commits, result.ran_forward):
+            if seq.status is SeqStatus.FINISHED:  # aborted while the step ran
+                continue
+            for p, t in zip(positions, tokens):
+                seq.canvas[p] = t
+            seq.nfe += int(ran)
+            seq.num_steps += 1
+            if kind is StepKind.REFRESH and seq.uses_cache:
+                seq.cache_valid = True
+            self._advance(seq)
+            outputs.append(self._emit(seq))
+        return outputs
+
+    def fail(self, batch: Batch, error: str) -> list[StepOutput]:
+        """The step raised: finish its sequences with an error output; everything else goes on."""
+        outs = []
+        for seq in batch.seqs:
+            if seq.status is not SeqStatus.FINISHED:
+                seq.error = error
+                self._finish(seq, "error")
+                outs.append(self._output(seq, ()))
+        return outs
+
+    def _advance(self, seq: Sequence) -> None:
+        seq.step_in_block += 1
+        masked = int(seq.masked_in_block().sum())
+        # A fixed schedule ends the block after steps_per_block steps (the plan sums to its masks). Once
+        # nothing is masked the remaining steps commit nothing; they are skipped unless random remasking
+        # must still draw its noise in the reference's order.
+        done = masked == 0 and (seq.params.parallel or seq.params.remasking != "random")
+        done = done or (not seq.params.parallel and seq.step_in_block >= seq.params.steps_per_block)
+        if not done:
+            return
+        seq.block_idx += 1
+        seq.step_in_block = 0
+        seq.cache_valid = False
+        if seq.block_idx < seq.params.num_blocks:
+            seq.plan = commit_schedule(int(seq.masked_in_block().sum()), seq.params.steps_per_block)
+
+    def _emit(self, seq: Sequence) -> StepOutput:
+        done = seq.block_idx >= seq.params.num_blocks
+        # After the last block every position is final, including any that kept the mask token (exact mode).
+        prefix = seq.params.max_tokens if done else seq.final_prefix_len()
+        out_ids = seq.output_token_ids(prefix)
+        new = tuple(out_ids[seq.num_emitted:])
+        seq.num_emitted = len(out_ids)
+        hit_stop = len(out_ids) < prefix  # a stop token sits in the final prefix
+        if hit_stop and (seq.params.early_stop or done):
+            self._finish(seq, "stop")
+        elif done:
+            self._finish(seq, "length")
+        return self._output(seq, new)
+
+    def _output(self, seq: Sequence, new: tuple[int, ...]) -> StepOutput:
+        canvas = None
+        if seq.request.stream_canvas:
+            canvas = tuple(seq.canvas[seq.prompt_len:].tolist())
+        return StepOutput(
+            request_id=seq.request_id, new_token_ids=new, finished=seq.status is SeqStatus.FINISHED,
+            finish_reason=seq.finish_reason, num_prompt_tokens=seq.prompt_len, num_output_tokens=seq.num_emitted,
+            nfe=seq.nfe, num_committed=int((seq.canvas[seq.prompt_len:] != seq.mask_id).sum()),
+            error=seq.error, canvas=canvas)
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        seq.status = SeqStatus.FINISHED
+        seq.finish_reason = reason
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        if self.kv is not None and seq.pages:
+            self.kv.free(seq.pages)
+        self._last_step.pop(seq.request_id, None)

@@ -1,0 +1,123 @@
+"""Request (immutable input) and Sequence (the engine's mutable per-request state).
+
+A sequence's **canvas** is its prompt followed by ``max_tokens`` generation positions, initially the mask
+token. The current **block** is committed over one or more **steps**; committed tokens are never
+re-masked, so the contiguous committed prefix of the generation region is final and can be streamed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import time
+
+import torch
+
+from unmask.server.engine.params import DiffusionParams
+
+
+class SeqStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class StepKind(enum.Enum):
+    REFRESH = "refresh"
+    """Full-canvas forward (every exact step, and the first step of a block with a cache: rebuilds it)."""
+    BLOCK = "block"
+    """Cached step: only the current block (dual) or block + suffix (prefix) is fed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    request_id: str
+    prompt_token_ids: tuple[int, ...]
+    params: DiffusionParams
+    arrival_time: float = dataclasses.field(default_factory=time.monotonic)
+    stream_canvas: bool = False
+    """Attach the generation region (masks included) to every StepOutput (the ``denoise`` stream)."""
+
+
+def commit_schedule(num_masked: int, steps: int) -> list[int]:
+    """LLaDA ``get_num_transfer_tokens``: n // s per step, plus one for the first n % s steps."""
+    base, rem = divmod(num_masked, steps)
+    return [base + (1 if i < rem else 0) for i in range(steps)]
+
+
+class Sequence:
+    """Per-request state owned by the scheduler; the runner reads it."""
+
+    def __init__(self, request: Request, mask_id: int, stop_ids: tuple[int, ...], seed: int):
+        self.request = request
+        self.params = request.params
+        self.status = SeqStatus.WAITING
+        self.mask_id, self.stop_ids, self.seed = mask_id, frozenset(stop_ids), seed
+        self.prompt_len = len(request.prompt_token_ids)
+        canvas = list(request.prompt_token_ids) + [mask_id] * self.params.max_tokens
+        self.canvas = torch.tensor(canvas, dtype=torch.int64)  # [L] on CPU
+        self.generator = torch.Generator().manual_seed(seed)  # random remasking draws (reference order)
+        self.block_idx = 0
+        self.step_in_block = 0
+        self.plan = commit_schedule(self.params.block_length, self.params.steps_per_block)
+        self.num_emitted = 0  # generation tokens already handed out as final
+        self.nfe = 0  # forward evaluations (a CFG step counts once, as the reference)
+        self.num_steps = 0  # steps taken, including forward-free ones
+        self.pages: list[int] = []  # cache pages (cached modes only)
+        self.cache_valid = False  # the cache holds this sequence's K/V from the current block's refresh
+        self.finish_reason: str | None = None
+        self.error: str | None = None
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    @property
+    def length(self) -> int:
+        """Canvas length L = prompt + max_tokens."""
+        return self.canvas.shape[0]
+
+    @property
+    def block_start(self) -> int:
+        return self.prompt_len + self.block_idx * self.params.block_length
+
+    @property
+    def block_end(self) -> int:
+        return self.block_start + self.params.block_length
+
+    @property
+    def uses_cache(self) -> bool:
+        return self.params.cache != "none"
+
+    def next_kind(self) -> StepKind:
+        """Refresh at every exact step and at each block start with a cache; block steps in between."""
+        if not self.uses_cache or not self.cache_valid:
+            return StepKind.REFRESH
+        return StepKind.BLOCK
+
+    def candidates(self) -> torch.Tensor:
+        """[C] int64 canvas positions that may be committed this step (ascending).
+
+        Exact mode follows the reference: every masked generation position up to the block end, so a
+        position that received the mask token itself as its prediction stays eligible later. Other modes
+        consider the current block only (Fast-dLLM)."""
+        lo = self.prompt_len if self.params.is_exact else self.block_start
+        return (self.canvas[lo:self.block_end] == self.mask_id).nonzero(as_tuple=True)[0] + lo
+
+    def masked_in_block(self) -> torch.Tensor:
+        """[W] bool over the current block's positions: still masked."""
+        return self.canvas[self.block_start:self.block_end] == self.mask_id
+
+    def final_prefix_len(self) -> int:
+        """Number of leading generation positions already committed."""
+        gen = self.canvas[self.prompt_len:]
+        masked = (gen == self.mask_id).nonzero()
+        return gen.shape[0] if masked.numel() == 0 else int(masked[0, 0])
+
+    def output_token_ids(self, upto: int) -> list[int]:
+        """Generation tokens [0, upto), cut at the first stop token (exclusive)."""
+        out = []
+        for t in self.canvas[self.prompt_len:self.prompt_len + upto].tolist():
+            if t in self.stop_ids:
+                break
+            out.append(t)
+        return out

@@ -1,0 +1,117 @@
+"""Layers shared by both LLaDA families. All math goes through ``unmask.kernels.ops``.
+
+Legend: N packed tokens, D hidden, H query heads, Hk key/value heads, Dh head dim, E experts,
+I expert width, K experts per token, V vocab. Weights live as plain parameters named like the HF
+checkpoint's leaves; the loader fills them, ``checkpoint_names`` maps names.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from unmask.kernels import ops
+from unmask.server.config import ModelConfig
+from unmask.server.models.attention_meta import AttentionMetadata
+
+
+def _param(*shape: int) -> nn.Parameter:
+    return nn.Parameter(torch.empty(*shape))
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with an affine weight [D]."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = _param(dim)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, D] -> [N, D]."""
+        return ops.rms_norm(x, self.weight, self.eps)
+
+
+class Attention(nn.Module):
+    """Bidirectional multi-head attention with NeoX RoPE and optional per-head QK-norm (MoE)."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.cfg, self.layer_idx = cfg, layer_idx
+        d, hd = cfg.hidden_size, cfg.head_dim
+        self.q_proj = _param(cfg.num_heads * hd, d)
+        self.k_proj = _param(cfg.num_kv_heads * hd, d)
+        self.v_proj = _param(cfg.num_kv_heads * hd, d)
+        self.o_proj = _param(d, cfg.num_heads * hd)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(hd, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(hd, cfg.rms_norm_eps)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """x [N, D], positions [N] -> [N, D]."""
+        cfg, n = self.cfg, x.shape[0]
+        q = (x @ self.q_proj.t()).view(n, cfg.num_heads, cfg.head_dim)  # [N, H, Dh]
+        k = (x @ self.k_proj.t()).view(n, cfg.num_kv_heads, cfg.head_dim)  # [N, Hk, Dh]
+        v = (x @ self.v_proj.t()).view(n, cfg.num_kv_heads, cfg.head_dim)  # [N, Hk, Dh]
+        if cfg.qk_norm:  # LLaDA-MoE: per-head RMSNorm over Dh, before RoPE (LLADA-SPEC.md §4)
+            q = self.q_norm(q.reshape(-1, cfg.head_dim)).view_as(q)
+            k = self.k_norm(k.reshape(-1, cfg.head_dim)).view_as(k)
+        q, k = ops.rope(q, k, positions, cfg.rope_theta, cfg.rope_fp32)
+        cache = meta.kv_caches[self.layer_idx] if meta.kv_caches is not None else (None, None)
+        if meta.slot_mapping is not None:
+            ops.kv_cache_write(cache[0], cache[1], k, v, meta.slot_mapping)
+        if meta.reads_cache:
+            o = ops.attention(q, k, v, meta.cu_seqlens_q, meta.max_seqlen_q, cfg.head_dim ** -0.5,
+                              cache[0], cache[1], meta.block_table, meta.kv_lens, meta.new_offsets)
+        else:
+            o = ops.attention(q, k, v, meta.cu_seqlens_q, meta.max_seqlen_q, cfg.head_dim ** -0.5)
+        return o.reshape(n, -1) @ self.o_proj.t()  # [N, D]
+
+
+class SwiGLU(nn.Module):
+    """down(silu(gate(x)) ⊙ up(x)) — LLaDA's ff_proj / up_proj / ff_out."""
+
+    def __init__(self, dim: int, inter: int):
+        super().__init__()
+        self.gate_proj = _param(inter, dim)
+        self.up_proj = _param(inter, dim)
+        self.down_proj = _param(dim, inter)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, D] -> [N, D]."""
+        return (nn.functional.silu(x @ self.gate_proj.t()) * (x @ self.up_proj.t())) @ self.down_proj.t()
+
+
+class SparseMoE(nn.Module):
+    """LLaDA-MoE expert layer: fp32-softmax router, top-k without renormalisation, SwiGLU experts.
+
+    Expert weights are stacked at load time: w_gate_up [E, 2I, D] (gate rows, then up rows), w_down [E, D, I].
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        e, i, d = cfg.num_experts, cfg.expert_intermediate_size, cfg.hidden_size
+        self.top_k = cfg.num_experts_per_tok
+        self.gate = _param(e, d)
+        self.w_gate_up = _param(e, 2 * i, d)
+        self.w_down = _param(e, d, i)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, D] -> [N, D]."""
+        weights, ids = ops.moe_route(x @ self.gate.t(), self.top_k, x.dtype)  # [N, K], [N, K]
+        return ops.fused_moe(x, self.w_gate_up, self.w_down, weights, ids)
+
+
+class DecoderBlock(nn.Module):
+    """Pre-norm block: h = x + attn(norm1(x)); y = h + ffn(norm2(h))."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.attn = Attention(cfg, layer_idx)
+        self.ff_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.ffn = SparseMoE(cfg) if cfg.is_moe else SwiGLU(cfg.hidden_size, cfg.intermediate_size)
+
+    def forward(self, x, positions, meta):
+        """x [N, D] -> [N, D]."""
+        h = x + self.attn(self.attn_norm(x), positions, meta)
+        return h + self.ffn(self.ff_norm(h))

@@ -1,0 +1,55 @@
+"""Dense LLaDA (LLaDA-8B Base/Instruct, LLaDA-1.5): ``LLaDAModelLM``.
+
+Legend: N packed tokens, D hidden, V vocab. RMSNorm, NeoX RoPE in fp32, bidirectional MHA, SwiGLU,
+untied LM head (LLADA-SPEC.md §3). HF tensor names: ``model.transformer.*``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from unmask.server.config import ModelConfig
+from unmask.server.models.attention_meta import AttentionMetadata
+from unmask.server.models.layers import DecoderBlock, RMSNorm
+
+
+class LLaDAModelLM(nn.Module):
+    """Embedding -> blocks -> final norm; ``compute_logits`` applies the LM head to chosen rows only."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Parameter(torch.empty(cfg.vocab_size, cfg.hidden_size))
+        self.blocks = nn.ModuleList(DecoderBlock(cfg, i) for i in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.lm_head = nn.Parameter(torch.empty(cfg.vocab_size, cfg.hidden_size))
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """input_ids [N] int64, positions [N] int64 -> final hidden states [N, D] (after the final norm)."""
+        x = self.embed[input_ids]  # [N, D]
+        for block in self.blocks:
+            x = block(x, positions, meta)
+        return self.norm(x)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [M, D] -> logits [M, V] in the model dtype (no upcast, as the reference)."""
+        return hidden @ self.lm_head.t()
+
+    @staticmethod
+    def hf_names(cfg: ModelConfig) -> dict[str, str]:
+        """Internal parameter name -> HF tensor name (LLADA-SPEC.md §3)."""
+        names = {"embed": "model.transformer.wte.weight", "norm.weight": "model.transformer.ln_f.weight",
+                 "lm_head": "model.transformer.ff_out.weight"}
+        leaves = {"attn_norm.weight": "attn_norm.weight", "attn.q_proj": "q_proj.weight",
+                  "attn.k_proj": "k_proj.weight", "attn.v_proj": "v_proj.weight", "attn.o_proj": "attn_out.weight",
+                  "ff_norm.weight": "ff_norm.weight", "ffn.gate_proj": "ff_proj.weight",
+                  "ffn.up_proj": "up_proj.weight", "ffn.down_proj": "ff_out.weight"}
+        for i in range(cfg.num_layers):
+            for ours, theirs in leaves.items():
+                names[f"blocks.{i}.{ours}"] = f"model.transformer.blocks.{i}.{theirs}"
+        return names
+
+    @staticmethod
+    def hf_stacked_names(cfg: ModelConfig) -> dict[str, list[list[str]]]:
+        """Internal stacked parameter -> per-expert list of HF tensor names concatenated along dim 0 (none here)."""
+        return {}

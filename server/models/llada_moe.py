@@ -1,0 +1,40 @@
+"""LLaDA-MoE (LLaDA-MoE-7B-A1B Base/Instruct): ``LLaDAMoEModelLM``.
+
+Same skeleton as dense LLaDA with per-head QK RMSNorm before RoPE (cos/sin in the activation dtype)
+and a sparse MoE in every layer (LLADA-SPEC.md §4). HF tensor names: ``model.layers.*``; expert
+tensors are stacked at load time into w_gate_up [E, 2I, D] and w_down [E, D, I].
+"""
+from __future__ import annotations
+
+from unmask.server.config import ModelConfig
+from unmask.server.models.llada import LLaDAModelLM
+
+
+class LLaDAMoEModelLM(LLaDAModelLM):
+    """LLaDA-MoE; the math differences live in the shared layers, switched by ModelConfig."""
+
+    @staticmethod
+    def hf_names(cfg: ModelConfig) -> dict[str, str]:
+        """Internal parameter name -> HF tensor name (non-stacked tensors)."""
+        names = {"embed": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
+                 "lm_head": "lm_head.weight"}
+        leaves = {"attn_norm.weight": "input_layernorm.weight", "attn.q_proj": "self_attn.q_proj.weight",
+                  "attn.k_proj": "self_attn.k_proj.weight", "attn.v_proj": "self_attn.v_proj.weight",
+                  "attn.o_proj": "self_attn.o_proj.weight", "attn.q_norm.weight": "self_attn.q_norm.weight",
+                  "attn.k_norm.weight": "self_attn.k_norm.weight",
+                  "ff_norm.weight": "post_attention_layernorm.weight", "ffn.gate": "mlp.gate.weight"}
+        for i in range(cfg.num_layers):
+            for ours, theirs in leaves.items():
+                names[f"blocks.{i}.{ours}"] = f"model.layers.{i}.{theirs}"
+        return names
+
+    @staticmethod
+    def hf_stacked_names(cfg: ModelConfig) -> dict[str, list[list[str]]]:
+        """Stacked parameter -> for each expert j, the HF tensors concatenated (dim 0) into slot j."""
+        out = {}
+        for i in range(cfg.num_layers):
+            p = f"model.layers.{i}.mlp.experts"
+            out[f"blocks.{i}.ffn.w_gate_up"] = [[f"{p}.{j}.gate_proj.weight", f"{p}.{j}.up_proj.weight"]
+                                                for j in range(cfg.num_experts)]
+            out[f"blocks.{i}.ffn.w_down"] = [[f"{p}.{j}.down_proj.weight"] for j in range(cfg.num_experts)]
+        return out

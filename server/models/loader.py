@@ -1,0 +1,108 @@
+"""Load a checkpoint directory exactly as published on the Hugging Face hub.
+
+``config.json`` + ``model.safetensors`` or shards listed in ``model.safetensors.index.json``; tensor
+names of LLADA-SPEC.md §3-4, no conversion step. Tensors are read one at a time and copied into
+preallocated parameters (MoE experts straight into their stacked slot), so the weights never exist
+twice in full. Any missing, unexpected or mis-shaped tensor raises ``CheckpointError`` naming it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from unmask.server.config import CheckpointError, ModelConfig
+from unmask.server.models.registry import build_model, model_class
+
+
+def weight_files(path: Path) -> dict[str, Path]:
+    """HF tensor name -> the safetensors file holding it."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index}: no 'weight_map' object")
+        files = {name: path / fname for name, fname in weight_map.items()}
+        for f in sorted(set(files.values())):
+            if not f.is_file():
+                raise CheckpointError(f"{f}: shard listed in model.safetensors.index.json is missing")
+        return files
+    single = path / "model.safetensors"
+    if not single.is_file():
+        raise CheckpointError(f"{path}: neither model.safetensors nor model.safetensors.index.json found")
+    with safe_open(str(single), framework="pt") as f:
+        return {name: single for name in f.keys()}
+
+
+def _check_shape(name: str, got, want) -> None:
+    if tuple(got) != tuple(want):
+        raise CheckpointError(f"tensor {name!r} has shape {list(got)}, expected {list(want)}")
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16):
+    """Load ``path`` -> (model in eval mode without grads, ModelConfig)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a checkpoint directory")
+    cfg = ModelConfig.from_pretrained(path)
+    cls = model_class(cfg)
+    files = weight_files(path)
+    model = build_model(cfg, device=device, dtype=dtype, init_std=None)
+    params = dict(model.named_parameters())
+    plain, stacked = cls.hf_names(cfg), cls.hf_stacked_names(cfg)
+    expected = set(plain.values()) | {n for groups in stacked.values() for g in groups for n in g}
+    missing = sorted(expected - files.keys())
+    if missing:
+        raise CheckpointError(f"{path}: missing tensor {missing[0]!r}" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""))
+    extra = sorted(files.keys() - expected)
+    if extra:
+        raise CheckpointError(f"{path}: unexpected tensor {extra[0]!r}" + (f" (+{len(extra) - 1} more)" if len(extra) > 1 else ""))
+    reader = _Reader(files)
+    with torch.no_grad():
+        for ours, theirs in plain.items():
+            t = reader.get(theirs)
+            _check_shape(theirs, t.shape, params[ours].shape)
+            params[ours].copy_(t)
+        for ours, groups in stacked.items():
+            _fill_stacked(params[ours], groups, reader)
+    reader.close()
+    model.eval().requires_grad_(False)
+    return model, cfg
+
+
+def _fill_stacked(param: torch.Tensor, groups: list[list[str]], reader: "_Reader") -> None:
+    """param [E, R, C]: slot j = cat(dim 0) of the tensors named in groups[j]."""
+    for j, names in enumerate(groups):
+        row = 0
+        for name in names:
+            t = reader.get(name)
+            if t.dim() != 2 or t.shape[1] != param.shape[2] or row + t.shape[0] > param.shape[1]:
+                raise CheckpointError(f"tensor {name!r} has shape {list(t.shape)}, which does not fit "
+                                      f"expert slot [{param.shape[1]}, {param.shape[2]}]")
+            param[j, row:row + t.shape[0]].copy_(t)
+            row += t.shape[0]
+        _check_shape(f"{names}", (row, param.shape[2]), param.shape[1:])
+
+
+class _Reader:
+    """Keeps each safetensors file open once while tensors are read from it."""
+
+    def __init__(self, files: dict[str, Path]):
+        self.files, self.handles = files, {}
+
+    def get(self, name: str) -> torch.Tensor:
+        f = self.files[name]
+        if f not in self.handles:
+            try:
+                self.handles[f] = safe_open(str(f), framework="pt")
+            except Exception as exc:  # noqa: BLE001 - surface the file at fault
+                raise CheckpointError(f"{f}: cannot read safetensors file ({exc})") from exc
+        try:
+            return self.handles[f].get_tensor(name)
+        except Exception as exc:  # noqa: BLE001
+            raise CheckpointError(f"{f}: tensor {name!r} cannot be read ({exc})") from exc
+
+    def close(self) -> None:
+        self.handles.clear()

@@ -1,0 +1,36 @@
+"""HF ``architectures`` name -> model class. Never dispatch on ``model_type`` (both families say "llada")."""
+from __future__ import annotations
+
+import torch
+
+from unmask.server.config import ModelConfig, UnsupportedConfigError
+from unmask.server.models.llada import LLaDAModelLM
+from unmask.server.models.llada_moe import LLaDAMoEModelLM
+
+_REGISTRY = {"LLaDAModelLM": LLaDAModelLM, "LLaDAMoEModelLM": LLaDAMoEModelLM, "LLaDAMoEModel": LLaDAMoEModelLM}
+
+
+def model_class(cfg: ModelConfig) -> type[LLaDAModelLM]:
+    """The nn.Module class serving ``cfg.architecture``."""
+    try:
+        return _REGISTRY[cfg.architecture]
+    except KeyError:
+        raise UnsupportedConfigError(f"architectures={cfg.architecture!r} has no model class") from None
+
+
+def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                init_std: float | None = 0.02, seed: int = 0) -> LLaDAModelLM:
+    """A model with freshly initialised weights (normal(0, init_std), norms at 1), for training and tests.
+    With init_std=None the parameters stay uninitialised (the loader fills them)."""
+    with torch.device("meta"):
+        model = model_class(cfg)(cfg)
+    model = model.to_empty(device=device).to(dtype)
+    if init_std is not None:
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("norm.weight"):
+                    p.fill_(1.0)
+                else:
+                    p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32).mul_(init_std).to(p))
+    return model
