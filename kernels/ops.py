@@ -12,6 +12,7 @@ from unmask.kernels.torch_ref import moe as _moe
 from unmask.kernels.torch_ref import norm as _norm
 from unmask.kernels.torch_ref import remask as _remask
 from unmask.kernels.torch_ref import rope as _rope
+from unmask.kernels.torch_ref import select as _select
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -64,3 +65,10 @@ def remask_confidence(logits: torch.Tensor, temperature: torch.Tensor, seeds: to
     Spec: ``torch_ref.remask.remask_confidence``."""
     fn = backend.pick("remask_confidence", _remask.remask_confidence, logits.device)
     return fn(logits, temperature, seeds)
+
+
+def select_commits(conf: torch.Tensor, cand: torch.Tensor, k: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """conf [B, W] float, cand [B, W] bool, k [B] int32, threshold [B] float -> commit [B, W] bool: per
+    sequence, threshold[b] > 0 commits candidates with conf >= threshold[b] plus the best one, else the
+    k[b] best candidates (ties to the lower index). Spec: ``torch_ref.select.select_commits``."""
+    return backend.pick("select_commits", _select.select_commits, conf.device)(conf, cand, k, threshold)

@@ -15,13 +15,17 @@ import torch.nn.functional as F
 
 
 def gather_keys(k, v, lo, hi, k_cache, v_cache, block_table_row, kv_len, new_offset):
-    """Assemble one sequence's keys/values [kv_len, Hk, D] from its new rows k[lo:hi] and the cache."""
+    """Assemble one sequence's keys/values [kv_len, Hk, D]: its new rows k[lo:hi] at canvas positions
+    new_offset.., every other position read from the cache (the table is consulted for those only)."""
     page_size = k_cache.shape[1]
-    pos = torch.arange(kv_len, device=k.device)  # [L]
-    slots = block_table_row.long()[pos // page_size] * page_size + pos % page_size  # [L]
-    kk = k_cache.flatten(0, 1)[slots].clone()  # [L, Hk, D]
-    vv = v_cache.flatten(0, 1)[slots].clone()
     n = hi - lo
+    pos = torch.arange(kv_len, device=k.device)  # [L]
+    cached = (pos < new_offset) | (pos >= new_offset + n)  # [L]
+    cpos = pos[cached]
+    slots = block_table_row.long()[cpos // page_size] * page_size + cpos % page_size  # [L - n]
+    kk = torch.empty((kv_len,) + k.shape[1:], dtype=k.dtype, device=k.device)  # [L, Hk, D]
+    vv = torch.empty_like(kk)
+    kk[cached], vv[cached] = k_cache.flatten(0, 1)[slots].to(k.dtype), v_cache.flatten(0, 1)[slots].to(v.dtype)
     kk[new_offset:new_offset + n] = k[lo:hi]
     vv[new_offset:new_offset + n] = v[lo:hi]
     return kk, vv

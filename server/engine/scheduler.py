@@ -43,6 +43,7 @@ class Scheduler:
             raise ValueError(f"the cache holds {cap} tokens; this request needs {seq.length} "
                              f"(raise --kv-cache-memory or use cache='none')")
         self.waiting.append(seq)
+        self._last_step[seq.request_id] = self._iteration
 
     def abort(self, request_id: str) -> StepOutput | None:
         """Remove a request wherever it is; frees its pages at once. None if it is unknown or done."""
@@ -56,29 +57,27 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def schedule(self) -> Batch | None:
-        """Admit what fits, then pick this iteration's sequences (least recently stepped first)."""
+        """Pick this iteration's sequences: running and waiting requests compete in one order, least
+        recently served first (a waiting request counts from its arrival), so neither a long request nor
+        a stream of newcomers starves anyone. Waiting requests are admitted FIFO while slots and cache
+        pages allow; the first pick always runs, even alone over budget."""
         budget = self.config.max_num_batched_tokens
         picked, kinds, used = [], [], 0
-        for seq in sorted(self.running, key=lambda s: self._last_step.get(s.request_id, -1)):
-            cost = step_cost(seq, seq.next_kind())
+        order = sorted([(self._last_step[s.request_id], 0, i, s) for i, s in enumerate(self.running)] +
+                       [(self._last_step[s.request_id], 1, i, s) for i, s in enumerate(self.waiting)],
+                       key=lambda t: t[:3])
+        admitting = True
+        for _, is_waiting, _, seq in order:
+            kind = StepKind.REFRESH if is_waiting else seq.next_kind()
+            cost = step_cost(seq, kind)
             if picked and used + cost > budget:
+                if is_waiting:
+                    admitting = False
                 continue
-            picked.append(seq), kinds.append(seq.next_kind())
-            used += cost
-        while self.waiting and len(self.running) < self.config.max_num_seqs:
-            seq = self.waiting[0]
-            cost = step_cost(seq, StepKind.REFRESH)
-            if picked and used + cost > budget:
-                break
-            if seq.uses_cache:
-                pages = self.kv.allocate(seq.length)
-                if pages is None:
-                    break
-                seq.pages = pages
-            self.waiting.popleft()
-            seq.status = SeqStatus.RUNNING
-            self.running.append(seq)
-            picked.append(seq), kinds.append(StepKind.REFRESH)
+            if is_waiting and not (admitting and seq is self.waiting[0] and self._admit(seq)):
+                admitting = False
+                continue
+            picked.append(seq), kinds.append(kind)
             used += cost
         if not picked:
             return None
@@ -86,6 +85,20 @@ class Scheduler:
         for seq in picked:
             self._last_step[seq.request_id] = self._iteration
         return Batch(seqs=picked, kinds=kinds, num_tokens=used)
+
+    def _admit(self, seq: Sequence) -> bool:
+        """Move the head of the waiting queue to running if a slot and its cache pages are free."""
+        if len(self.running) >= self.config.max_num_seqs:
+            return False
+        if seq.uses_cache:
+            pages = self.kv.allocate(seq.length)
+            if pages is None:
+                return False
+            seq.pages = pages
+        self.waiting.popleft()
+        seq.status = SeqStatus.RUNNING
+        self.running.append(seq)
+        return True
 
     def update(self, batch: Batch, result: StepResult) -> list[StepOutput]:
         """Apply the runner's commits, advance blocks, detect finishes; one StepOutput per sequence."""

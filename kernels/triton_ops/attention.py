@@ -1,0 +1,294 @@
+"""Bidirectional varlen attention over packed sequences, optionally over a paged K/V cache, and the
+cache scatter (spec: ``torch_ref/attention.py``).
+
+Legend: N packed new tokens, B sequences, H query heads, Hk key/value heads (H % Hk == 0), D head dim,
+P pages, S page size, L_b keys of sequence b, SP key splits, BM/BN/BD query/key/head-dim tile sizes.
+
+One program per (query tile, sequence·head, key split): FlashAttention-2 online softmax in fp32 with
+``exp2`` (scale·log2 e folded into one multiply), no causal mask, the loop bound is the sequence's own
+key count (``n_b`` without a cache, ``kv_lens[b]`` with one). With a cache, key position p comes from
+the new rows when ``new_offsets[b] <= p < new_offsets[b] + n_b`` and from page
+``block_table[b, p // S]`` otherwise. When B·H·q-tiles is too small to fill the GPU, the key range is
+split (flash-decoding): each split writes fp32 partials (acc, m, l) and a combine kernel merges them.
+Rows without any key produce 0 (as SDPA for a fully masked row), never NaN. No host syncs.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from unmask.kernels.torch_ref import attention as _ref
+from unmask.kernels.triton_ops._common import interpreting, mma, next_pow2, num_sms, upcast
+
+__all__ = ["attention", "kv_cache_write"]
+
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _load_keys(k_ptr, v_ptr, kc_ptr, vc_ptr, bt_row_ptr, pos, pos_ok, q_start, n_new, new_off, hk, d, d_ok,
+               stride_kn, stride_kh, stride_vn, stride_vh, stride_cp, stride_cs, stride_ch,
+               stride_vcp, stride_vcs, stride_vch, page_size, HAS_CACHE: tl.constexpr):
+    """K/V tiles [BN, BD] for key positions ``pos`` [BN] of one sequence and kv head ``hk``."""
+    if HAS_CACHE:
+        is_new = (pos >= new_off) & (pos < new_off + n_new)  # [BN]
+        new_tok = (q_start + pos - new_off).to(tl.int64)[:, None]  # [BN, 1]
+        new_m = (pos_ok & is_new)[:, None] & d_ok[None, :]  # [BN, BD]
+        old_ok = pos_ok & ((pos < new_off) | (pos >= new_off + n_new))  # [BN] read from the cache
+        page = tl.load(bt_row_ptr + pos // page_size, mask=old_ok, other=0).to(tl.int64)  # [BN]
+        in_page = (pos % page_size).to(tl.int64)
+        old_m = old_ok[:, None] & d_ok[None, :]
+        kc = tl.load(kc_ptr + (page * stride_cp + in_page * stride_cs + hk * stride_ch)[:, None] + d[None, :],
+                     mask=old_m, other=0.0)
+        vc = tl.load(vc_ptr + (page * stride_vcp + in_page * stride_vcs + hk * stride_vch)[:, None] + d[None, :],
+                     mask=old_m, other=0.0)
+        kn = tl.load(k_ptr + new_tok * stride_kn + hk * stride_kh + d[None, :], mask=new_m, other=0.0)
+        vn = tl.load(v_ptr + new_tok * stride_vn + hk * stride_vh + d[None, :], mask=new_m, other=0.0)
+        k = tl.where(is_new[:, None], kn, kc.to(kn.dtype))  # [BN, BD] in k's dtype, as the spec
+        v = tl.where(is_new[:, None], vn, vc.to(vn.dtype))
+    else:
+        tok = (q_start + pos).to(tl.int64)[:, None]  # [BN, 1]
+        m = pos_ok[:, None] & d_ok[None, :]
+        k = tl.load(k_ptr + tok * stride_kn + hk * stride_kh + d[None, :], mask=m, other=0.0)
+        v = tl.load(v_ptr + tok * stride_vn + hk * stride_vh + d[None, :], mask=m, other=0.0)
+    return k, v
+
+
+@triton.jit
+def _attn_tile(q, m_i, l_i, acc, start, hi, k_ptr, v_ptr, kc_ptr, vc_ptr, bt_row_ptr, q_start, n_q, new_off, hk, d,
+               d_ok, qk_scale, stride_kn, stride_kh, stride_vn, stride_vh, stride_cp, stride_cs, stride_ch,
+               stride_vcp, stride_vcs, stride_vch, page_size, HAS_CACHE: tl.constexpr, BLOCK_M: tl.constexpr,
+               BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr):
+    """One online-softmax step over key positions start .. start+BN-1 (those >= hi are masked)."""
+    pos = start + tl.arange(0, BLOCK_N)  # [BN]
+    pos_ok = pos < hi
+    k, v = _load_keys(k_ptr, v_ptr, kc_ptr, vc_ptr, bt_row_ptr, pos, pos_ok, q_start, n_q, new_off, hk, d, d_ok,
+                      stride_kn, stride_kh, stride_vn, stride_vh, stride_cp, stride_cs, stride_ch,
+                      stride_vcp, stride_vcs, stride_vch, page_size, HAS_CACHE)
+    if UPCAST:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    s = mma(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), IEEE) * qk_scale  # [BM, BN]
+    s = tl.where(pos_ok[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))  # [BM]
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # no key yet: avoid -inf - -inf
+    alpha = tl.exp2(m_i - m_use)  # [BM]
+    p = tl.exp2(s - m_use[:, None])  # [BM, BN]
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = mma(p.to(v.dtype), v, acc * alpha[:, None], IEEE)  # [BM, BD]
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, ml_ptr, cu_q_ptr, kc_ptr, vc_ptr, bt_ptr, kvlen_ptr, off_ptr,
+                     qk_scale, heads, group, head_dim, page_size,
+                     stride_qn, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_on, stride_oh,
+                     stride_cp, stride_cs, stride_ch, stride_vcp, stride_vcs, stride_vch, stride_bt,
+                     HAS_CACHE: tl.constexpr, SPLITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr, WHILE_LOOP: tl.constexpr):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    split = tl.program_id(2)
+    b = bh // heads
+    h = bh % heads
+    hk = h // group
+    q_start = tl.load(cu_q_ptr + b)
+    n_q = tl.load(cu_q_ptr + b + 1) - q_start
+    if pid_m * BLOCK_M >= n_q:
+        return
+    if HAS_CACHE:
+        n_keys = tl.load(kvlen_ptr + b)
+        new_off = tl.load(off_ptr + b)
+    else:
+        n_keys = n_q
+        new_off = 0
+    lo = 0
+    hi = n_keys
+    if SPLITS > 1:  # this split's key range, whole BN tiles (empty for short sequences)
+        chunk = tl.cdiv(tl.cdiv(n_keys, SPLITS), BLOCK_N) * BLOCK_N
+        lo = tl.minimum(split * chunk, n_keys)
+        hi = tl.minimum(lo + chunk, n_keys)
+
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
+    row_ok = rows < n_q
+    tok = (q_start + rows).to(tl.int64)  # [BM]
+    d = tl.arange(0, BLOCK_D)  # [BD]
+    d_ok = d < head_dim
+    q_mask = row_ok[:, None] & d_ok[None, :]  # [BM, BD]
+    q = tl.load(q_ptr + tok[:, None] * stride_qn + h * stride_qh + d[None, :], mask=q_mask, other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+    bt_row_ptr = bt_ptr + b.to(tl.int64) * stride_bt
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running max (log2 domain)
+    l_i = tl.zeros([BLOCK_M], tl.float32)  # running sum of exp2
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    if WHILE_LOOP:  # interpreter: its scalars are 1-element arrays that range() cannot take (numpy >= 2)
+        start = lo
+        while start < hi:
+            m_i, l_i, acc = _attn_tile(q, m_i, l_i, acc, start, hi, k_ptr, v_ptr, kc_ptr, vc_ptr, bt_row_ptr, q_start,
+                                       n_q, new_off, hk, d, d_ok, qk_scale, stride_kn, stride_kh, stride_vn,
+                                       stride_vh, stride_cp, stride_cs, stride_ch, stride_vcp, stride_vcs, stride_vch,
+                                       page_size, HAS_CACHE, BLOCK_M, BLOCK_N, UPCAST, IEEE)
+            start += BLOCK_N
+    else:
+        for start in range(lo, hi, BLOCK_N):
+            m_i, l_i, acc = _attn_tile(q, m_i, l_i, acc, start, hi, k_ptr, v_ptr, kc_ptr, vc_ptr, bt_row_ptr, q_start,
+                                       n_q, new_off, hk, d, d_ok, qk_scale, stride_kn, stride_kh, stride_vn,
+                                       stride_vh, stride_cp, stride_cs, stride_ch, stride_vcp, stride_vcs, stride_vch,
+                                       page_size, HAS_CACHE, BLOCK_M, BLOCK_N, UPCAST, IEEE)
+
+    if SPLITS == 1:
+        acc = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # l = 0 only when there is no key: acc = 0 -> 0
+        out = o_ptr + tok[:, None] * stride_on + h * stride_oh + d[None, :]  # [BM, BD]
+        tl.store(out, acc.to(o_ptr.dtype.element_ty), mask=q_mask)
+    else:  # fp32 partials: acc [N, H, SP, D], (m, l) [N, H, SP, 2]
+        slot = (tok * heads + h) * SPLITS + split  # [BM]
+        tl.store(o_ptr + slot[:, None] * head_dim + d[None, :], acc, mask=q_mask)
+        tl.store(ml_ptr + slot * 2, m_i, mask=row_ok)
+        tl.store(ml_ptr + slot * 2 + 1, l_i, mask=row_ok)
+
+
+@triton.jit
+def _attn_combine_kernel(part_ptr, ml_ptr, o_ptr, n_rows, heads, head_dim, stride_on, stride_oh,
+                         SPLITS: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Merge SP partials of R (token, head) rows: o = Σ acc_s 2^(m_s - m*) / Σ l_s 2^(m_s - m*)."""
+    r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)  # [R] flat token·H + head
+    r_ok = r < n_rows
+    r64 = r.to(tl.int64)
+    d = tl.arange(0, BLOCK_D)
+    mask = r_ok[:, None] & (d < head_dim)[None, :]  # [R, BD]
+    m_star = tl.full([ROWS], float("-inf"), tl.float32)
+    for s in tl.static_range(SPLITS):
+        m_star = tl.maximum(m_star, tl.load(ml_ptr + (r64 * SPLITS + s) * 2, mask=r_ok, other=float("-inf")))
+    m_use = tl.where(m_star == float("-inf"), 0.0, m_star)
+    l_sum = tl.zeros([ROWS], tl.float32)
+    acc = tl.zeros([ROWS, BLOCK_D], tl.float32)
+    for s in tl.static_range(SPLITS):
+        slot = r64 * SPLITS + s  # [R]
+        w = tl.exp2(tl.load(ml_ptr + slot * 2, mask=r_ok, other=float("-inf")) - m_use)  # [R]
+        l_sum += w * tl.load(ml_ptr + slot * 2 + 1, mask=r_ok, other=0.0)
+        part = tl.load(part_ptr + slot[:, None] * head_dim + d[None, :], mask=mask, other=0.0)  # [R, BD]
+        acc += w[:, None] * part
+    acc = acc / tl.where(l_sum > 0, l_sum, 1.0)[:, None]
+    tok = r64 // heads
+    out = o_ptr + (tok * stride_on + (r64 % heads) * stride_oh)[:, None] + d[None, :]
+    tl.store(out, acc.to(o_ptr.dtype.element_ty), mask=mask)
+
+
+def _config(max_seqlen_q: int, head_dim: int):
+    """(BM, BN, BD, num_warps, num_stages): tiles >= 16 for tl.dot, smaller key tiles when interpreting."""
+    block_m = min(64, max(16, next_pow2(max_seqlen_q)))
+    block_d = max(16, next_pow2(head_dim))
+    if interpreting():
+        return block_m, 32, block_d, 4, 1
+    return block_m, 64, block_d, 4 if block_d <= 64 else 8, 2
+
+
+def _num_splits(work: int, device: torch.device, key_tiles_bound: int | None) -> int:
+    """Key splits so that B·H·q-tiles·splits covers every SM (flash-decoding); 1 when already full."""
+    sms = num_sms(device)
+    if work >= sms:
+        return 1
+    splits = min(16, triton.cdiv(sms, work))
+    return max(1, min(splits, key_tiles_bound)) if key_tiles_bound is not None else splits
+
+
+def attention_fwd(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_cache=None, block_table=None,
+                  kv_lens=None, new_offsets=None, num_splits: int | None = None) -> torch.Tensor:
+    """``attention`` with an explicit key-split count (None: chosen from the GPU's SM count)."""
+    n, heads, head_dim = q.shape
+    out = torch.empty_like(q)  # [N, H, D]
+    batch = cu_seqlens_q.numel() - 1
+    if n == 0 or batch == 0 or max_seqlen_q <= 0:
+        return out.zero_()
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    has_cache = k_cache is not None
+    block_m, block_n, block_d, warps, stages = _config(max_seqlen_q, head_dim)
+    q_tiles = triton.cdiv(max_seqlen_q, block_m)
+    if num_splits is None:
+        bound = None if has_cache else triton.cdiv(max_seqlen_q, block_n)
+        num_splits = _num_splits(batch * heads * q_tiles, q.device, bound)
+    if has_cache:
+        kc, vc, bt, kvl, off = k_cache, v_cache, block_table, kv_lens, new_offsets
+        cache_strides = (kc.stride(0), kc.stride(1), kc.stride(2), vc.stride(0), vc.stride(1), vc.stride(2))
+        page_size, stride_bt = kc.shape[1], bt.stride(0)
+    else:
+        kc, vc, bt, kvl, off = k, v, cu_seqlens_q, cu_seqlens_q, cu_seqlens_q  # unused placeholders
+        cache_strides, page_size, stride_bt = (0,) * 6, 1, 0
+    if num_splits > 1:
+        part = torch.empty((n, heads, num_splits, head_dim), dtype=torch.float32, device=q.device)
+        ml = torch.empty((n, heads, num_splits, 2), dtype=torch.float32, device=q.device)
+        dst = part
+    else:
+        dst, ml = out, out
+    grid = (q_tiles, batch * heads, num_splits)
+    _attn_fwd_kernel[grid](
+        q, k, v, dst, ml, cu_seqlens_q, kc, vc, bt, kvl, off,
+        scale * _LOG2E, heads, heads // k.shape[1], head_dim, page_size,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
+        *cache_strides, stride_bt,
+        HAS_CACHE=has_cache, SPLITS=num_splits, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+        UPCAST=upcast(q.dtype), IEEE=q.dtype == torch.float32 and not interpreting(), WHILE_LOOP=interpreting(),
+        num_warps=warps, num_stages=stages,
+    )
+    if num_splits > 1:
+        rows = max(1, 2048 // block_d)
+        _attn_combine_kernel[(triton.cdiv(n * heads, rows),)](
+            part, ml, out, n * heads, heads, head_dim, out.stride(0), out.stride(1),
+            SPLITS=num_splits, ROWS=rows, BLOCK_D=block_d, num_warps=4)
+    return out
+
+
+def attention(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_cache=None, block_table=None,
+              kv_lens=None, new_offsets=None):
+    """q [N, H, D], k/v [N, Hk, D], cu_seqlens_q [B+1] int32, max_seqlen_q host int >= every n_b,
+    scale float; optional cache k/v [P, S, Hk, D] (read as k's dtype), block_table [B, pages] int32,
+    kv_lens [B] int32, new_offsets [B] int32 -> out [N, H, D] q.dtype.
+
+    Non-causal softmax(scale·q·kᵀ)·v per sequence over its own keys (see the module docstring);
+    fp16/bf16/fp32 (fp64 is served by the PyTorch reference).
+    """
+    if q.dtype == torch.float64:
+        return _ref.attention(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache, v_cache, block_table,
+                              kv_lens, new_offsets)
+    return attention_fwd(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache, v_cache, block_table, kv_lens,
+                         new_offsets)
+
+
+@triton.jit
+def _kv_write_kernel(k_ptr, v_ptr, kc_ptr, vc_ptr, slot_ptr, n_rows, head_dim, width, page_size,
+                     stride_kn, stride_kh, stride_vn, stride_vh, stride_cp, stride_cs, stride_ch,
+                     stride_vcp, stride_vcs, stride_vch, ROWS: tl.constexpr, BLOCK_F: tl.constexpr):
+    """Copy R token rows (Hk·D values each, flattened to F) of k and v to their cache slots."""
+    r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)  # [R]
+    slot = tl.load(slot_ptr + r, mask=r < n_rows, other=-1).to(tl.int64)  # [R]
+    f = tl.arange(0, BLOCK_F)  # [F]
+    hk = (f // head_dim).to(tl.int64)[None, :]
+    d = (f % head_dim)[None, :]
+    mask = (slot >= 0)[:, None] & (f < width)[None, :]  # [R, F]
+    r64 = r.to(tl.int64)[:, None]
+    page = (slot // page_size)[:, None]
+    in_page = (slot % page_size)[:, None]
+    k = tl.load(k_ptr + r64 * stride_kn + hk * stride_kh + d, mask=mask)
+    v = tl.load(v_ptr + r64 * stride_vn + hk * stride_vh + d, mask=mask)
+    tl.store(kc_ptr + page * stride_cp + in_page * stride_cs + hk * stride_ch + d,
+             k.to(kc_ptr.dtype.element_ty), mask=mask)
+    tl.store(vc_ptr + page * stride_vcp + in_page * stride_vcs + hk * stride_vch + d,
+             v.to(vc_ptr.dtype.element_ty), mask=mask)
+
+
+def kv_cache_write(k_cache, v_cache, k, v, slot_mapping) -> None:
+    """Scatter k/v [N, Hk, D] into k_cache/v_cache [P, S, Hk, D] (in place) at flat slots
+    slot_mapping [N] int64 (page = slot // S, offset = slot % S); negative slots are skipped.
+    Values are cast to the cache dtype."""
+    n, hk, head_dim = k.shape
+    if n == 0:
+        return
+    k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (k, v))
+    block_f = next_pow2(hk * head_dim)
+    rows = max(1, min(16, 4096 // block_f))
+    _kv_write_kernel[(triton.cdiv(n, rows),)](
+        k, v, k_cache, v_cache, slot_mapping, n, head_dim, hk * head_dim, k_cache.shape[1],
+        k.stride(0), k.stride(1), v.stride(0), v.stride(1), k_cache.stride(0), k_cache.stride(1),
+        k_cache.stride(2), v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        ROWS=rows, BLOCK_F=block_f, num_warps=4)
