@@ -213,3 +213,5 @@ class EngineConfig:
     """Batching limits."""
     seed: int = 0
     """Seeds the per-request seeds drawn for requests that give none."""
+    cuda_graphs: bool = True
+    """On CUDA, run dual-cache block steps through captured CUDA graphs (one per batch-size bucket)."""

@@ -11,8 +11,10 @@ from tokenizers import Tokenizer, models, pre_tokenizers, decoders
 
 VOCAB = 96
 MASK_ID, EOS_ID, EOT_ID, BOS_ID = 95, 94, 93, 92
-SPECIALS = {"<|mdm_mask|>": MASK_ID, "<|endoftext|>": EOS_ID, "<|eot_id|>": EOT_ID, "<|startoftext|>": BOS_ID}
-MOE_SPECIALS = {"<|mask|>": MASK_ID, "<|endoftext|>": EOS_ID, "<|role_end|>": EOT_ID, "<|startoftext|>": BOS_ID}
+SPECIALS = {"<|mdm_mask|>": MASK_ID, "<|endoftext|>": EOS_ID, "<|eot_id|>": EOT_ID, "<|startoftext|>": BOS_ID,
+            "<|start_header_id|>": 91, "<|end_header_id|>": 90}
+MOE_SPECIALS = {"<|mask|>": MASK_ID, "<|endoftext|>": EOS_ID, "<|role_end|>": EOT_ID, "<|startoftext|>": BOS_ID,
+                "<role>": 91, "</role>": 90}
 
 
 def dense_config(d=32, layers=2, heads=4, inter=48, vocab=VOCAB) -> dict:
@@ -68,18 +70,32 @@ def moe_tensors(cfg: dict, gen: torch.Generator) -> dict[str, torch.Tensor]:
     return t
 
 
+LLADA_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim"
+    " + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}"
+    "{% endfor %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}")
+MOE_TEMPLATE = (
+    "{% for message in messages %}{{ '<role>' + message['role'] | upper + '</role>' + message['content']"
+    " + '<|role_end|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<role>ASSISTANT</role>' }}{% endif %}")
+
+
 def write_tokenizer(path: Path, specials: dict[str, int]) -> None:
     """A byte-ish word-level tokenizer: ids 0..63 are printable characters, the specials on top."""
     chars = [chr(c) for c in range(32, 96)]
     vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update(specials)
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=" "))
     tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
     tok.decoder = decoders.Fuse()
     tok.add_special_tokens(list(specials))
     data = json.loads(tok.to_str())
-    for t in data["added_tokens"]:
-        t["id"] = specials[t["content"]]
+    assert all(t["id"] == specials[t["content"]] for t in data["added_tokens"])
     (path / "tokenizer.json").write_text(json.dumps(data))
+    moe = "<|mask|>" in specials
+    config = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+              "chat_template": MOE_TEMPLATE if moe else LLADA_TEMPLATE, "add_bos_token": False}
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
 
 
 def write_checkpoint(path: Path, family: str = "dense", seed: int = 0, shards: int = 1, **dims) -> Path:

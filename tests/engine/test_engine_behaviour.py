@@ -113,3 +113,25 @@ def test_canvas_stream_shows_masks_filling(llm64):
         canvases += [o.canvas for o in engine.step()]
     masks = [sum(t == 95 for t in c) for c in canvases]
     assert masks == sorted(masks, reverse=True) and masks[0] == 7 and masks[-1] == 0
+
+
+def test_static_block_step_path_matches_eager_path(llm64):
+    """The CUDA-graph block step (static buffers, padded bucket, all block rows) run eagerly on CPU gives the
+    same outputs as the packed eager path, for dual-cache requests mixed with others."""
+    from unmask.server.engine.cuda_graph import GraphedBlockStep
+
+    llm = llm64["dense"]
+    eng = llm.engine
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [9, 10], [11, 12, 13, 14]]
+    params = [DiffusionParams(max_tokens=16, block_length=8, cache="dual", threshold=t, temperature=temp, seed=3)
+              for t, temp in ((0.3, 0.0), (0.6, 0.0), (0.2, 0.8), (None, 0.0))]
+    params.append(DiffusionParams(max_tokens=16, block_length=8, preset="fast"))
+    prompts.append([15, 16])
+    want = [o.token_ids for o in llm.generate(prompts, params)]
+    eng.runner.graphed = GraphedBlockStep(eng.model, eng.kv.layers, eng.kv.pages_for(512), 95, 94, capture=False)
+    try:
+        got = [o.token_ids for o in llm.generate(prompts, params)]
+        assert eng.runner.graphed.graphs, "the static path was not used"
+    finally:
+        eng.runner.graphed = None
+    assert got == want

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# One GPU check, no downloads: kernel tests on CUDA (bf16 included), CUDA-engine tests, the whole-step table
+# and the op benches, in that order of importance. ≤ 8 minutes. Results under $OUT (default
+# benchmarks/results/gpu-latest): check.log (everything printed), step_table.{json,md}, benches.json.
+#   bash benchmarks/gpu_check.sh
+set -u
+cd "$(dirname "$0")/.."
+OUT="${OUT:-benchmarks/results/gpu-latest}"
+mkdir -p "$OUT" "$OUT/../.gpu_tmp_$$"
+TMP="$OUT/../.gpu_tmp_$$"
+LOG="$OUT/check.log"
+export PYTHONUNBUFFERED=1
+{
+  pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -n 3
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
+  python -c "import pytest_timeout" 2>/dev/null || pip install -q pytest-timeout 2>&1 | tail -n 1
+} >"$LOG" 2>&1
+
+run() {  # name, timeout seconds, command...
+  local name=$1 t=$2; shift 2
+  local start=$SECONDS
+  echo "=== $name: $*" >>"$LOG"
+  timeout "$t" "$@" >>"$LOG" 2>&1
+  echo "=== $name rc=$? $((SECONDS - start))s" | tee -a "$LOG"
+}
+
+run kernel_tests 170 python -m pytest -q -p no:cacheprovider tests/kernels tests/gpu --timeout 160
+run step_table 200 python benchmarks/step_table.py --json "$OUT/step_table.json" --markdown "$OUT/step_table.md"
+for b in attention moe remask norm; do
+  [ -f "benchmarks/kernels/bench_$b.py" ] && run "bench_$b" 45 python "benchmarks/kernels/bench_$b.py" --json "$TMP/$b.json"
+done
+python - "$TMP" "$OUT/benches.json" <<'PY'
+import json, pathlib, sys
+tmp, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+out.write_text(json.dumps({p.stem: json.loads(p.read_text()) for p in sorted(tmp.glob("*.json"))}, indent=1))
+PY
+rm -rf "$TMP"
+grep "^=== .* rc=" "$LOG"

@@ -1,0 +1,147 @@
+"""Offline throughput: the reference port one request at a time vs the engine at concurrency C, in one run.
+
+    python benchmarks/offline.py --model tiny-llada-instruct --preset exact --concurrency 32 --json out.json
+
+Part 1 (embedded model, task-suite prompts through the chat template): useful tokens/s (generated tokens
+before the first EOS/EoT), NFE, TPF, per-step latency and held-out accuracy for both; the ratio
+engine / reference. Part 2 (``compute_bound``): a larger random-weight LLaDA-shaped model where the
+forward dominates, random prompts, fixed steps, no early stop. Prints a table and writes JSON whose top
+level holds ``ratio_vs_reference``, ``accuracy`` and ``compute_bound``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from recipes.tasks import check, heldout_set  # noqa: E402
+from tests.reference.llada_generate import generate as reference_generate  # noqa: E402
+from unmask import LLM, DiffusionParams  # noqa: E402
+from unmask.server.models.attention_meta import AttentionMetadata, packed_positions  # noqa: E402
+
+
+def reference_run(llm: LLM, prompts: list[list[int]], p: DiffusionParams) -> dict:
+    """LLaDA generate() one request at a time; outputs cut at the first stop token."""
+    model, cfg = llm.engine.model, llm.model_config
+
+    def forward(x):
+        b, length = x.shape
+        h = model(x.reshape(-1), packed_positions([length] * b), AttentionMetadata.packed([length] * b))
+        return model.compute_logits(h).view(b, length, -1)
+
+    outs, t0 = [], time.perf_counter()
+    with torch.inference_mode():
+        for ids in prompts:
+            x = reference_generate(forward, torch.tensor([ids]), steps=p.steps, gen_length=p.max_tokens,
+                                   block_length=p.block_length, mask_id=cfg.mask_token_id, eos_id=cfg.eos_token_id,
+                                   eot_id=cfg.eot_token_id or cfg.eos_token_id)
+            gen = x[0, len(ids):].tolist()
+            cut = next((i for i, t in enumerate(gen) if t in cfg.stop_token_ids), len(gen))
+            outs.append(gen[:cut])
+    wall = time.perf_counter() - t0
+    nfe = len(prompts) * p.steps
+    return {"wall_s": wall, "outputs": outs, "nfe": nfe, "steps": nfe}
+
+
+def engine_run(llm: LLM, prompts: list[list[int]], p: DiffusionParams) -> dict:
+    st0 = dict(vars(llm.engine.stats))
+    t0 = time.perf_counter()
+    res = llm.generate(prompts, p)
+    wall = time.perf_counter() - t0
+    st = {k: v - st0[k] for k, v in vars(llm.engine.stats).items() if isinstance(v, int)}
+    return {"wall_s": wall, "outputs": [r.token_ids for r in res], "texts": [r.text for r in res],
+            "nfe": sum(r.nfe for r in res), "committed": sum(r.num_committed for r in res),
+            "steps": st["iterations"]}
+
+
+def summarise(name: str, run: dict) -> dict:
+    toks = sum(len(o) for o in run["outputs"])
+    out = {"name": name, "requests": len(run["outputs"]), "useful_tokens": toks, "wall_s": round(run["wall_s"], 3),
+           "tokens_per_s": round(toks / run["wall_s"], 2), "nfe": run["nfe"],
+           "tpf": round(run.get("committed", toks) / max(run["nfe"], 1), 3),
+           "step_latency_ms": round(1000 * run["wall_s"] / max(run["steps"], 1), 3)}
+    return out
+
+
+def embedded_part(args) -> dict:
+    llm = LLM(args.model, device=args.device, dtype=args.dtype, max_num_seqs=args.concurrency)
+    examples = heldout_set(args.n_per_task, seed=args.seed)[: args.num_prompts]
+    prompts = [llm.tokenizer.encode_chat([{"role": "user", "content": e.prompt}]) for e in examples]
+    exact = DiffusionParams(max_tokens=args.max_tokens, block_length=args.block_length, steps=args.max_tokens)
+    params = exact if args.preset == "exact" else DiffusionParams(max_tokens=args.max_tokens,
+                                                                  block_length=args.block_length, preset="fast")
+    ref = reference_run(llm, prompts, exact)
+    eng = engine_run(llm, prompts, params)
+    ref_acc = sum(check(e, llm.tokenizer.decode(o)) for e, o in zip(examples, ref["outputs"])) / len(examples)
+    eng_acc = sum(check(e, t) for e, t in zip(examples, eng["texts"])) / len(examples)
+    same = sum(a == b for a, b in zip(ref["outputs"], eng["outputs"]))
+    r, e = summarise("reference (batch 1)", ref), summarise(f"engine ({args.preset}, C={args.concurrency})", eng)
+    return {"reference": r, "engine": e, "identical_outputs": same, "accuracy": {"reference": ref_acc, "engine": eng_acc},
+            "ratio_vs_reference": round(e["tokens_per_s"] / max(r["tokens_per_s"], 1e-9), 2)}
+
+
+def compute_bound_part(args) -> dict:
+    """A random-weight LLaDA-shaped model large enough that the forward dominates (CPU-sized)."""
+    from tests.helpers import write_checkpoint
+
+    d = Path(tempfile.mkdtemp(prefix="unmask-bench-"))
+    write_checkpoint(d, "dense", seed=0, d=args.cb_hidden, layers=args.cb_layers, heads=args.cb_hidden // 64,
+                     inter=int(args.cb_hidden * 2.75), vocab=4096)
+    llm = LLM(str(d), device=args.device, dtype="float32", max_num_seqs=args.concurrency)
+    gen = torch.Generator().manual_seed(args.seed)
+    prompts = [torch.randint(0, 60, (int(n),), generator=gen).tolist()
+               for n in torch.randint(16, 48, (args.cb_prompts,), generator=gen)]
+    p = DiffusionParams(max_tokens=32, block_length=32, steps=16, early_stop=False, logits_eos_inf=True)
+    ref, eng = reference_run(llm, prompts, p), engine_run(llm, prompts, p)
+    r, e = summarise("reference (batch 1)", ref), summarise(f"engine exact C={args.concurrency}", eng)
+    same = sum(a == b for a, b in zip(ref["outputs"], eng["outputs"]))
+    return {"model": {"hidden": args.cb_hidden, "layers": args.cb_layers, "vocab": 4096}, "reference": r, "engine": e,
+            "identical_outputs": same, "ratio_vs_reference": round(e["tokens_per_s"] / max(r["tokens_per_s"], 1e-9), 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--preset", choices=["exact", "fast"], default="exact")
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--num-prompts", type=int, default=64)
+    ap.add_argument("--n-per-task", type=int, default=8)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--block-length", type=int, default=32)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cb-hidden", type=int, default=512)
+    ap.add_argument("--cb-layers", type=int, default=6)
+    ap.add_argument("--cb-prompts", type=int, default=16)
+    ap.add_argument("--skip-compute-bound", action="store_true")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    torch.manual_seed(args.seed)
+    res = {"machine": f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}",
+           "preset": args.preset, "concurrency": args.concurrency}
+    res.update(embedded_part(args))
+    if not args.skip_compute_bound:
+        res["compute_bound"] = compute_bound_part(args)
+    for part in (res, res.get("compute_bound")):
+        if part:
+            for key in ("reference", "engine"):
+                print(" | ".join(f"{k}={v}" for k, v in part[key].items()))
+            print(f"ratio engine/reference = {part['ratio_vs_reference']}x, identical outputs "
+                  f"{part['identical_outputs']}/{part['reference']['requests']}")
+    print(f"accuracy reference={res['accuracy']['reference']:.3f} engine={res['accuracy']['engine']:.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

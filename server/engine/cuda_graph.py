@@ -1,0 +1,99 @@
+"""CUDA-graph capture of the cached block step, one graph per batch-size bucket.
+
+Legend: B sequences (padded to the bucket), W block width, N = B·W tokens, P pages per sequence, V vocab.
+
+A dual-cache block step has static shapes once B and W are fixed: every sequence feeds exactly its W
+block tokens and reads the rest of its canvas from the paged cache. The whole step — model forward,
+LM head on all N rows, mask-token and EOS biases, ``remask_confidence`` — is captured once per
+(bucket, W) and replayed after copying the iteration's inputs into static buffers, so the ~10 kernel
+launches per layer cost one graph launch (KERNELS.md §4: un-graphed launches eat 1.5-3.5 ms of a 4.6 ms
+floor). Padding sequences attend only to their own tokens (kv_len = W, offset 0) and are discarded.
+Only used on CUDA; the kernels it runs perform no host synchronisation.
+"""
+from __future__ import annotations
+
+import torch
+
+from unmask.kernels import ops
+from unmask.server.models.attention_meta import AttentionMetadata
+
+BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+
+
+def bucket_for(batch: int) -> int | None:
+    """Smallest bucket ≥ batch, or None if the batch is larger than every bucket."""
+    return next((b for b in BUCKETS if b >= batch), None)
+
+
+class GraphedBlockStep:
+    """Captured block steps for one model and cache, keyed by (bucket, block width)."""
+
+    def __init__(self, model: torch.nn.Module, kv_layers: list, max_pages: int, mask_id: int, eos_id: int,
+                 capture: bool = True):
+        self.model, self.kv_layers, self.max_pages, self.capture = model, kv_layers, max_pages, capture
+        self.mask_id, self.eos_id = mask_id, eos_id
+        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, dict, tuple]] = {}
+        self.pool = None
+
+    def _buffers(self, b: int, w: int, device) -> dict:
+        n = b * w
+        return {"ids": torch.zeros(n, dtype=torch.int64, device=device),
+                "pos": torch.arange(w, device=device).repeat(b),
+                "cu": torch.arange(0, n + 1, w, dtype=torch.int32, device=device),
+                "table": torch.zeros(b, self.max_pages, dtype=torch.int32, device=device),
+                "kv_lens": torch.full((b,), w, dtype=torch.int32, device=device),
+                "offsets": torch.zeros(b, dtype=torch.int32, device=device),
+                "temp": torch.zeros(n, dtype=torch.float32, device=device),
+                "seeds": torch.zeros(n, dtype=torch.int64, device=device),
+                "eos_bias": torch.zeros(n, dtype=torch.float32, device=device)}
+
+    def _step(self, buf: dict, w: int):
+        meta = AttentionMetadata(cu_seqlens_q=buf["cu"], max_seqlen_q=w, block_table=buf["table"],
+                                 kv_lens=buf["kv_lens"], new_offsets=buf["offsets"], kv_caches=self.kv_layers)
+        hidden = self.model(buf["ids"], buf["pos"], meta)  # [N, D]
+        logits = self.model.compute_logits(hidden)  # [N, V]
+        logits[:, self.mask_id] = float("-inf")  # fast modes never propose the mask token
+        logits[:, self.eos_id] += buf["eos_bias"].to(logits.dtype)
+        return ops.remask_confidence(logits, buf["temp"], buf["seeds"])  # x0 [N], conf [N]
+
+    def _capture(self, b: int, w: int, device):
+        buf = self._buffers(b, w, device)
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm-up: Triton compiles and autotunes outside the capture
+                self._step(buf, w)
+        torch.cuda.current_stream(device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            out = self._step(buf, w)
+        self.pool = graph.pool()
+        self.graphs[(b, w)] = (graph, buf, out)
+
+    @torch.inference_mode()
+    def run(self, ids, pos, table, kv_lens, offsets, temp, seeds, eos_bias, w: int):
+        """Inputs for B real sequences (tensors on the model's device; ids/pos/temp/seeds/eos_bias [B·W],
+        table [B, ≤P], kv_lens/offsets [B]) -> (x0 [B·W] int64, conf [B·W] float32)."""
+        b = kv_lens.shape[0]
+        bucket = bucket_for(b)
+        if (bucket, w) not in self.graphs:
+            if self.capture:
+                self._capture(bucket, w, ids.device)
+            else:  # same static buffers and padding, run eagerly (CPU tests of this path)
+                self.graphs[(bucket, w)] = (None, self._buffers(bucket, w, ids.device), None)
+        graph, buf, out = self.graphs[(bucket, w)]
+        n = b * w
+        buf["ids"][:n].copy_(ids), buf["pos"][:n].copy_(pos)
+        buf["table"].zero_()
+        buf["table"][:b, :table.shape[1]].copy_(table)
+        buf["kv_lens"].fill_(w), buf["offsets"].zero_()
+        buf["kv_lens"][:b].copy_(kv_lens), buf["offsets"][:b].copy_(offsets)
+        buf["temp"][:n].copy_(temp), buf["seeds"][:n].copy_(seeds), buf["eos_bias"][:n].copy_(eos_bias)
+        if n < buf["ids"].shape[0]:  # padding sequences: their own positions 0..W-1, no cache reads
+            buf["ids"][n:].zero_()
+            buf["pos"][n:].copy_(torch.arange(w, device=ids.device).repeat(bucket - b))
+        if graph is None:
+            out = self._step(buf, w)
+        else:
+            graph.replay()
+        return out[0][:n], out[1][:n]

@@ -1,0 +1,28 @@
+import subprocess
+import sys
+
+from unmask.server.cli import build_parser, main
+
+
+def test_generate_prints_completion(dense_ckpt, capsys):
+    rc = main(["generate", str(dense_ckpt), "--prompt", "HELLO", "--max-tokens", "8", "--block-length", "4",
+               "--dtype", "float32", "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert rc == 0 and "finish_reason=" in captured.err and "nfe=" in captured.err
+
+
+def test_generate_chat_and_bad_params(dense_ckpt, capsys):
+    assert main(["generate", str(dense_ckpt), "--prompt", "HI", "--chat", "--max-tokens", "4", "--device", "cpu"]) == 0
+    rc = main(["generate", str(dense_ckpt), "--prompt", "HI", "--max-tokens", "10", "--block-length", "4"])
+    assert rc == 2 and "multiple of block_length" in capsys.readouterr().err
+
+
+def test_missing_model_is_a_clear_error(tmp_path, capsys):
+    rc = main(["generate", str(tmp_path / "nope"), "--prompt", "HI"])
+    assert rc == 2 and "not a built-in model" in capsys.readouterr().err
+
+
+def test_console_entry_point_help():
+    out = subprocess.run([sys.executable, "-m", "unmask.server", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "serve" in out.stdout and "generate" in out.stdout
+    assert build_parser().parse_args(["serve"]).command == "serve"
