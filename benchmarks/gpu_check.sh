@@ -25,10 +25,10 @@ run() {  # name, timeout seconds, command...
   echo "=== $name rc=$? $((SECONDS - start))s" | tee -a "$LOG"
 }
 
-run kernel_tests 170 python -m pytest -q -p no:cacheprovider tests/kernels tests/gpu --timeout 160
-run step_table 200 python benchmarks/step_table.py --json "$OUT/step_table.json" --markdown "$OUT/step_table.md"
+run kernel_tests 210 python -m pytest -q -p no:cacheprovider tests/kernels tests/gpu --timeout 200
+run step_table 170 python benchmarks/step_table.py --iters 5 --json "$OUT/step_table.json" --markdown "$OUT/step_table.md"
 for b in attention moe remask norm; do
-  [ -f "benchmarks/kernels/bench_$b.py" ] && run "bench_$b" 45 python "benchmarks/kernels/bench_$b.py" --json "$TMP/$b.json"
+  [ -f "benchmarks/kernels/bench_$b.py" ] && run "bench_$b" 28 python "benchmarks/kernels/bench_$b.py" --quick --json "$TMP/$b.json"
 done
 python - "$TMP" "$OUT/benches.json" <<'PY'
 import json, pathlib, sys

@@ -175,13 +175,14 @@ def _attn_combine_kernel(part_ptr, ml_ptr, o_ptr, n_rows, heads, head_dim, strid
     tl.store(out, acc.to(o_ptr.dtype.element_ty), mask=mask)
 
 
-def _config(max_seqlen_q: int, head_dim: int):
-    """(BM, BN, BD, num_warps, num_stages): tiles >= 16 for tl.dot, smaller key tiles when interpreting."""
+def _config(max_seqlen_q: int, head_dim: int, elem_bytes: int):
+    """(BM, BN, BD, num_warps, num_stages): tiles >= 16 for tl.dot, smaller key tiles when interpreting
+    and for fp32 (a test path on GPUs: IEEE products; 64-wide fp32 K/V tiles spill)."""
     block_m = min(64, max(16, next_pow2(max_seqlen_q)))
     block_d = max(16, next_pow2(head_dim))
     if interpreting():
         return block_m, 32, block_d, 4, 1
-    return block_m, 64, block_d, 4 if block_d <= 64 else 8, 2
+    return block_m, 64 if elem_bytes <= 2 else 32, block_d, 4 if block_d <= 64 else 8, 2
 
 
 def _num_splits(work: int, device: torch.device, key_tiles_bound: int | None) -> int:
@@ -203,7 +204,7 @@ def attention_fwd(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_ca
         return out.zero_()
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     has_cache = k_cache is not None
-    block_m, block_n, block_d, warps, stages = _config(max_seqlen_q, head_dim)
+    block_m, block_n, block_d, warps, stages = _config(max_seqlen_q, head_dim, q.element_size())
     q_tiles = triton.cdiv(max_seqlen_q, block_m)
     if num_splits is None:
         bound = None if has_cache else triton.cdiv(max_seqlen_q, block_n)

@@ -47,8 +47,7 @@ def _route_kernel(logits_ptr, w_ptr, ids_ptr, n_tok, n_exp, stride_l, TOPK: tl.c
     p = p / tl.sum(p, axis=1)[:, None]
     p = tl.where(mask, p, -2.0)  # padding lanes lose to every real probability
     for j in tl.static_range(TOPK):
-        best = tl.max(p, axis=1)  # [R]
-        arg = tl.argmax(p, axis=1)  # first index on ties
+        best, arg = tl.max(p, axis=1, return_indices=True, return_indices_tie_break_left=True)  # [R]
         tl.store(w_ptr + rows64 * TOPK + j, best.to(w_ptr.dtype.element_ty), mask=r_ok)
         tl.store(ids_ptr + rows64 * TOPK + j, arg.to(tl.int64), mask=r_ok)
         p = tl.where(e[None, :] == arg[:, None], -1.0, p)
@@ -155,14 +154,19 @@ def _topk_sum_kernel(y_ptr, out_ptr, n_tok, stride_o, TOPK: tl.constexpr, DIM: t
     tl.store(out_ptr + t64 * stride_o + d[None, :], acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _config(n_assign: int, n_experts: int, dim: int, inter: int):
-    """(BM, BN, BK, num_warps, num_stages) for this batch; one fixed small config under the interpreter."""
+def _config(n_assign: int, n_experts: int, dim: int, inter: int, elem_bytes: int):
+    """(BM, BN gate/up, BN down, BK, num_warps, num_stages) for this batch. Under the interpreter: one
+    small config whose N tiles cover the test widths (fewer programs is what makes the interpreter fast).
+    fp32 (a test path on GPUs: IEEE products, no tensor cores) gets short K tiles and 2 stages so its
+    tiles fit in shared memory and registers."""
     if interpreting():
-        return 16, max(16, min(32, next_pow2(inter))), max(16, min(32, next_pow2(dim))), 4, 1
+        return 16, max(16, min(64, next_pow2(inter))), max(16, min(64, next_pow2(dim))), 32, 4, 1
     rows = n_assign / n_experts
     for limit, bm, bn, bk, warps, stages in _H100_CONFIGS:
         if rows <= limit:
-            return bm, bn, bk, warps, stages
+            if elem_bytes > 2:
+                return min(bm, 32), 64, 64, 32, 4, 2
+            return bm, bn, bn, bk, warps, stages
 
 
 def fused_moe(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, topk_weights: torch.Tensor,
@@ -184,19 +188,19 @@ def fused_moe(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, to
     x = x if x.stride(1) == 1 else x.contiguous()
     w_gate_up, w_down = w_gate_up.contiguous(), w_down.contiguous()
     n_assign = n_tok * top_k
-    bm, bn, bk, warps, stages = _config(n_assign, n_exp, dim, inter)
+    bm, bn_up, bn_down, bk, warps, stages = _config(n_assign, n_exp, dim, inter, x.element_size())
     sorted_ids, block_expert = moe_align(topk_ids, n_exp, bm)  # [MB·BM], [MB]
     n_blocks = block_expert.numel()
     h = torch.empty((n_assign, inter), dtype=x.dtype, device=x.device)  # [A, I]
     y = torch.empty((n_assign, dim), dtype=x.dtype, device=x.device)  # [A, D]
-    common = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, UPCAST=upcast(x.dtype),
-                  IEEE=x.dtype == torch.float32 and not interpreting(), num_warps=warps, num_stages=stages)
-    _gate_up_kernel[(n_blocks, triton.cdiv(inter, bn))](
+    common = dict(BLOCK_M=bm, BLOCK_K=bk, UPCAST=upcast(x.dtype), IEEE=x.dtype == torch.float32 and not interpreting(),
+                  num_warps=warps, num_stages=stages)
+    _gate_up_kernel[(n_blocks, triton.cdiv(inter, bn_up))](
         x, w_gate_up, h, sorted_ids, block_expert, n_assign, x.stride(0), w_gate_up.stride(0),
-        w_gate_up.stride(1), TOPK=top_k, DIM=dim, INTER=inter, **common)
-    _down_kernel[(n_blocks, triton.cdiv(dim, bn))](
+        w_gate_up.stride(1), TOPK=top_k, DIM=dim, INTER=inter, BLOCK_N=bn_up, **common)
+    _down_kernel[(n_blocks, triton.cdiv(dim, bn_down))](
         h, w_down, topk_weights.contiguous(), y, sorted_ids, block_expert, n_assign, w_down.stride(0),
-        w_down.stride(1), DIM=dim, INTER=inter, **common)
+        w_down.stride(1), DIM=dim, INTER=inter, BLOCK_N=bn_down, **common)
     block_d = min(1024, next_pow2(dim))
     rows = max(1, 2048 // block_d)
     _topk_sum_kernel[(triton.cdiv(n_tok, rows), triton.cdiv(dim, block_d))](

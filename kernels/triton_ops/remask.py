@@ -7,7 +7,7 @@ Per row and vocab tile the kernel keeps: the clean running max ``m`` and rescale
 ``l/T − log(−log u)`` evaluated in float64 with the spec's counter-based noise
 ``u = (fmix32(fmix32(j ^ s1) ^ s2) + 0.5) / 2³²`` (a uint32 hash needs float64: near 1 the spacing of
 fp32 would truncate the Gumbel tail, arXiv:2409.02908). Ties go to the lowest token id (strict ``>``
-across tiles, ``tl.argmax`` takes the first index inside a tile). ``conf = exp(l[x0] − m) / Σ`` in fp32,
+across tiles, the first index of a tile's maximum inside it). ``conf = exp(l[x0] − m) / Σ`` in fp32,
 rounded to the logits dtype, returned as fp32. With few rows the vocab is split over a second grid axis
 (SP programs per row write partial tuples; a tiny merge kernel combines them in split order).
 No probability tensor is ever written; no host sync.
@@ -21,7 +21,6 @@ from unmask.kernels.triton_ops._common import interpreting, next_pow2, num_sms
 
 __all__ = ["remask_confidence"]
 
-_LOG2E = 1.4426950408889634
 _NPART = 5  # partial tuple per (row, split): m, Σ, clean argmax, best noisy score, noisy argmax (all as fp64)
 
 
@@ -66,8 +65,8 @@ def _vocab_pass_kernel(logits_ptr, temp_ptr, seed_ptr, part_ptr, x0_ptr, conf_pt
         cols = col0 + tl.arange(0, BLOCK_V)  # [BV]
         ok = cols < vocab
         x = tl.load(row_ptr + cols, mask=ok, other=float("-inf")).to(tl.float32)  # [BV]
-        tmax = tl.max(x, axis=0)
-        idx = tl.where(tmax > m, col0 + tl.argmax(x, axis=0), idx)
+        tmax, targ = tl.max(x, axis=0, return_indices=True, return_indices_tie_break_left=True)
+        idx = tl.where(tmax > m, col0 + targ, idx)
         m_new = tl.maximum(m, tmax)
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
         ssum = ssum * tl.exp2((m - m_use) * 1.4426950408889634) + tl.sum(tl.exp2((x - m_use) * 1.4426950408889634))
@@ -77,8 +76,8 @@ def _vocab_pass_kernel(logits_ptr, temp_ptr, seed_ptr, part_ptr, x0_ptr, conf_pt
             u = (h.to(tl.float64) + 0.5) * (1.0 / 4294967296.0)
             score = x.to(tl.float64) / temp - tl.log(-tl.log(u))  # [BV] fp64
             score = tl.where(ok, score, float("-inf"))
-            smax = tl.max(score, axis=0)
-            nidx = tl.where(smax > nbest, col0 + tl.argmax(score, axis=0), nidx)
+            smax, sarg = tl.max(score, axis=0, return_indices=True, return_indices_tie_break_left=True)
+            nidx = tl.where(smax > nbest, col0 + sarg, nidx)
             nbest = tl.maximum(nbest, smax)
 
     if FINAL:
@@ -120,7 +119,7 @@ def _merge_kernel(logits_ptr, temp_ptr, part_ptr, x0_ptr, conf_ptr, stride_l, SP
 
 def _plan(rows: int, vocab: int, device: torch.device, splits: int | None):
     """(BV, SP, TL, num_warps): split the vocab when rows alone cannot fill ~2 waves of programs."""
-    block_v = min(4096, next_pow2(vocab))
+    block_v = max(128, min(4096, next_pow2(triton.cdiv(vocab, 4))))  # >= 4 tiles when the vocab allows
     tiles = triton.cdiv(vocab, block_v)
     if splits is None:
         splits = 1 if interpreting() else max(1, min(tiles, triton.cdiv(2 * num_sms(device), rows)))

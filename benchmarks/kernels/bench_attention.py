@@ -1,0 +1,82 @@
+"""Attention benchmark: cached block step (32 new tokens per sequence over a 512-token paged prefix) and
+the full-canvas refresh step (544 tokens, no cache), torch_ref vs dense SDPA vs Triton.
+
+Legend: B sequences, H/Hk heads, D head dim, L = PREFIX + BLOCK keys, S page size.
+Bytes = K/V read (+ q, out); FLOPs = 4·B·H·n_q·L·D.
+"""
+import torch
+import torch.nn.functional as F
+
+from bench_common import BLOCK, LLADA_8B, LLADA_MOE, PREFIX, Report, parse_args, require_cuda, row, time_ms
+from unmask.kernels.torch_ref import attention as ref
+from unmask.kernels.triton_ops import attention as tri
+
+PAGE = 32
+
+
+def cached_inputs(model, batch, dev, dtype=torch.bfloat16):
+    h, hk, d = model["heads"], model["kv_heads"], model["head_dim"]
+    kv = PREFIX + BLOCK
+    pages = kv // PAGE + 1
+    n = batch * BLOCK
+    q = torch.randn(n, h, d, device=dev, dtype=dtype)  # [N, H, D]
+    k, v = torch.randn(n, hk, d, device=dev, dtype=dtype), torch.randn(n, hk, d, device=dev, dtype=dtype)
+    kc = torch.randn(batch * pages, PAGE, hk, d, device=dev, dtype=dtype)  # [P, S, Hk, D]
+    vc = torch.randn_like(kc)
+    table = torch.randperm(batch * pages, device=dev, dtype=torch.int32).view(batch, pages)  # [B, pages]
+    cu = torch.arange(0, n + 1, BLOCK, device=dev, dtype=torch.int32)  # [B+1]
+    lens = torch.full((batch,), kv, device=dev, dtype=torch.int32)
+    offs = torch.full((batch,), PREFIX, device=dev, dtype=torch.int32)
+    return (q, k, v, cu, BLOCK, d ** -0.5, kc, vc, table, lens, offs)
+
+
+def sdpa_dense(args, batch):
+    """The off-the-shelf baseline: K/V already gathered into contiguous [B, Hk, L, D] (no paging cost)."""
+    q, k, v, _, _, scale, kc, vc, table = args[:9]
+    h, d = q.shape[1], q.shape[2]
+    kk = kc[table.long()].flatten(1, 2)[:, :PREFIX + BLOCK].transpose(1, 2).contiguous()  # [B, Hk, L, D]
+    vv = vc[table.long()].flatten(1, 2)[:, :PREFIX + BLOCK].transpose(1, 2).contiguous()
+    qq = q.view(batch, BLOCK, h, d).transpose(1, 2)  # [B, H, n, D]
+    return lambda: F.scaled_dot_product_attention(qq, kk, vv, scale=scale)
+
+
+def bench_cached(model, batch, dev, quick):
+    args = cached_inputs(model, batch, dev)
+    h, hk, d = model["heads"], model["kv_heads"], model["head_dim"]
+    kv = PREFIX + BLOCK
+    nbytes = batch * (kv * hk * d * 2 + 2 * BLOCK * h * d) * 2
+    flops = 4 * batch * h * BLOCK * kv * d
+    shape = f"{model['name']} B={batch} q={BLOCK} kv={kv}"
+    out = []
+    for name, fn in (("torch_ref", lambda: ref.attention(*args)), ("sdpa_dense_kv", sdpa_dense(args, batch)),
+                     ("triton", lambda: tri.attention(*args))):
+        out.append(row("attn_cached", shape, name, time_ms(fn, quick), nbytes, flops))
+    return out
+
+
+def bench_full(model, batch, dev, quick):
+    h, d, n = model["heads"], model["head_dim"], PREFIX + BLOCK
+    q = torch.randn(batch * n, h, d, device=dev, dtype=torch.bfloat16)
+    k, v = torch.randn_like(q), torch.randn_like(q)
+    cu = torch.arange(0, batch * n + 1, n, device=dev, dtype=torch.int32)
+    qq, kk, vv = (t.view(batch, n, h, d).transpose(1, 2) for t in (q, k, v))
+    nbytes, flops = 4 * batch * n * h * d * 2, 4 * batch * h * n * n * d
+    shape = f"{model['name']} B={batch} q=kv={n}"
+    return [row("attn_full", shape, name, time_ms(fn, quick), nbytes, flops) for name, fn in (
+        ("torch_ref", lambda: ref.attention(q, k, v, cu, n, d ** -0.5)),
+        ("sdpa_dense", lambda: F.scaled_dot_product_attention(qq, kk, vv, scale=d ** -0.5)),
+        ("triton", lambda: tri.attention(q, k, v, cu, n, d ** -0.5)))]
+
+
+def main():
+    args = parse_args(__doc__)
+    dev = require_cuda()
+    out = Report(args.json)
+    for model in (LLADA_8B, LLADA_MOE):
+        for batch in args.batches:
+            out.add(bench_cached(model, batch, dev, args.quick))
+            out.add(bench_full(model, batch, dev, args.quick))
+
+
+if __name__ == "__main__":
+    main()

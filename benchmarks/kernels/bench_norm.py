@@ -1,0 +1,48 @@
+"""RMSNorm, residual-add + RMSNorm and RoPE at LLaDA-8B / LLaDA-MoE shapes, N = 32·B tokens (one block
+per sequence): torch_ref vs Triton. Bytes = tensors read + written; all memory-bound.
+
+Legend: N tokens, D hidden, H heads, Dh head dim.
+"""
+import torch
+
+from bench_common import BLOCK, LLADA_8B, LLADA_MOE, Report, parse_args, require_cuda, row, time_ms
+from unmask.kernels.torch_ref import norm as ref
+from unmask.kernels.torch_ref import rope as rope_ref
+from unmask.kernels.triton_ops import norm as tri
+from unmask.kernels.triton_ops import rope as rope_tri
+
+
+def bench(model, batch, dev, quick, dtype=torch.bfloat16):
+    n, d = batch * BLOCK, model["hidden"]
+    h, hd = model["heads"], model["head_dim"]
+    x, res = torch.randn(n, d, device=dev, dtype=dtype), torch.randn(n, d, device=dev, dtype=dtype)
+    w = torch.randn(d, device=dev, dtype=dtype)
+    q, k = torch.randn(n, h, hd, device=dev, dtype=dtype), torch.randn(n, h, hd, device=dev, dtype=dtype)
+    pos = torch.arange(n, device=dev) + 512
+    elem = x.element_size()
+    shape = f"{model['name']} N={n} D={d}"
+    rope_shape = f"{model['name']} N={n} H={h} Dh={hd}"
+    rows = []
+    for name, fn in (("torch_ref", lambda: ref.rms_norm(x, w, 1e-5)), ("triton", lambda: tri.rms_norm(x, w, 1e-5))):
+        rows.append(row("rms_norm", shape, name, time_ms(fn, quick), 2 * n * d * elem))
+    for name, fn in (("torch_ref", lambda: ref.add_rms_norm(x, res, w, 1e-5)),
+                     ("triton", lambda: tri.add_rms_norm(x, res, w, 1e-5))):
+        rows.append(row("add_rms_norm", shape, name, time_ms(fn, quick), 4 * n * d * elem))
+    for fp32 in (True, False):
+        for name, fn in (("torch_ref", lambda f=fp32: rope_ref.rope(q, k, pos, 500000.0, f)),
+                         ("triton", lambda f=fp32: rope_tri.rope(q, k, pos, 500000.0, f))):
+            rows.append(row(f"rope_fp32={fp32}", rope_shape, name, time_ms(fn, quick), 4 * n * h * hd * elem))
+    return rows
+
+
+def main():
+    args = parse_args(__doc__)
+    dev = require_cuda()
+    out = Report(args.json)
+    for model in (LLADA_8B, LLADA_MOE):
+        for batch in args.batches:
+            out.add(bench(model, batch, dev, args.quick))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Bidirectional varlen attention (with and without a paged cache) and the cache scatter:
+Triton vs the PyTorch specification, fp64 error model, split-KV forced on and off."""
+import pytest
+import torch
+
+from tests.kernels.tolerance import DEVICE, assert_fa_close, dtypes, gen, randn
+from unmask.kernels.torch_ref import attention as ref
+from unmask.kernels.triton_ops import attention as tri
+
+I32 = dict(dtype=torch.int32, device=DEVICE)
+
+
+def cu_seqlens(lens):
+    return torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), **I32)
+
+
+def packed(lens, h, hk, d, dtype, seed):
+    g = gen(seed)
+    n = sum(lens)
+    return (randn(n, h, d, seed_gen=g, dtype=dtype), randn(n, hk, d, seed_gen=g, dtype=dtype),
+            randn(n, hk, d, seed_gen=g, dtype=dtype), cu_seqlens(lens))
+
+
+def paged_cache(kv_lens, hk, d, dtype, page, seed):
+    """Random cache pages (stale values everywhere, also where the new rows go), shuffled page ids,
+    unused table entries −1."""
+    g = gen(seed)
+    need = [-(-n // page) for n in kv_lens]
+    n_pages = sum(need) + 2
+    kc = randn(n_pages, page, hk, d, seed_gen=g, dtype=dtype)
+    vc = randn(n_pages, page, hk, d, seed_gen=g, dtype=dtype)
+    perm = torch.randperm(n_pages, generator=g).tolist()
+    table = torch.full((len(kv_lens), max(need) + 1), -1, dtype=torch.int32)
+    for b, cnt in enumerate(need):
+        table[b, :cnt] = torch.tensor([perm.pop() for _ in range(cnt)], dtype=torch.int32)
+    return kc, vc, table.to(DEVICE)
+
+
+def check(q, k, v, cu, max_q, scale, cache, splits, dtype, what):
+    out = tri.attention_fwd(q, k, v, cu, max_q, scale, *cache, num_splits=splits)
+    lp = ref.attention(q, k, v, cu, max_q, scale, *cache)
+    c64 = [t.double() if t is not None and t.is_floating_point() else t for t in cache]
+    r64 = ref.attention(q.double(), k.double(), v.double(), cu, max_q, scale, *c64)
+    assert out.dtype == q.dtype
+    assert_fa_close(out, lp, r64, dtype, what)
+
+
+NO_CACHE = [  # (lens, H, Hk, D, key splits): a length-1 sequence, an empty one, a tail tile, GQA, D not 2^k
+    ([1, 0, 5, 33], 4, 2, 64, 1),
+    ([1, 0, 5, 33], 4, 2, 64, 3),
+    ([3, 17], 2, 2, 80, 1),
+    ([1], 1, 1, 128, 1),
+]
+
+
+@dtypes
+@pytest.mark.parametrize("case", NO_CACHE, ids=str)
+def test_attention_no_cache(dtype, case):
+    lens, h, hk, d, splits = case
+    q, k, v, cu = packed(lens, h, hk, d, dtype, seed=sum(lens))
+    check(q, k, v, cu, max(lens), d ** -0.5, (None,) * 5, splits, dtype, f"no cache {case}")
+
+
+CACHED = [  # (new lens, kv_lens, new_offsets, H, Hk, D, page)
+    ([4, 1, 9], [40, 17, 9], [36, 16, 0], 4, 1, 64, 16),  # prefix cache, one empty prefix, GQA 4:1
+    ([8, 5], [50, 21], [16, 8], 2, 2, 128, 16),  # dual cache: block in the middle, suffix cached
+    ([3], [70], [32], 2, 1, 32, 32),  # one sequence, keys much longer than queries
+]
+
+
+@dtypes
+@pytest.mark.parametrize("splits", [1, 3])
+@pytest.mark.parametrize("case", CACHED, ids=str)
+def test_attention_paged_cache(dtype, splits, case):
+    lens, kv_lens, offs, h, hk, d, page = case
+    q, k, v, cu = packed(lens, h, hk, d, dtype, seed=7)
+    kc, vc, table = paged_cache(kv_lens, hk, d, dtype, page, seed=8)
+    cache = (kc, vc, table, torch.tensor(kv_lens, **I32), torch.tensor(offs, **I32))
+    check(q, k, v, cu, max(lens), d ** -0.5, cache, splits, dtype, f"cache {case}")
+
+
+def test_public_attention_matches_explicit_split():
+    q, k, v, cu = packed([2, 6], 2, 2, 32, torch.float32, seed=9)
+    a = tri.attention(q, k, v, cu, 6, 0.2)
+    b = tri.attention_fwd(q, k, v, cu, 6, 0.2, num_splits=1)
+    c = tri.attention_fwd(q, k, v, cu, 6, 0.2, num_splits=4)  # most splits empty: -inf partials merge away
+    assert torch.allclose(a, b, rtol=0, atol=1e-6) and torch.allclose(a, c, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("splits", [1, 2])
+def test_rows_without_keys_are_zero(splits):
+    """kv_len 0 (no key at all): the kernel defines the output as 0, as SDPA does for a fully masked row."""
+    q, k, v, cu = packed([2, 3], 2, 2, 16, torch.float32, seed=10)
+    kc, vc, table = paged_cache([16, 16], 2, 16, torch.float32, 16, seed=11)
+    cache = (kc, vc, table, torch.tensor([0, 3], **I32), torch.tensor([0, 0], **I32))
+    out = tri.attention_fwd(q, k, v, cu, 3, 0.25, *cache, num_splits=splits)
+    assert torch.isfinite(out).all() and (out[:2] == 0).all()
+    lp = ref.attention(q[2:], k[2:], v[2:], cu_seqlens([3]), 3, 0.25)
+    assert torch.allclose(out[2:], lp, atol=1e-6)
+
+
+def test_cached_block_step_equals_full_sequence():
+    """Writing the canvas K/V into the cache and attending from the block equals full-canvas attention
+    restricted to the block rows (the Fast-dLLM step equivalence)."""
+    lens, blocks, h, d, page = [40, 24], [(16, 24), (8, 12)], 2, 32, 8
+    q, k, v, cu = packed(lens, h, h, d, torch.float32, seed=12)
+    kc = torch.zeros(12, page, h, d, device=DEVICE)
+    vc = torch.zeros_like(kc)
+    table = torch.tensor([[0, 2, 4, 6, 8], [1, 3, 5, -1, -1]], **I32)
+    slots = torch.cat([(table[b, torch.arange(n) // page] * page + torch.arange(n, device=DEVICE) % page).long()
+                       for b, n in enumerate(lens)])
+    tri.kv_cache_write(kc, vc, k, v, slots)
+    rows = torch.cat([torch.arange(lo, hi) + start for (lo, hi), start in zip(blocks, [0, lens[0]])]).to(DEVICE)
+    cache = (kc, vc, table, torch.tensor(lens, **I32), torch.tensor([b[0] for b in blocks], **I32))
+    blk = tri.attention(q[rows], k[rows], v[rows], cu_seqlens([hi - lo for lo, hi in blocks]), 8, d ** -0.5, *cache)
+    full64 = ref.attention(q.double(), k.double(), v.double(), cu, 40, d ** -0.5)[rows]
+    full_lp = ref.attention(q, k, v, cu, 40, d ** -0.5)[rows]
+    assert_fa_close(blk, full_lp, full64, torch.float32, "block step vs full")
+
+
+@pytest.mark.parametrize("src,dst", [(torch.float32, torch.float32), (torch.float16, torch.float16),
+                                     (torch.float32, torch.float16)], ids=["f32", "f16", "f32_to_f16"])
+def test_kv_cache_write(src, dst):
+    g = gen(13)
+    k, v = randn(9, 2, 24, seed_gen=g, dtype=src), randn(9, 2, 24, seed_gen=g, dtype=src)
+    slots = torch.tensor([5, -1, 0, 17, 31, 8, -7, 9, 16], dtype=torch.int64, device=DEVICE)
+    kc, vc = randn(4, 8, 2, 24, seed_gen=g, dtype=dst), randn(4, 8, 2, 24, seed_gen=g, dtype=dst)
+    kc2, vc2 = kc.clone(), vc.clone()
+    tri.kv_cache_write(kc, vc, k, v, slots)
+    ref.kv_cache_write(kc2, vc2, k, v, slots)
+    assert torch.equal(kc, kc2) and torch.equal(vc, vc2)
