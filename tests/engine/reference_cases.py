@@ -11,11 +11,13 @@ from unmask import DiffusionParams
 from unmask.server.models.attention_meta import AttentionMetadata, packed_positions
 
 
-def random_case(rng: random.Random, temperature: float = 0.0, **over) -> tuple[list[int], DiffusionParams]:
+def random_case(rng: random.Random, temperature: float = 0.0, short: bool = False, **over):
+    """-> (prompt ids, DiffusionParams) with random lengths, schedule, remasking, CFG and EOS flags.
+    ``short`` keeps at most 2 blocks and 8 steps per block (for tests that run many cases)."""
     prompt = [rng.randint(0, 63) for _ in range(rng.randint(1, 12))]
     bl = rng.choice([1, 2, 4, 8])
-    nb = rng.randint(1, 3)
-    spb = rng.choice([1, 2, bl, bl + 1, 2 * bl])
+    nb = rng.randint(1, 2 if short else 3)
+    spb = rng.choice([1, 2, bl, bl + 1] if short else [1, 2, bl, bl + 1, 2 * bl])
     kw = dict(max_tokens=bl * nb, block_length=bl, steps=spb * nb, remasking=rng.choice(["low_confidence", "random"]),
               cfg_scale=rng.choice([0.0, 0.0, 0.5, 2.0]), seed=rng.randint(0, 10**6), temperature=temperature,
               logits_eos_inf=rng.random() < 0.15, confidence_eos_eot_inf=rng.random() < 0.15,
