@@ -58,8 +58,10 @@ class ResponseBuilder:
         if choice.done:  # outputs that raced with an early finish (stop string, budget)
             return []
         if isinstance(item, BaseException):
+            self.record_unfinished("error")
             raise _engine_error(item)
         if item.finish_reason == "error":
+            self.record_unfinished("error")
             raise APIError(500, f"the engine step failed: {item.error}", None, "engine_error")
         out: list[bytes] = []
         self._steps[index] += 1
@@ -118,6 +120,13 @@ class ResponseBuilder:
 
     def final(self) -> dict:
         return self.shape.final(self.choices, self.total_usage(), self.echo)
+
+    def record_unfinished(self, reason: str = "abort") -> None:
+        """The request ended early (client gone, engine error): count its open choices as ``reason``."""
+        for i, c in enumerate(self.choices):
+            if not c.done:
+                c.fail(reason)
+                self._record(i)
 
     def _record(self, index: int) -> None:
         if self.metrics is None:

@@ -39,13 +39,16 @@ class ChoiceState:
         the choice ends (engine finish, budget reached, or stop string)."""
         self.num_outputs += 1
         self.nfe, self.num_committed = out.nfe, out.num_committed
-        for tok in out.new_token_ids:
-            if len(self.token_ids) >= self.max_tokens:
-                break
-            self.token_ids.append(tok)
-            self._pending += self.detok.add([tok])
-            if self.stops and self._cut_at_stop():
-                return self._emit(final=True)
+        new = out.new_token_ids[:max(self.max_tokens - len(self.token_ids), 0)]
+        if self.stops:  # token by token, so a stop string cuts (and counts) at the right token
+            for tok in new:
+                self.token_ids.append(tok)
+                self._pending += self.detok.add([tok])
+                if self._cut_at_stop():
+                    return self._emit(final=True)
+        elif new:  # one detokenizer call per step
+            self.token_ids.extend(new)
+            self._pending += self.detok.add(list(new))
         if len(self.token_ids) >= self.max_tokens:
             self.finish_reason = "length"
         elif out.finished:

@@ -82,9 +82,9 @@ class GenerateRequest(DiffusionFields):
             return ()
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
-    def check_common(self) -> None:
-        """400 for known fields we cannot honour (non-default values only) and bad combinations."""
-        bad = [name for name, ok in (
+    def unsupported_common(self) -> list[str]:
+        """Known fields we cannot honour that carry a non-default value."""
+        return [name for name, ok in (
             ("frequency_penalty", self.frequency_penalty in (None, 0)),
             ("presence_penalty", self.presence_penalty in (None, 0)),
             ("repetition_penalty", self.repetition_penalty in (None, 1)),
@@ -97,8 +97,12 @@ class GenerateRequest(DiffusionFields):
             ("guided_choice", self.guided_choice is None), ("guided_grammar", self.guided_grammar is None),
             ("structured_outputs", self.structured_outputs is None),
         ) if not ok]
+
+    def check_common(self, bad: list[str], why: str = "") -> None:
+        """400 naming every unsupported field (``bad`` + the common ones), then the combination rules."""
+        bad = self.unsupported_common() + bad
         if bad:
-            raise unsupported(bad, WHY)
+            raise unsupported(bad, WHY + why)
         if self.stream_options is not None and not self.stream:
             raise bad_request("stream_options can only be given when stream=true", "stream_options")
         stops = self.stop_list()
@@ -120,11 +124,9 @@ class CompletionRequest(GenerateRequest):
     suffix: str | None = None
 
     def check(self) -> None:
-        self.check_common()
         bad = [name for name, ok in (("logprobs", self.logprobs is None), ("suffix", self.suffix is None),
                                      ("best_of", self.best_of in (None, self.n))) if not ok]
-        if bad:
-            raise unsupported(bad, WHY + " (best_of must equal n; infilling via suffix is not offered)")
+        self.check_common(bad, " (best_of must equal n; infilling via suffix is not offered)")
         if self.max_tokens == 0 and not self.echo:
             raise bad_request("max_tokens must be ≥ 1 (0 is only allowed with echo=true)", "max_tokens")
 
@@ -165,7 +167,6 @@ class ChatCompletionRequest(GenerateRequest):
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
     def check(self) -> None:
-        self.check_common()
         fmt = (self.response_format or {}).get("type", "text")
         bad = [name for name, ok in (
             ("logprobs", not self.logprobs), ("top_logprobs", not self.top_logprobs),
@@ -177,8 +178,7 @@ class ChatCompletionRequest(GenerateRequest):
             ("modalities", self.modalities in (None, ["text"])), ("prediction", self.prediction is None),
             ("web_search_options", self.web_search_options is None),
         ) if not ok]
-        if bad:
-            raise unsupported(bad, WHY + " Tool calls, structured output, logprobs and audio are not offered.")
+        self.check_common(bad, " Tool calls, structured output, logprobs and audio are not offered.")
 
     def flat_messages(self) -> list[dict[str, str]]:
         """[{role, content: str}] for the chat template: text parts joined by newlines (vLLM); others rejected."""

@@ -9,6 +9,7 @@ is safe inside a cancelled task (client disconnect).
 from __future__ import annotations
 
 import asyncio
+import time
 
 from unmask.server.api.errors import APIError, bad_request, unavailable
 from unmask.server.engine.async_engine import AsyncEngine, EngineDeadError, QueueFullError
@@ -59,12 +60,30 @@ class GenerationRun:
         except Exception as exc:  # noqa: BLE001 - reported to the consumer as this choice's failure
             self._queue.put_nowait((index, exc))
 
-    async def events(self):
-        """Yield (index, StepOutput | Exception) until the consumer stops iterating."""
+    async def events(self, heartbeat: float | None = None):
+        """Yield (index, StepOutput | Exception) until the consumer stops iterating; with ``heartbeat``,
+        also (None, None) whenever that many seconds pass without output (a timer, not a timeout per
+        get, so no output can be lost and the hot path stays one queue get)."""
         while self._early:
             yield self._early.pop(0)
-        while True:
-            yield await self._queue.get()
+        loop, timer, last = asyncio.get_running_loop(), None, time.monotonic()
+
+        def tick():
+            nonlocal timer
+            if time.monotonic() - last >= heartbeat:
+                self._queue.put_nowait((None, None))
+            timer = loop.call_later(heartbeat, tick)
+
+        if heartbeat is not None:
+            timer = loop.call_later(heartbeat, tick)
+        try:
+            while True:
+                item = await self._queue.get()
+                last = time.monotonic()
+                yield item
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def finish_choice(self, index: int) -> None:
         """The client has all it wants from this choice (budget or stop string): abort it in the engine."""

@@ -84,7 +84,10 @@ def _preset(req: GenerateRequest, settings: ServerSettings) -> str | None:
     return "fast"
 
 
+_FIELDS = {f.name for f in dataclasses.fields(DiffusionParams)}
+
+
 def _param_of(message: str) -> str | None:
-    """DiffusionParams messages start with ``name=value``; name that field."""
-    m = re.match(r"([a-z_]+)=", message)
-    return m.group(1) if m else None
+    """DiffusionParams messages start with the field at fault (``threshold=2 is not valid``)."""
+    m = re.match(r"([a-z_]+)", message)
+    return m.group(1) if m and m.group(1) in _FIELDS else None

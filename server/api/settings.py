@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-OPEN_PATHS = ("/health", "/ping", "/metrics", "/version")
+OPEN_PATHS = ("/health", "/ping", "/metrics", "/version", "/", "/static/*")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -15,9 +15,7 @@ class ServerSettings:
     api_keys: tuple[str, ...] = ()
     """Accepted bearer tokens; empty = no authentication. Compared in constant time."""
     open_paths: tuple[str, ...] = OPEN_PATHS
-    """Paths reachable without a key when ``api_keys`` is set."""
-    max_queue: int | None = None
-    """Most requests waiting for a slot; more get 503 + Retry-After. None = unbounded."""
+    """Paths reachable without a key when ``api_keys`` is set (``/x/*`` = every path under ``/x/``)."""
     max_prompt_tokens: int | None = None
     """Longest prompt accepted (tokens); None = only the model's context limit applies."""
     max_tokens_limit: int = 4096

@@ -71,4 +71,4 @@ class AppState:
 
 def response_id(prefix: str, header: str | None) -> str:
     """``cmpl-``/``chatcmpl-`` + the client's X-Request-Id when sent (vLLM), else a fresh uuid."""
-    return prefix + (header if header else uuid.uuid4().hex)
+    return prefix + (header[:256] if header else uuid.uuid4().hex)
