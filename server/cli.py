@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(serve)
     from unmask.server.serve_args import add_serve_args
     add_serve_args(serve)
+    chat = sub.add_parser("chat", help="interactive chat with a running server (streams the answer)")
+    from unmask.clients.chat import add_chat_args
+    add_chat_args(chat)
     return parser
 
 
@@ -59,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return _generate(args)
+        if args.command == "chat":
+            from unmask.clients.chat import run_chat
+            return run_chat(args)
         from unmask.server.serve_args import run_server
         return run_server(args)
     except (ValueError, FileNotFoundError) as exc:

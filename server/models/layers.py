@@ -112,6 +112,7 @@ class DecoderBlock(nn.Module):
         self.ffn = SparseMoE(cfg) if cfg.is_moe else SwiGLU(cfg.hidden_size, cfg.intermediate_size)
 
     def forward(self, x, positions, meta):
-        """x [N, D] -> [N, D]."""
-        h = x + self.attn(self.attn_norm(x), positions, meta)
-        return h + self.ffn(self.ff_norm(h))
+        """x [N, D] -> [N, D]. The residual add and the second norm are one fused op."""
+        a = self.attn(self.attn_norm(x), positions, meta)  # [N, D]
+        n, h = ops.add_rms_norm(a, x, self.ff_norm.weight, self.ff_norm.eps)  # norm(x + a), x + a
+        return h + self.ffn(n)

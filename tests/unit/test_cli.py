@@ -24,5 +24,6 @@ def test_missing_model_is_a_clear_error(tmp_path, capsys):
 
 def test_console_entry_point_help():
     out = subprocess.run([sys.executable, "-m", "unmask.server", "--help"], capture_output=True, text=True)
-    assert out.returncode == 0 and "serve" in out.stdout and "generate" in out.stdout
+    assert out.returncode == 0 and all(c in out.stdout for c in ("serve", "generate", "chat"))
+    assert build_parser().parse_args(["chat", "--url", "http://127.0.0.1:9"]).url == "http://127.0.0.1:9"
     assert build_parser().parse_args(["serve"]).command == "serve"
