@@ -42,79 +42,97 @@ def _segment(seq: Sequence, kind: StepKind) -> tuple[int, int]:
     return seq.block_start, seq.length
 
 
-def build_inputs(seqs: list[Sequence], kinds: list[StepKind], kv: KVCacheManager | None,
-                 device: torch.device) -> ForwardInputs:
-    """Pack ``seqs`` (each with its step kind) into one forward's inputs."""
-    from unmask.server.engine.model_runner import row_seed
+_SEED_MASK = (1 << 63) - 1
 
-    ids, pos, lens, offsets, kv_lens, slots, tables = [], [], [], [], [], [], []
-    rows, rows_per_seq, temps, seeds, eos_rows, no_mask_rows = [], [], [], [], [], []
-    un_rows, cfg_rows = [], []
-    base = 0
-    cached_write = any(s.uses_cache and k is StepKind.REFRESH for s, k in zip(seqs, kinds))
 
-    def add_segment(tokens: torch.Tensor, lo: int, seq: Sequence, write: bool, read: bool):
-        nonlocal base
-        n = tokens.shape[0]
-        ids.append(tokens), pos.append(torch.arange(lo, lo + n))
-        lens.append(n), offsets.append(lo), kv_lens.append(lo + n if not read else seq.length)
-        tables.append(seq.pages if read else [])
-        if cached_write:
-            slots.append(_slots(seq.pages, lo, n, kv.page_size) if write else torch.full((n,), -1))
-        start = base
-        base += n
-        return start
-
-    for seq, kind in zip(seqs, kinds):
-        lo, hi = _segment(seq, kind)
-        start = add_segment(seq.canvas[lo:hi], lo, seq, seq.uses_cache and kind is StepKind.REFRESH,
-                            kind is StepKind.BLOCK)
-        offs = seq.candidates()  # [n] canvas positions
-        m0 = sum(rows_per_seq)
-        rows.append(start + offs - lo)
-        rows_per_seq.append(offs.numel())
-        temps += [seq.params.temperature] * offs.numel()
-        seeds += [row_seed(seq.seed, seq.num_steps, int(p)) for p in offs]
-        if seq.params.logits_eos_inf:
-            eos_rows.append(torch.arange(m0, m0 + offs.numel()))
-        if not seq.params.is_exact:
-            no_mask_rows.append(torch.arange(m0, m0 + offs.numel()))
-        if seq.params.cfg_scale > 0:
-            un = seq.canvas.clone()
-            un[:seq.prompt_len] = seq.mask_id
-            s2 = add_segment(un, 0, seq, False, False)
-            un_rows.append(s2 + offs)
-            cfg_rows.append((torch.arange(m0, m0 + offs.numel()).to(device), seq.params.cfg_scale))
-    return _assemble(locals(), device, kv)
+def row_seed(seed: int, step: int, position: int) -> int:
+    """Per-(request, step, position) noise seed: independent of what else is in the batch."""
+    return ((seed * 0x9E3779B97F4A7C15 + step) * 0xBF58476D1CE4E5B9 + position) & _SEED_MASK
 
 
 def _slots(pages: list[int], lo: int, n: int, page_size: int) -> torch.Tensor:
+    """[n] int64 cache slots of canvas positions lo..lo+n-1."""
     p = torch.arange(lo, lo + n)
     return torch.tensor(pages, dtype=torch.int64)[p // page_size] * page_size + p % page_size
 
 
-def _assemble(v: dict, device: torch.device, kv: KVCacheManager | None) -> ForwardInputs:
-    cu = torch.zeros(len(v["lens"]) + 1, dtype=torch.int32)
-    cu[1:] = torch.cumsum(torch.tensor(v["lens"], dtype=torch.int32), 0)
-    meta = AttentionMetadata(cu_seqlens_q=cu.to(device), max_seqlen_q=max(v["lens"]))
-    if any(v["tables"]):
-        width = max(len(t) for t in v["tables"])
-        table = torch.zeros(len(v["tables"]), width, dtype=torch.int32)
-        for i, t in enumerate(v["tables"]):
-            table[i, :len(t)] = torch.tensor(t, dtype=torch.int32)
-        meta.block_table = table.to(device)
-        meta.kv_lens = torch.tensor(v["kv_lens"], dtype=torch.int32, device=device)
-        meta.new_offsets = torch.tensor(v["offsets"], dtype=torch.int32, device=device)
-    if v["cached_write"]:
-        meta.slot_mapping = torch.cat(v["slots"]).to(device)
-    if kv is not None and (meta.block_table is not None or meta.slot_mapping is not None):
-        meta.kv_caches = kv.layers
-    rows = torch.cat(v["rows"] + v["un_rows"]).to(device)
-    return ForwardInputs(
-        seqs=v["seqs"], input_ids=torch.cat(v["ids"]).to(device), positions=torch.cat(v["pos"]).to(device),
-        meta=meta, logit_rows=rows, rows_per_seq=v["rows_per_seq"], num_cond_rows=sum(v["rows_per_seq"]),
-        cfg_rows=v["cfg_rows"],
-        temperature=torch.tensor(v["temps"], dtype=torch.float32, device=device),
-        seeds=torch.tensor(v["seeds"], dtype=torch.int64, device=device),
-        eos_inf_rows=torch.cat(v["eos_rows"]).to(device) if v["eos_rows"] else None,
-        no_mask_rows=torch.cat(v["no_mask_rows"]).to(device) if v["no_mask_rows"] else None)
+class _Packer:
+    """Accumulates packed segments (token runs) and logit rows, then builds the tensors once."""
+
+    def __init__(self, kv: KVCacheManager | None, cached_write: bool):
+        self.kv, self.cached_write = kv, cached_write
+        self.ids, self.pos, self.lens, self.offsets, self.kv_lens, self.tables, self.slots = [], [], [], [], [], [], []
+        self.rows, self.un_rows, self.rows_per_seq, self.cfg_rows = [], [], [], []
+        self.temps, self.seeds, self.eos_rows, self.no_mask_rows = [], [], [], []
+        self.num_tokens = 0
+
+    def segment(self, tokens: torch.Tensor, lo: int, seq: Sequence, write: bool, read: bool) -> int:
+        """Add canvas tokens starting at position lo; returns the packed index of the first one."""
+        n = tokens.shape[0]
+        self.ids.append(tokens), self.pos.append(torch.arange(lo, lo + n))
+        self.lens.append(n), self.offsets.append(lo), self.kv_lens.append(seq.length if read else lo + n)
+        self.tables.append(seq.pages if read else [])
+        if self.cached_write:
+            self.slots.append(_slots(seq.pages, lo, n, self.kv.page_size) if write else torch.full((n,), -1))
+        start, self.num_tokens = self.num_tokens, self.num_tokens + n
+        return start
+
+    def logit_rows(self, seq: Sequence, packed: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+        """Register the conditional rows of one sequence; returns their indices among all logit rows."""
+        m0, n = sum(self.rows_per_seq), cand.numel()
+        self.rows.append(packed), self.rows_per_seq.append(n)
+        self.temps += [seq.params.temperature] * n
+        self.seeds += [row_seed(seq.seed, seq.num_steps, int(p)) for p in cand]
+        idx = torch.arange(m0, m0 + n)
+        if seq.params.logits_eos_inf:
+            self.eos_rows.append(idx)
+        if not seq.params.is_exact:
+            self.no_mask_rows.append(idx)
+        return idx
+
+    def metadata(self, device: torch.device) -> AttentionMetadata:
+        cu = torch.zeros(len(self.lens) + 1, dtype=torch.int32)
+        cu[1:] = torch.cumsum(torch.tensor(self.lens, dtype=torch.int32), 0)
+        meta = AttentionMetadata(cu_seqlens_q=cu.to(device), max_seqlen_q=max(self.lens))
+        if any(self.tables):
+            table = torch.zeros(len(self.tables), max(len(t) for t in self.tables), dtype=torch.int32)
+            for i, t in enumerate(self.tables):
+                table[i, :len(t)] = torch.tensor(t, dtype=torch.int32)
+            meta.block_table = table.to(device)
+            meta.kv_lens = torch.tensor(self.kv_lens, dtype=torch.int32, device=device)
+            meta.new_offsets = torch.tensor(self.offsets, dtype=torch.int32, device=device)
+        if self.cached_write:
+            meta.slot_mapping = torch.cat(self.slots).to(device)
+        if meta.block_table is not None or meta.slot_mapping is not None:
+            meta.kv_caches = self.kv.layers
+        return meta
+
+    def finish(self, seqs: list[Sequence], device: torch.device) -> ForwardInputs:
+        def cat(parts):
+            return torch.cat(parts).to(device) if parts else None
+
+        return ForwardInputs(
+            seqs=seqs, input_ids=cat(self.ids), positions=cat(self.pos), meta=self.metadata(device),
+            logit_rows=cat(self.rows + self.un_rows), rows_per_seq=self.rows_per_seq,
+            num_cond_rows=sum(self.rows_per_seq), cfg_rows=self.cfg_rows,
+            temperature=torch.tensor(self.temps, dtype=torch.float32, device=device),
+            seeds=torch.tensor(self.seeds, dtype=torch.int64, device=device),
+            eos_inf_rows=cat(self.eos_rows), no_mask_rows=cat(self.no_mask_rows))
+
+
+def build_inputs(seqs: list[Sequence], kinds: list[StepKind], kv: KVCacheManager | None,
+                 device: torch.device) -> ForwardInputs:
+    """Pack ``seqs`` (each with its step kind) into one forward's inputs."""
+    packer = _Packer(kv, any(s.uses_cache and k is StepKind.REFRESH for s, k in zip(seqs, kinds)))
+    for seq, kind in zip(seqs, kinds):
+        lo, hi = _segment(seq, kind)
+        start = packer.segment(seq.canvas[lo:hi], lo, seq, seq.uses_cache and kind is StepKind.REFRESH,
+                               kind is StepKind.BLOCK)
+        cand = seq.candidates()  # [n] canvas positions
+        idx = packer.logit_rows(seq, start + cand - lo, cand)
+        if seq.params.cfg_scale > 0:
+            un = seq.canvas.clone()
+            un[:seq.prompt_len] = seq.mask_id
+            packer.un_rows.append(packer.segment(un, 0, seq, False, False) + cand)
+            packer.cfg_rows.append((idx.to(device), seq.params.cfg_scale))
+    return packer.finish(seqs, device)

@@ -12,19 +12,11 @@ import torch
 from unmask.kernels import ops
 from unmask.server.config import ModelConfig
 from unmask.server.engine.batch import Batch, StepResult
-from unmask.server.engine.forward_inputs import ForwardInputs, build_inputs
+from unmask.server.engine.forward_inputs import ForwardInputs, build_inputs, row_seed
 from unmask.server.engine.kv_cache import KVCacheManager
 from unmask.server.engine.remasking import choose_commits
 from unmask.server.engine.cuda_graph import GraphedBlockStep
 from unmask.server.engine.sequence import Sequence, StepKind
-
-_SEED_MASK = (1 << 63) - 1
-
-
-def row_seed(seed: int, step: int, position: int) -> int:
-    """Per-(request, step, position) noise seed: independent of what else is in the batch."""
-    return ((seed * 0x9E3779B97F4A7C15 + step) * 0xBF58476D1CE4E5B9 + position) & _SEED_MASK
-
 
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, cfg: ModelConfig, device: torch.device, kv: KVCacheManager | None,
