@@ -99,11 +99,9 @@ class ResponseBuilder:
     def _usage(self, indices: list[int]) -> dict:
         prompt = sum(self.prompt_tokens[i] for i in indices)
         completion = sum(len(self.choices[i].token_ids) for i in indices)
-        extra = None
-        if self.flags.denoise:
-            nfe = sum(self.choices[i].nfe for i in indices)
-            committed = sum(self.choices[i].num_committed for i in indices)
-            extra = {"nfe": nfe, "tokens_per_forward": round(committed / nfe, 4) if nfe else 0.0}
+        nfe = sum(self.choices[i].nfe for i in indices)
+        committed = sum(self.choices[i].num_committed for i in indices)
+        extra = {"nfe": nfe, "tokens_per_forward": round(committed / nfe, 4) if nfe else 0.0}  # diffusion extras
         return usage(prompt, completion, extra)
 
     def total_usage(self) -> dict:

@@ -116,8 +116,10 @@ def test_chat_chunks_role_first_one_finish_and_usage(tok):
     assert chunks[1]["choices"][0]["delta"] == {"content": "HI"}
     finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
     assert finishes == [None, None, "stop"]
-    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == {"prompt_tokens": 4, "completion_tokens": 2,
-                                                                   "total_tokens": 6}
+    usage = chunks[-1]["usage"]
+    assert chunks[-1]["choices"] == [] and {k: usage[k] for k in ("prompt_tokens", "completion_tokens",
+                                                                   "total_tokens")} == {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}
+    assert set(usage) == {"prompt_tokens", "completion_tokens", "total_tokens", "nfe", "tokens_per_forward"}
     assert sent[-1] == sse.DONE and b.done
 
 
