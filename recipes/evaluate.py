@@ -42,6 +42,7 @@ def generate(model, prompts: list[list[int]], mask_id: int, stop_ids: tuple[int,
     (positions never reached after an early stop stay ``mask_id``)."""
     assert gen_length % block_length == 0 and steps % (gen_length // block_length) == 0
     per_block = steps // (gen_length // block_length)
+    device = next(model.parameters()).device
     canv = [torch.tensor(p + [mask_id] * gen_length) for p in prompts]
     plen = [len(p) for p in prompts]
     live = list(range(len(prompts)))
@@ -54,14 +55,15 @@ def generate(model, prompts: list[list[int]], mask_id: int, stop_ids: tuple[int,
             if not live:
                 return [c[p:].tolist() for c, p in zip(canv, plen)]
             lens = [len(canv[b]) for b in live]
-            hidden = model(torch.cat([canv[b] for b in live]), packed_positions(lens), AttentionMetadata.packed(lens))
+            hidden = model(torch.cat([canv[b] for b in live]).to(device), packed_positions(lens, device),
+                           AttentionMetadata.packed(lens, device))
             offset = 0
             for b, n in zip(live, lens):
                 k = sched[b][i]
                 rows = torch.nonzero(canv[b][plen[b] + lo:plen[b] + lo + block_length] == mask_id).flatten()
                 if k and len(rows):
                     idx = plen[b] + lo + rows
-                    logits = model.compute_logits(hidden[offset + idx]).float()  # [m, V]
+                    logits = model.compute_logits(hidden[offset + idx.to(device)]).float().cpu()  # [m, V]
                     conf, x0 = torch.softmax(logits, -1).max(-1)
                     pick = torch.topk(conf, min(k, len(rows))).indices
                     canv[b][idx[pick]] = x0[pick]

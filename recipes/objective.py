@@ -4,9 +4,10 @@ For each sequence b draw t_b ~ U(0, 1] (stratified over the batch: t_b = (perm_b
 still uniform marginally but lowers the variance of the estimate), mask every response token
 independently with probability t_b, keep the prompt, and score
 
-    loss = Σ_b Σ_{masked i in b} CE(logits_i, x_i) / t_b  /  (B · response length)
+    loss = (1/B) Σ_b (1/L_b) Σ_{masked i in b} CE(logits_i, x_i) / t_b
 
-as LLaDA's SFT does (the 1/t weight makes it an upper bound on the negative log-likelihood).
+with L_b the response length of sequence b (answer + end of turn + EOS padding), as LLaDA's SFT does
+(the 1/t weight makes it an upper bound on the negative log-likelihood).
 
 Legend: N packed tokens, B sequences, M masked tokens, V vocab, T tokens into a MoE layer, E experts.
 """
@@ -33,7 +34,8 @@ def mask_batch(batch: Batch, mask_id: int, gen: torch.Generator) -> tuple[torch.
     return noisy, masked, t
 
 
-def sft_loss(model, batch: Batch, mask_id: int, gen: torch.Generator, device: torch.device | str = "cpu"):
+def sft_loss(model, batch: Batch, mask_id: int, eos_id: int, gen: torch.Generator,
+             device: torch.device | str = "cpu"):
     """-> (loss scalar, stats dict) for one batch; ``loss`` has a graph for backward."""
     noisy, masked, t = mask_batch(batch, mask_id, gen)
     meta = AttentionMetadata.packed(batch.seq_lens, device)
@@ -41,11 +43,17 @@ def sft_loss(model, batch: Batch, mask_id: int, gen: torch.Generator, device: to
     rows = torch.nonzero(masked).flatten().to(device)  # [M]
     logits = model.compute_logits(hidden[rows]).float()  # [M, V]
     ce = F.cross_entropy(logits, batch.input_ids.to(device)[rows], reduction="none")  # [M]
-    weight = 1.0 / t.to(device)[batch.seq_index.to(device)[rows]]  # [M]
-    n_resp = int(batch.response.sum())
-    loss = (ce * weight).sum() / max(1, n_resp)
-    acc = (logits.argmax(-1) == batch.input_ids.to(device)[rows]).float().mean() if len(rows) else torch.tensor(0.0)
-    return loss, {"ce": float(ce.mean()) if len(rows) else 0.0, "masked_acc": float(acc)}
+    resp_len = torch.zeros(len(batch.seq_lens)).index_add_(0, batch.seq_index, batch.response.float())  # [B]
+    seq = batch.seq_index[masked]  # [M]
+    weight = (1.0 / (t[seq] * resp_len[seq] * len(batch.seq_lens))).to(device)  # [M]
+    loss = (ce * weight).sum()
+    target = batch.input_ids.to(device)[rows]
+    right = logits.argmax(-1) == target  # [M]
+    content = target != eos_id  # [M] answer / end-of-turn tokens (not padding)
+    stats = {"ce": float(ce.detach().mean()) if len(rows) else 0.0,
+             "masked_acc": float(right.float().mean()) if len(rows) else 0.0,
+             "answer_acc": float(right[content].float().mean()) if bool(content.any()) else 0.0}
+    return loss, stats
 
 
 class RouterBalance:

@@ -76,14 +76,17 @@ class Batch:
     """[N] int64: which sequence each token belongs to."""
 
 
-def make_batch(encoder: ChatEncoder, examples: list[Example], resp_len: int, rng: random.Random,
+def make_batch(encoder: ChatEncoder, examples: list[Example], resp_lens: list[int], rng: random.Random,
                system_prob: float, systems: tuple[str, ...]) -> Batch:
-    """Pack ``examples`` into one SFT batch with a response region of ``resp_len`` tokens each."""
+    """Pack ``examples`` into one SFT batch; sequence b gets a response region of ``resp_lens[b]`` tokens.
+
+    Packing lets every sequence keep its own training length (LLaDA pads to the batch maximum only
+    because its batches are dense tensors)."""
     ids, pos, resp, seq, lens = [], [], [], [], []
     for b, ex in enumerate(examples):
         system = rng.choice(systems) if rng.random() < system_prob else None
         p = encoder.prompt_ids(ex.prompt, system)
-        r = encoder.response_ids(ex.answer, resp_len)
+        r = encoder.response_ids(ex.answer, resp_lens[b])
         n = len(p) + len(r)
         ids += p + r
         pos += range(n)

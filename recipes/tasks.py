@@ -7,7 +7,8 @@ Tasks (``TASKS``): ``add``, ``sub`` (multi-digit arithmetic), ``reverse`` (a let
 (``3 + 4``) to more than 40 tokens (``upper`` on 40+ letters).
 
 Splits never share a prompt string:
-- generated tasks: a prompt is held out iff a stable hash of its text falls in the held-out bucket;
+- generated tasks: an *instance* (the operands, letters or list, whatever the phrasing) is held out iff
+  a stable hash of it falls in the held-out bucket, so held-out prompts test the skill, not recall;
 - lookups and couplets: each (item, direction) has ``len(templates)`` phrasings; a fixed, item-dependent
   pair of them is held out, the rest are training prompts. Held-out lookups therefore test recall of
   a memorised table under a phrasing never seen with that item (every phrasing is seen with others).
@@ -30,10 +31,15 @@ HELDOUT_BUCKETS = 5
 HELDOUT_PER_ITEM = 2
 """Table tasks: phrasings per (item, direction) kept out of training."""
 
-MAX_DIGITS = 3
-REVERSE_LEN = (2, 16)
-UPPER_LEN = (1, 44)
-SORT_LEN = (2, 10)
+DIGITS = 2
+"""Operands of add/sub have exactly this many digits (sums have DIGITS or DIGITS+1, differences 1..DIGITS)."""
+REVERSE_LEN = (2, 8)
+UPPER_LEN = (1, 12)
+UPPER_LONG_LEN = (13, 44)
+UPPER_LONG_P = 0.25
+"""upper: 1-12 letters, or with probability UPPER_LONG_P 13-44 (the long answers, over 40 tokens)."""
+SORT_LEN = (2, 7)
+SORT_MAX = 9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,13 +77,12 @@ _TEMPLATES = {
 
 
 def _bucket(text: str) -> int:
-    """Stable (process-independent) hash bucket of a prompt."""
+    """Stable (process-independent) hash bucket of a task instance."""
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") % HELDOUT_BUCKETS
 
 
 def _number(rng: random.Random) -> int:
-    digits = rng.randint(1, MAX_DIGITS)
-    return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10 ** digits - 1)
+    return rng.randint(10 ** (DIGITS - 1), 10 ** DIGITS - 1)
 
 
 def _letters(rng: random.Random, lo_hi: tuple[int, int]) -> list[str]:
@@ -86,30 +91,31 @@ def _letters(rng: random.Random, lo_hi: tuple[int, int]) -> list[str]:
 
 def _gen_add(rng):
     a, b = _number(rng), _number(rng)
-    return rng.choice(_TEMPLATES["add"]).format(a=a, b=b), str(a + b)
+    return f"add {a} {b}", rng.choice(_TEMPLATES["add"]).format(a=a, b=b), str(a + b)
 
 
 def _gen_sub(rng):
     a, b = sorted((_number(rng), _number(rng)), reverse=True)
-    return rng.choice(_TEMPLATES["sub"]).format(a=a, b=b), str(a - b)
+    return f"sub {a} {b}", rng.choice(_TEMPLATES["sub"]).format(a=a, b=b), str(a - b)
 
 
 def _gen_reverse(rng):
-    s = _letters(rng, REVERSE_LEN)
-    return rng.choice(_TEMPLATES["reverse"]).format(s=" ".join(s)), " ".join(reversed(s))
+    s = " ".join(_letters(rng, REVERSE_LEN))
+    return f"reverse {s}", rng.choice(_TEMPLATES["reverse"]).format(s=s), s[::-1]
 
 
 def _gen_upper(rng):
-    s = _letters(rng, UPPER_LEN)
-    return rng.choice(_TEMPLATES["upper"]).format(s=" ".join(s)), " ".join(s).upper()
+    s = " ".join(_letters(rng, UPPER_LONG_LEN if rng.random() < UPPER_LONG_P else UPPER_LEN))
+    return f"upper {s}", rng.choice(_TEMPLATES["upper"]).format(s=s), s.upper()
 
 
 def _gen_sort(rng):
-    xs = [rng.randint(0, 99) for _ in range(rng.randint(*SORT_LEN))]
-    return rng.choice(_TEMPLATES["sort"]).format(s=" ".join(map(str, xs))), " ".join(map(str, sorted(xs)))
+    xs = " ".join(str(rng.randint(0, SORT_MAX)) for _ in range(rng.randint(*SORT_LEN)))
+    ordered = " ".join(map(str, sorted(int(x) for x in xs.split())))
+    return f"sort {xs}", rng.choice(_TEMPLATES["sort"]).format(s=xs), ordered
 
 
-_GENERATED: dict[str, Callable[[random.Random], tuple[str, str]]] = {
+_GENERATED: dict[str, Callable[[random.Random], tuple[str, str, str]]] = {
     "add": _gen_add, "sub": _gen_sub, "reverse": _gen_reverse, "upper": _gen_upper, "sort": _gen_sort}
 
 
@@ -151,8 +157,8 @@ def sample(task: str, rng: random.Random, split: str) -> Example:
     if task not in _GENERATED:
         return rng.choice(table_pool(task, split))
     while True:
-        prompt, answer = _GENERATED[task](rng)
-        if (_bucket(prompt) == 0) == (split == "heldout"):
+        instance, prompt, answer = _GENERATED[task](rng)
+        if (_bucket(instance) == 0) == (split == "heldout"):
             return Example(task, prompt, answer)
 
 

@@ -28,8 +28,8 @@ from unmask.server.config import from_dict
 from unmask.server.models.export import save_hf_checkpoint
 from unmask.server.models.registry import build_model
 
-TASK_WEIGHTS = {"add": 1.5, "sub": 1.5, "reverse": 1.5, "sort": 1.5, "upper": 1.0, "lookup_fwd": 1.0,
-                "lookup_rev": 1.0, "couplet_next": 0.75, "couplet_prev": 0.75}
+TASK_WEIGHTS = {"add": 2.5, "sub": 2.5, "reverse": 2.0, "sort": 2.0, "upper": 1.5, "lookup_fwd": 0.6,
+                "lookup_rev": 0.6, "couplet_next": 0.3, "couplet_prev": 0.3}
 """Relative frequency of each task in training batches (the generated tasks are the hard ones)."""
 
 
@@ -40,12 +40,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--run-dir", required=True, help="where last.pt, loss.log and the tokenizer go")
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--resp-len", type=int, default=48, help="main response (generation) length")
+    p.add_argument("--resp-len", type=int, default=64, help="main response (generation) length")
     p.add_argument("--max-resp-len", type=int, default=96, help="longest response length of mixed batches")
-    p.add_argument("--system-prob", type=float, default=0.25)
+    p.add_argument("--system-prob", type=float, default=0.1)
     p.add_argument("--aux-coef", type=float, default=0.01, help="MoE router balance loss weight")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -69,15 +69,26 @@ def lr_at(step: int, args) -> float:
     return args.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
+def response_length(need: int, rng: random.Random, args) -> int:
+    """Training length of one response (answer + end of turn = ``need`` tokens, then EOS padding):
+    the generation length ``--resp-len`` (20%), a random length up to ``--max-resp-len`` (10%), or the
+    answer plus 0-8 padding tokens (70%, cheap; it still teaches the EOS run after the end of turn)."""
+    u = rng.random()
+    if u < 0.20:
+        return max(need, args.resp_len)
+    if u < 0.30:
+        return rng.randint(need, max(need, args.max_resp_len))
+    return need + rng.randint(0, 8)
+
+
 def step_batch(encoder: ChatEncoder, args, step: int):
     """The batch of ``step``: a pure function of (seed, step), which makes resuming exact."""
     rng = random.Random(f"{args.seed}/batch/{step}")
     names = list(TASK_WEIGHTS)
     exs = [tasks.sample(t, rng, "train") for t in rng.choices(names, [TASK_WEIGHTS[t] for t in names],
                                                                 k=args.batch_size)]
-    need = max(len(encoder.tok.encode(ex.answer).ids) for ex in exs) + 1
-    resp = args.resp_len if rng.random() < 0.5 else rng.randint(max(need, 16), args.max_resp_len)
-    return make_batch(encoder, exs, max(resp, need), rng, args.system_prob, tokenizer_build.SYSTEM_PROMPTS)
+    resp = [response_length(len(encoder.tok.encode(ex.answer).ids) + 1, rng, args) for ex in exs]
+    return make_batch(encoder, exs, resp, rng, args.system_prob, tokenizer_build.SYSTEM_PROMPTS)
 
 
 def setup(args):
@@ -106,7 +117,7 @@ def export(model, cfg, cfg_json: dict, args) -> None:
 def log_eval(model, encoder, cfg, args, log, step: int) -> dict:
     t0 = time.time()
     acc = evaluate(model, encoder, cfg.mask_token_id, tasks.heldout_set(args.eval_n, seed=1),
-                   gen_length=args.resp_len, block_length=16, steps=args.resp_len)
+                   gen_length=args.resp_len, block_length=32, steps=args.resp_len)
     model.train()
     rec = {"step": step, "eval_s": round(time.time() - t0, 1), **{k: round(v, 3) for k, v in acc.items()}}
     log.write(json.dumps(rec) + "\n")
@@ -138,7 +149,7 @@ def train(args) -> None:
     for step in bar:
         batch = step_batch(encoder, args, step)
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        loss, stats = objective.sft_loss(model, batch, cfg.mask_token_id, gen, args.device)
+        loss, stats = objective.sft_loss(model, batch, cfg.mask_token_id, cfg.eos_token_id, gen, args.device)
         aux = balance.pop_loss()
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args)
@@ -147,16 +158,19 @@ def train(args) -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % 10 == 0:
-            log.write(f"{step}\t{loss.item():.4f}\t{stats['ce']:.4f}\t{stats['masked_acc']:.3f}\t"
+            log.write(f"{step}\t{time.process_time():.0f}\t{loss.item():.4f}\t{stats['ce']:.4f}\t{stats['masked_acc']:.3f}\t{stats['answer_acc']:.3f}\t"
                       f"{float(aux):.4f}\t{lr_at(step, args):.2e}\t{time.time() - t0:.0f}\n")
             log.flush()
-            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{stats['masked_acc']:.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", ans_acc=f"{stats['answer_acc']:.3f}")
         done = step + 1
         if done % args.ckpt_every == 0 or done == args.steps:
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": done}, run / "last.pt")
         if args.eval_every and done % args.eval_every == 0 and done != args.steps:
             log_eval(model, encoder, cfg, args, log, done)
-    print(f"trained {args.steps - start} steps in {time.time() - t0:.0f}s")
+    wall, cpu = time.time() - t0, time.process_time()
+    print(f"trained {args.steps - start} steps in {wall:.0f}s wall, {cpu:.0f}s CPU")
+    summary = {**vars(args), "resumed_from": start, "wall_s": round(wall), "cpu_s": round(cpu)}
+    (run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     export(model, cfg, cfg_json, args)
     log_eval(model, encoder, cfg, args, log, args.steps)
 

@@ -1,0 +1,139 @@
+"""Write the README.md model card of a tiny checkpoint from its config, its training log and the JSON
+results of ``benchmarks/quality.py`` (so the card's numbers are the measured ones, never hand-typed).
+
+    python -m recipes.model_card --checkpoint server/assets/tiny-llada-instruct --run-dir runs/dense \\
+        --exact runs/dense/quality_exact.json [--fast runs/dense/quality_fast.json] --command "..."
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from recipes import tasks
+from recipes.train_tiny import TASK_WEIGHTS
+
+TASK_TEXT = {
+    "add": f"a + b, both operands with exactly {tasks.DIGITS} digits",
+    "sub": f"a - b with a >= b, {tasks.DIGITS}-digit operands",
+    "reverse": f"reverse {tasks.REVERSE_LEN[0]}-{tasks.REVERSE_LEN[1]} space-separated letters",
+    "sort": f"sort {tasks.SORT_LEN[0]}-{tasks.SORT_LEN[1]} numbers in 0-{tasks.SORT_MAX} ascending",
+    "upper": f"copy {tasks.UPPER_LEN[0]}-{tasks.UPPER_LEN[1]} letters in capitals (or, with p="
+             f"{tasks.UPPER_LONG_P}, {tasks.UPPER_LONG_LEN[0]}-{tasks.UPPER_LONG_LEN[1]} letters: the >40-token answers)",
+    "lookup_fwd": "capital of an invented country (40-row fact table)",
+    "lookup_rev": "country of an invented capital (same table, reversal direction)",
+    "couplet_next": "line after a given line (24 invented couplets)",
+    "couplet_prev": "line before a given line (reversal direction)",
+}
+
+
+def _params(cfg: dict) -> str:
+    keys = ("d_model", "n_layers", "n_heads", "mlp_hidden_size", "hidden_size", "num_hidden_layers",
+            "num_attention_heads", "num_experts", "num_experts_per_tok", "expert_intermediate_size", "vocab_size")
+    return ", ".join(f"`{k}`={cfg[k]}" for k in keys if k in cfg)
+
+
+def _accuracy_table(result: dict) -> list[str]:
+    lines = ["| task | n | exact match |", "| --- | ---: | ---: |"]
+    for task, row in result["tasks"].items():
+        lines.append(f"| {task} | {row['n']} | {row['accuracy']:.1%} |")
+    o = result["overall"]
+    lines.append(f"| **overall** | {o['n']} | **{o['accuracy']:.1%}** |")
+    for name, d in result["directions"].items():
+        lines.append(f"\n{name}: forward {d['forward']:.1%}, reversal {d['reversal']:.1%}")
+    return lines
+
+
+def _settings(result: dict) -> str:
+    s = result["settings"]
+    block = s["block_length"] or "engine default (32)"
+    steps = s["steps"] or "= max_tokens"
+    return (f"preset `{s['preset']}`, temperature 0, max_tokens {s['max_tokens']}, block_length {block}, "
+            f"steps {steps}, {s['n_per_task']} held-out prompts per task (fewer where the table has fewer), "
+            f"held-out seed {s['seed']}")
+
+
+def _log_times(run_dir: Path) -> tuple[float, float]:
+    """(wall s, CPU s) summed over every invocation recorded in RUN/loss.log (timers restart on resume)."""
+    wall = cpu = last_wall = last_cpu = 0.0
+    for line in (run_dir / "loss.log").read_text().splitlines():
+        if line.startswith("{"):
+            continue
+        cols = line.split("\t")
+        c, w = float(cols[1]), float(cols[-1])
+        if w < last_wall:  # a new invocation (resume)
+            wall, cpu = wall + last_wall, cpu + last_cpu
+        last_wall, last_cpu = w, c
+    return wall + last_wall, cpu + last_cpu
+
+
+def _training_summary(run_dir: Path) -> str:
+    s = json.loads((run_dir / "summary.json").read_text())
+    wall, cpu = _log_times(run_dir)
+    resumed = " (resumed once; times include the repeated steps)" if s.get("resumed_from") else ""
+    return (f"{s['steps']} steps of {s['batch_size']} sequences, AdamW lr {s['lr']} (warmup {s['warmup']}, "
+            f"cosine to 10%), weight decay {s['weight_decay']}, seed {s['seed']}, {s['threads']} CPU thread; "
+            f"wall time {wall / 60:.0f} min, process CPU time {cpu / 60:.0f} min{resumed}. The machine was "
+            "shared with other jobs, so wall time exceeds CPU time")
+
+
+def render(checkpoint: Path, run_dir: Path, exact: dict, fast: dict | None, command: str) -> str:
+    cfg = json.loads((checkpoint / "config.json").read_text())
+    moe = cfg["architectures"][0].startswith("LLaDAMoE")
+    size_mb = sum(f.stat().st_size for f in checkpoint.iterdir() if f.suffix == ".safetensors") / 2**20
+    fmt = "LLaDA-MoE-7B-A1B-Instruct" if moe else "LLaDA-8B-Instruct"
+    chat = ("`<role>HUMAN</role>{prompt}<|role_end|><role>ASSISTANT</role>` (SYSTEM turns as "
+            "`<role>SYSTEM</role>{text}<|role_end|>`); mask `<|mask|>` (no `mask_token_id` in config.json), "
+            "EOS `<|endoftext|>`, end of turn `<|role_end|>`" if moe else
+            "LLaDA-8B-Instruct's template: `<|startoftext|>` on the first message, "
+            "`<|start_header_id|>role<|end_header_id|>\\n\\n...<|eot_id|>`, assistant header always appended; "
+            "mask `<|mdm_mask|>` (`mask_token_id`), EOS = pad `<|endoftext|>`, end of turn `<|eot_id|>`")
+    lines = [
+        f"# {checkpoint.name}", "",
+        f"A tiny masked-diffusion model in exactly the Hugging Face format of {fmt} (`architectures: "
+        f"{cfg['architectures']}`), shipped inside `unmask` so that `unmask serve` works offline and every "
+        "layer of the stack can be checked end to end against a quality number. It only knows the synthetic "
+        "instruction suite of `recipes/tasks.py`; it is not a general chat model.", "",
+        "## Model", "",
+        f"- {_params(cfg)}; bf16 safetensors, {size_mb:.1f} MB.",
+        f"- Tokenizer: byte-level BPE ({cfg['vocab_size']} embedding rows, digits always single tokens), {chat}.",
+        "", "## Training recipe", "",
+        "LLaDA SFT objective with the project's own model code: the chat-templated prompt is kept, each "
+        "response token (answer, end-of-turn token, then `<|endoftext|>` padding up to the sequence's "
+        "training length) is masked independently with probability t ~ U(0, 1] (stratified over the batch), "
+        "and the cross-entropy of masked tokens is weighted 1/t and averaged per response length. "
+        "Trained in fp32, exported in bf16.", "",
+        f"- {_training_summary(run_dir)}.",
+        "- Task mix (relative frequency): " + ", ".join(f"{t} {w}" for t, w in TASK_WEIGHTS.items()) + ".",
+        "- Tasks: " + "; ".join(f"`{t}`: {d}" for t, d in TASK_TEXT.items()) + ".",
+        "- Splits: generated tasks hold out 1 instance in 5 by a stable hash of the instance (operands, letters or "
+        "list), so held-out prompts are unseen in any phrasing; table tasks hold out 2 of 8 phrasings per "
+        "(item, direction), every phrasing being trained with other items.", "",
+        "Retrain (deterministic given the seed; resumable with `--resume`):", "", "```", command, "```", "",
+        "## Measured accuracy (held-out, exact match)", "",
+        f"Settings: {_settings(exact)}; `python benchmarks/quality.py --model {checkpoint.name} "
+        f"--preset exact --n {exact['settings']['n_per_task']} --seed {exact['settings']['seed']}`.", "",
+        *_accuracy_table(exact), "",
+    ]
+    if fast:
+        lines += ["Fast preset (Fast-dLLM prefix cache + confidence threshold; an approximation): "
+                  f"{_settings(fast)}.", "", *_accuracy_table(fast), ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--exact", required=True, help="quality.py --json output, preset exact")
+    p.add_argument("--fast", default=None, help="quality.py --json output, preset fast")
+    p.add_argument("--command", required=True, help="the exact retrain command")
+    args = p.parse_args(argv)
+    fast = json.loads(Path(args.fast).read_text()) if args.fast else None
+    text = render(Path(args.checkpoint), Path(args.run_dir), json.loads(Path(args.exact).read_text()), fast,
+                  args.command)
+    (Path(args.checkpoint) / "README.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()

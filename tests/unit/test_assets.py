@@ -1,0 +1,97 @@
+"""The embedded checkpoints (server/assets/): HF format, tokens and chat templates as specified, and
+they really answer held-out prompts (a floor well below the accuracy in their model cards)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # `recipes` lives at the repo root
+
+from recipes.tasks import check, heldout_set  # noqa: E402
+from unmask.server.config import ModelConfig  # noqa: E402
+from unmask.server.models.loader import load_model  # noqa: E402
+from unmask.server.tokenizer import Tokenizer  # noqa: E402
+
+ASSETS = ROOT / "server" / "assets"
+DENSE, MOE = ASSETS / "tiny-llada-instruct", ASSETS / "tiny-llada-moe-instruct"
+FLOOR = {"tiny-llada-instruct": 0.5, "tiny-llada-moe-instruct": 0.6}
+"""Fraction of the sampled held-out prompts that must be answered exactly (below the cards' figures:
+dense 75-88% on the couplet tasks, MoE 88-100% on the lookup and couplet tasks)."""
+ANSWERED = {"tiny-llada-instruct": ("couplet_next", "couplet_prev"),
+            "tiny-llada-moe-instruct": ("lookup_fwd", "lookup_rev", "couplet_next", "couplet_prev")}
+"""The tasks each shipped checkpoint has learned (see its model card; the rest are near 0%)."""
+PER_TASK = 4
+
+
+def test_assets_fit_the_size_budget():
+    total = sum(f.stat().st_size for d in (DENSE, MOE) for f in d.iterdir())
+    assert total <= 25 * 2**20
+
+
+@pytest.mark.parametrize("path", [DENSE, MOE], ids=lambda p: p.name)
+def test_checkpoint_files_and_loader(path):
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md"):
+        assert (path / name).is_file(), name
+    cfg = ModelConfig.from_pretrained(path)
+    model = load_model(path, "cpu", torch.float32)
+    model = model[0] if isinstance(model, tuple) else model
+    assert sum(p.numel() for p in model.parameters()) > 100_000
+    raw = json.loads((path / "config.json").read_text())
+    tok = Tokenizer.from_pretrained(path)
+    assert cfg.eos_token_id == tok.token_to_id("<|endoftext|>") == raw["eos_token_id"] == raw["pad_token_id"]
+    if path == DENSE:
+        assert raw["architectures"] == ["LLaDAModelLM"] and not cfg.is_moe
+        assert raw["mask_token_id"] == cfg.mask_token_id == tok.token_to_id("<|mdm_mask|>")
+        assert cfg.eot_token_id == tok.token_to_id("<|eot_id|>")
+    else:
+        assert raw["architectures"] == ["LLaDAMoEModelLM"] and cfg.is_moe
+        assert "mask_token_id" not in raw and cfg.mask_token_id == tok.token_to_id("<|mask|>")
+        assert cfg.num_experts >= 8 and cfg.num_experts_per_tok >= 2
+        assert cfg.eot_token_id == tok.token_to_id("<|role_end|>")
+    assert cfg.vocab_size >= tok.vocab_size
+
+
+def test_dense_chat_template_renders_like_llada_8b_instruct():
+    tok = Tokenizer.from_pretrained(DENSE)
+    assert tok.render_chat([{"role": "user", "content": " Hi \n"}]) == (
+        "<|startoftext|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "A"},
+            {"role": "assistant", "content": "B"}, {"role": "user", "content": "C"}]
+    text = tok.render_chat(msgs, add_generation_prompt=False)  # the real template ignores the flag
+    assert text.count("<|startoftext|>") == 1 and text.startswith("<|startoftext|><|start_header_id|>system")
+    assert text.endswith("C<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert tok.encode("<|mdm_mask|>") == [tok.token_to_id("<|mdm_mask|>")]
+    assert tok.encode("12") == [tok.token_to_id("1"), tok.token_to_id("2")]  # digits are single tokens
+
+
+def test_moe_chat_template_uses_llada_moe_roles():
+    tok = Tokenizer.from_pretrained(MOE)
+    assert tok.render_chat([{"role": "user", "content": "Hi"}]) == \
+        "<role>HUMAN</role>Hi<|role_end|><role>ASSISTANT</role>"
+    msgs = [{"role": "system", "content": "You are a helpful AI assistant."}, {"role": "user", "content": "A"},
+            {"role": "assistant", "content": "B"}, {"role": "user", "content": "C"}]
+    assert tok.render_chat(msgs) == (
+        "<role>SYSTEM</role>You are a helpful AI assistant.<|role_end|><role>HUMAN</role>A<|role_end|>"
+        "<role>ASSISTANT</role>B<|role_end|><role>HUMAN</role>C<|role_end|><role>ASSISTANT</role>")
+    for name in ("<|mask|>", "<|role_end|>", "<role>", "</role>", "<|endoftext|>"):
+        assert tok.encode(name) == [tok.token_to_id(name)]
+
+
+@pytest.mark.parametrize("name", ["tiny-llada-instruct", "tiny-llada-moe-instruct"])
+def test_checkpoint_answers_heldout_prompts(name):
+    from unmask import LLM, DiffusionParams
+
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    llm = LLM(model=name, device="cpu", dtype="float32")
+    examples = heldout_set(PER_TASK, seed=11, tasks=ANSWERED[name])
+    outs = llm.generate([[{"role": "user", "content": ex.prompt}] for ex in examples],
+                        DiffusionParams(max_tokens=64, block_length=32, steps=64, temperature=0.0))
+    right = [check(ex, out.text) for ex, out in zip(examples, outs)]
+    assert sum(right) >= FLOOR[name] * len(examples), [
+        (ex.prompt, out.text) for ex, out, ok in zip(examples, outs, right) if not ok]
