@@ -49,7 +49,7 @@ def reference_run(llm: LLM, prompts: list[list[int]], p: DiffusionParams) -> dic
             outs.append(gen[:cut])
     wall = time.perf_counter() - t0
     nfe = len(prompts) * p.steps
-    return {"wall_s": wall, "outputs": outs, "nfe": nfe, "steps": nfe}
+    return {"wall_s": wall, "outputs": outs, "nfe": nfe, "steps": nfe, "committed": len(prompts) * p.max_tokens}
 
 
 def engine_run(llm: LLM, prompts: list[list[int]], p: DiffusionParams) -> dict:

@@ -78,8 +78,9 @@ def _pick_prompt(srv, embedded: bool, settings: dict) -> tuple[str, str, object]
         if not embedded:
             return RANDOM_PROMPT, ask(RANDOM_PROMPT), None
         from recipes.tasks import check, heldout_set
-        pool = [ex for ex in heldout_set(6, seed=0, tasks=("reverse", "sort", "lookup_fwd"))
-                if 6 <= len(ex.answer) <= 24]
+        # the couplet tasks: the ones the shipped checkpoint has learned (see its model card)
+        pool = [ex for ex in heldout_set(6, seed=0, tasks=("couplet_next", "couplet_prev"))
+                if 6 <= len(ex.answer) <= 60]
         for ex in pool[:12]:
             reply = ask(ex.prompt)
             if check(ex, reply):
