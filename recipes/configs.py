@@ -17,10 +17,6 @@ SIZES = {
 """Default model dimensions per family (overridable from the trainer's command line)."""
 
 MAX_POSITIONS = 512
-ROPE_THETA = 500.0
-"""RoPE base. Far below the real checkpoints' (5e5 dense, 5e4 MoE): canvases here are under 200 tokens, and
-a small base spreads the rotation frequencies over that range, which made position-aligned tasks (copying,
-reversal) train ~1.5x faster in a pilot."""
 
 
 def padded_vocab(tok: Tokenizer, multiple: int = 64) -> int:
@@ -47,7 +43,7 @@ def dense_config(tok: Tokenizer, d_model: int, n_layers: int, n_heads: int, mlp_
         "model_type": "llada", "multi_query_attention": None, "n_heads": n_heads, "n_kv_heads": n_heads,
         "n_layers": n_layers, "pad_token_id": tok.token_to_id("<|endoftext|>"), "precision": "amp_bf16",
         "residual_dropout": 0.0, "rms_norm_eps": 1e-05, "rope": True, "rope_full_precision": True,
-        "rope_theta": ROPE_THETA, "scale_logits": False, "transformers_version": "4.46.3", "use_cache": False,
+        "rope_theta": 10000.0, "scale_logits": False, "transformers_version": "4.46.3", "use_cache": False,
         "vocab_size": vocab, "weight_tying": False,
     }
 
@@ -65,7 +61,7 @@ def moe_config(tok: Tokenizer, hidden_size: int, num_hidden_layers: int, num_att
         "shared_expert_intermediate_size": None, "num_hidden_layers": num_hidden_layers,
         "num_attention_heads": num_attention_heads, "num_key_value_heads": num_attention_heads,
         "hidden_act": "silu", "max_position_embeddings": MAX_POSITIONS, "rms_norm_eps": 1e-05,
-        "tie_word_embeddings": False, "rope_theta": ROPE_THETA, "partial_rotary_factor": 1.0,
+        "tie_word_embeddings": False, "rope_theta": 10000.0, "partial_rotary_factor": 1.0,
         "rope_scaling": None, "attention_bias": False, "attention_dropout": 0.0, "clip_qkv": None,
         "num_experts_per_tok": num_experts_per_tok, "num_experts": num_experts, "norm_topk_prob": False,
         "qk_layernorm": True, "moe_layer_freq": [1] * num_hidden_layers,

@@ -77,7 +77,7 @@ def _training_summary(run_dir: Path) -> str:
             "shared with other jobs, so wall time exceeds CPU time")
 
 
-def render(checkpoint: Path, run_dir: Path, exact: dict, fast: dict | None, command: str) -> str:
+def render(checkpoint: Path, run_dir: Path, exact: dict, fast: dict | None, command: str, note: str = "") -> str:
     cfg = json.loads((checkpoint / "config.json").read_text())
     moe = cfg["architectures"][0].startswith("LLaDAMoE")
     size_mb = sum(f.stat().st_size for f in checkpoint.iterdir() if f.suffix == ".safetensors") / 2**20
@@ -111,6 +111,7 @@ def render(checkpoint: Path, run_dir: Path, exact: dict, fast: dict | None, comm
         "(item, direction), every phrasing being trained with other items.", "",
         "Retrain (deterministic given the seed; resumable with `--resume`):", "", "```", command, "```", "",
         "## Measured accuracy (held-out, exact match)", "",
+        *([note, ""] if note else []),
         f"Settings: {_settings(exact)}; `python benchmarks/quality.py --model {checkpoint.name} "
         f"--preset exact --n {exact['settings']['n_per_task']} --seed {exact['settings']['seed']}`.", "",
         *_accuracy_table(exact), "",
@@ -128,10 +129,11 @@ def main(argv=None) -> None:
     p.add_argument("--exact", required=True, help="quality.py --json output, preset exact")
     p.add_argument("--fast", default=None, help="quality.py --json output, preset fast")
     p.add_argument("--command", required=True, help="the exact retrain command")
+    p.add_argument("--note", default="", help="a status paragraph placed above the accuracy table")
     args = p.parse_args(argv)
     fast = json.loads(Path(args.fast).read_text()) if args.fast else None
     text = render(Path(args.checkpoint), Path(args.run_dir), json.loads(Path(args.exact).read_text()), fast,
-                  args.command)
+                  args.command, args.note)
     (Path(args.checkpoint) / "README.md").write_text(text)
 
 

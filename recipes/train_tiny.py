@@ -28,8 +28,8 @@ from unmask.server.config import from_dict
 from unmask.server.models.export import save_hf_checkpoint
 from unmask.server.models.registry import build_model
 
-TASK_WEIGHTS = {"add": 2.5, "sub": 2.5, "reverse": 2.0, "sort": 2.0, "upper": 1.5, "lookup_fwd": 0.6,
-                "lookup_rev": 0.6, "couplet_next": 0.3, "couplet_prev": 0.3}
+TASK_WEIGHTS = {"add": 2.0, "sub": 2.0, "reverse": 1.5, "sort": 1.5, "upper": 1.0, "lookup_fwd": 0.75,
+                "lookup_rev": 0.75, "couplet_next": 0.5, "couplet_prev": 0.5}
 """Relative frequency of each task in training batches (the generated tasks are the hard ones)."""
 
 
@@ -53,6 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ckpt-every", type=int, default=250)
     p.add_argument("--eval-every", type=int, default=0, help="0: evaluate only at the end")
     p.add_argument("--eval-n", type=int, default=16, help="held-out prompts per task for evaluations")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="stop (checkpoint, no export) after this step; the LR schedule still follows --steps")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--export-only", action="store_true", help="export RUN/last.pt and exit")
     for name in ("d-model", "n-layers", "n-heads", "mlp-hidden-size", "hidden-size", "num-hidden-layers",
@@ -167,6 +169,10 @@ def train(args) -> None:
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": done}, run / "last.pt")
         if args.eval_every and done % args.eval_every == 0 and done != args.steps:
             log_eval(model, encoder, cfg, args, log, done)
+        if args.stop_after is not None and done >= args.stop_after:
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": done}, run / "last.pt")
+            print(f"stopped after step {done} (--stop-after)")
+            return
     wall, cpu = time.time() - t0, time.process_time()
     print(f"trained {args.steps - start} steps in {wall:.0f}s wall, {cpu:.0f}s CPU")
     summary = {**vars(args), "resumed_from": start, "wall_s": round(wall), "cpu_s": round(cpu)}
