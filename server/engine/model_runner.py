@@ -51,7 +51,8 @@ class ModelRunner:
             graph = [i for i in graph if batch.seqs[i].params.block_length == width]
             for i, c in zip(graph, self._graph_step([batch.seqs[i] for i in graph], width)):
                 commits[i] = c
-        eager = [i for i in fwd if i not in set(graph)]
+        graphed = set(graph)
+        eager = [i for i in fwd if i not in graphed]
         if eager:
             inputs = build_inputs([batch.seqs[i] for i in eager], [batch.kinds[i] for i in eager], self.kv, self.device)
             for i, c in zip(eager, self._step(inputs)):
