@@ -10,8 +10,11 @@ mkdir -p "$OUT" "$OUT/../.gpu_tmp_$$"
 TMP="$OUT/../.gpu_tmp_$$"
 LOG="$OUT/check.log"
 export PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the checkout imports without an install too
 {
-  pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -n 3
+  pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v "Running pip as the 'root'" | tail -n 5
+  python -c "import unmask.server.engine.engine, unmask.kernels.triton_ops.attention as a; print('imports ok', a.__file__)"
+  for m in tokenizers safetensors jinja2 numpy tqdm; do python -c "import $m" 2>/dev/null || echo "missing module: $m"; done
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
   python -c "import pytest_timeout" 2>/dev/null || pip install -q pytest-timeout 2>&1 | tail -n 1
@@ -25,10 +28,10 @@ run() {  # name, timeout seconds, command...
   echo "=== $name rc=$? $((SECONDS - start))s" | tee -a "$LOG"
 }
 
-run kernel_tests 210 python -m pytest -q -p no:cacheprovider tests/kernels tests/gpu --timeout 200
-run step_table 170 python benchmarks/step_table.py --iters 5 --json "$OUT/step_table.json" --markdown "$OUT/step_table.md"
+run kernel_tests 200 python -m pytest -q -p no:cacheprovider tests/kernels tests/gpu --timeout 190 --continue-on-collection-errors
+run step_table 160 python benchmarks/step_table.py --iters 5 --json "$OUT/step_table.json" --markdown "$OUT/step_table.md"
 for b in attention moe remask norm; do
-  [ -f "benchmarks/kernels/bench_$b.py" ] && run "bench_$b" 28 python "benchmarks/kernels/bench_$b.py" --quick --json "$TMP/$b.json"
+  [ -f "benchmarks/kernels/bench_$b.py" ] && run "bench_$b" 25 python "benchmarks/kernels/bench_$b.py" --quick --json "$TMP/$b.json"
 done
 python - "$TMP" "$OUT/benches.json" <<'PY'
 import json, pathlib, sys
