@@ -77,15 +77,21 @@ class Batch:
 
 
 def make_batch(encoder: ChatEncoder, examples: list[Example], resp_lens: list[int], rng: random.Random,
-               system_prob: float, systems: tuple[str, ...]) -> Batch:
+               system_prob: float, systems: tuple[str, ...], equal_lengths: bool = False) -> Batch:
     """Pack ``examples`` into one SFT batch; sequence b gets a response region of ``resp_lens[b]`` tokens.
 
-    Packing lets every sequence keep its own training length (LLaDA pads to the batch maximum only
-    because its batches are dense tensors)."""
-    ids, pos, resp, seq, lens = [], [], [], [], []
-    for b, ex in enumerate(examples):
+    Packing lets every sequence keep its own training length. With ``equal_lengths`` every response is
+    padded further with EOS so that all sequences have the batch's longest total length, as LLaDA's SFT
+    pads its dense batches (attention then runs as one batched call instead of one per sequence)."""
+    prompts = []
+    for ex in examples:
         system = rng.choice(systems) if rng.random() < system_prob else None
-        p = encoder.prompt_ids(ex.prompt, system)
+        prompts.append(encoder.prompt_ids(ex.prompt, system))
+    if equal_lengths:
+        total = max(len(p) + r for p, r in zip(prompts, resp_lens))
+        resp_lens = [total - len(p) for p in prompts]
+    ids, pos, resp, seq, lens = [], [], [], [], []
+    for b, (ex, p) in enumerate(zip(examples, prompts)):
         r = encoder.response_ids(ex.answer, resp_lens[b])
         n = len(p) + len(r)
         ids += p + r

@@ -23,13 +23,13 @@ import torch
 from recipes import configs, objective, tasks, tokenizer_build
 from recipes.evaluate import evaluate
 from recipes.progress import progress
-from recipes.sft_data import ChatEncoder, make_batch
+from recipes.sft_data import Batch, ChatEncoder, make_batch
 from unmask.server.config import from_dict
 from unmask.server.models.export import save_hf_checkpoint
 from unmask.server.models.registry import build_model
 
-TASK_WEIGHTS = {"add": 2.0, "sub": 2.0, "reverse": 1.5, "sort": 1.5, "upper": 1.0, "lookup_fwd": 0.75,
-                "lookup_rev": 0.75, "couplet_next": 0.5, "couplet_prev": 0.5}
+TASK_WEIGHTS = {"add": 2.5, "sub": 2.5, "reverse": 2.0, "sort": 2.0, "upper": 1.5, "lookup_fwd": 0.6,
+                "lookup_rev": 0.6, "couplet_next": 0.3, "couplet_prev": 0.3}
 """Relative frequency of each task in training batches (the generated tasks are the hard ones)."""
 
 
@@ -52,9 +52,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--ckpt-every", type=int, default=250)
     p.add_argument("--eval-every", type=int, default=0, help="0: evaluate only at the end")
-    p.add_argument("--eval-n", type=int, default=16, help="held-out prompts per task for evaluations")
+    p.add_argument("--eval-n", type=int, default=16,
+                   help="held-out prompts per task for evaluations (0: no evaluation at all)")
     p.add_argument("--stop-after", type=int, default=None,
                    help="stop (checkpoint, no export) after this step; the LR schedule still follows --steps")
+    p.add_argument("--equal-lengths", action="store_true",
+                   help="pad every sequence of a batch to the batch's longest (LLaDA's dense SFT batches)")
+    p.add_argument("--workers", type=int, default=0, help="processes building batches ahead (0: inline)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="wall-clock guard: checkpoint and export when exceeded (the LR schedule stays cut)")
+    p.add_argument("--task-weights", default=None, help="overrides of TASK_WEIGHTS, e.g. reverse=4,upper=4")
+    p.add_argument("--init-from", default=None,
+                   help="start from this run's last.pt weights (fresh optimizer, schedule and step count)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--export-only", action="store_true", help="export RUN/last.pt and exit")
     for name in ("d-model", "n-layers", "n-heads", "mlp-hidden-size", "hidden-size", "num-hidden-layers",
@@ -63,12 +72,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def lr_at(step: int, args) -> float:
-    """Linear warmup, then cosine decay to 10% of the peak."""
+def lr_at(step: int, args, elapsed_s: float = 0.0) -> float:
+    """Linear warmup, then cosine decay to 10% of the peak. With ``--max-minutes`` the decay follows
+    whichever runs out first, the steps or the wall-clock budget (so a time-cut run still anneals)."""
     if step < args.warmup:
         return args.lr * (step + 1) / args.warmup
     frac = (step - args.warmup) / max(1, args.steps - args.warmup)
+    if args.max_minutes:
+        frac = max(frac, elapsed_s / (60 * args.max_minutes))
     return args.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+def task_weights(args) -> dict[str, float]:
+    """TASK_WEIGHTS with the ``--task-weights name=w,...`` overrides applied."""
+    weights = dict(TASK_WEIGHTS)
+    for item in filter(None, (args.task_weights or "").split(",")):
+        name, _, w = item.partition("=")
+        if name not in weights:
+            raise ValueError(f"--task-weights: unknown task {name!r} (tasks: {', '.join(weights)})")
+        weights[name] = float(w)
+    return weights
 
 
 def response_length(need: int, rng: random.Random, args) -> int:
@@ -86,11 +109,50 @@ def response_length(need: int, rng: random.Random, args) -> int:
 def step_batch(encoder: ChatEncoder, args, step: int):
     """The batch of ``step``: a pure function of (seed, step), which makes resuming exact."""
     rng = random.Random(f"{args.seed}/batch/{step}")
-    names = list(TASK_WEIGHTS)
-    exs = [tasks.sample(t, rng, "train") for t in rng.choices(names, [TASK_WEIGHTS[t] for t in names],
+    weights = task_weights(args)
+    names = list(weights)
+    exs = [tasks.sample(t, rng, "train") for t in rng.choices(names, [weights[t] for t in names],
                                                                 k=args.batch_size)]
     resp = [response_length(len(encoder.tok.encode(ex.answer).ids) + 1, rng, args) for ex in exs]
-    return make_batch(encoder, exs, resp, rng, args.system_prob, tokenizer_build.SYSTEM_PROMPTS)
+    return make_batch(encoder, exs, resp, rng, args.system_prob, tokenizer_build.SYSTEM_PROMPTS,
+                      equal_lengths=args.equal_lengths)
+
+
+_WORKER: tuple | None = None
+
+
+def _worker_init(tok_dir: str, family: str, args) -> None:
+    global _WORKER
+    torch.set_num_threads(1)
+    _WORKER = (ChatEncoder(tok_dir, family), args)
+
+
+def _worker_batch(step: int):
+    """A batch as plain numpy arrays (they pickle by value; tensors would travel as shared-memory fds)."""
+    encoder, args = _WORKER
+    b = step_batch(encoder, args, step)
+    return b.input_ids.numpy(), b.positions.numpy(), b.seq_lens, b.response.numpy(), b.seq_index.numpy()
+
+
+def _from_worker(arrays) -> Batch:
+    ids, pos, lens, resp, seq = arrays
+    return Batch(torch.from_numpy(ids), torch.from_numpy(pos), lens, torch.from_numpy(resp), torch.from_numpy(seq))
+
+
+def batches(encoder: ChatEncoder, args, start: int):
+    """Batches of steps ``start..args.steps-1`` in order, built inline or by ``args.workers`` processes
+    (each batch is a pure function of (seed, step), so both give the same stream)."""
+    if args.workers <= 0:
+        for step in range(start, args.steps):
+            yield step_batch(encoder, args, step)
+        return
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    tok_dir = str(Path(args.run_dir) / "tokenizer")
+    with ctx.Pool(args.workers, initializer=_worker_init, initargs=(tok_dir, args.family, args)) as pool:
+        for arrays in pool.imap(_worker_batch, range(start, args.steps), chunksize=4):
+            yield _from_worker(arrays)
 
 
 def setup(args):
@@ -143,42 +205,53 @@ def train(args) -> None:
         print(f"resumed from step {start}")
     if args.export_only:
         return export(model, cfg, cfg_json, args)
+    if args.init_from:
+        model.load_state_dict(torch.load(Path(args.init_from) / "last.pt", map_location=args.device)["model"])
+        print(f"initialised from {args.init_from}")
     balance = objective.RouterBalance(model)
     log = open(run / "loss.log", "a")
     model.train()
     t0 = time.time()
     bar = progress(range(start, args.steps), initial=start, total=args.steps)
+    stream = batches(encoder, args, start)
+    done = start
     for step in bar:
-        batch = step_batch(encoder, args, step)
+        batch = next(stream)
         gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
         loss, stats = objective.sft_loss(model, batch, cfg.mask_token_id, cfg.eos_token_id, gen, args.device)
         aux = balance.pop_loss()
+        lr = lr_at(step, args, time.time() - t0)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, args)
+            group["lr"] = lr
         opt.zero_grad(set_to_none=True)
         (loss + args.aux_coef * aux).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % 10 == 0:
             log.write(f"{step}\t{time.process_time():.0f}\t{loss.item():.4f}\t{stats['ce']:.4f}\t{stats['masked_acc']:.3f}\t{stats['answer_acc']:.3f}\t"
-                      f"{float(aux):.4f}\t{lr_at(step, args):.2e}\t{time.time() - t0:.0f}\n")
+                      f"{float(aux):.4f}\t{lr:.2e}\t{time.time() - t0:.0f}\n")
             log.flush()
             bar.set_postfix(loss=f"{loss.item():.3f}", ans_acc=f"{stats['answer_acc']:.3f}")
         done = step + 1
         if done % args.ckpt_every == 0 or done == args.steps:
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": done}, run / "last.pt")
-        if args.eval_every and done % args.eval_every == 0 and done != args.steps:
+        if args.eval_every and args.eval_n > 0 and done % args.eval_every == 0 and done != args.steps:
             log_eval(model, encoder, cfg, args, log, done)
+        if args.max_minutes is not None and time.time() - t0 > 60 * args.max_minutes:
+            print(f"--max-minutes reached after step {done}; exporting this state")
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": done}, run / "last.pt")
+            break
         if args.stop_after is not None and done >= args.stop_after:
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": done}, run / "last.pt")
             print(f"stopped after step {done} (--stop-after)")
             return
     wall, cpu = time.time() - t0, time.process_time()
-    print(f"trained {args.steps - start} steps in {wall:.0f}s wall, {cpu:.0f}s CPU")
-    summary = {**vars(args), "resumed_from": start, "wall_s": round(wall), "cpu_s": round(cpu)}
+    print(f"trained {done - start} steps in {wall:.0f}s wall, {cpu:.0f}s CPU")
+    summary = {**vars(args), "resumed_from": start, "last_step": done, "wall_s": round(wall), "cpu_s": round(cpu)}
     (run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     export(model, cfg, cfg_json, args)
-    log_eval(model, encoder, cfg, args, log, args.steps)
+    if args.eval_n > 0:
+        log_eval(model, encoder, cfg, args, log, done)
 
 
 if __name__ == "__main__":
