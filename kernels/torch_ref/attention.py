@@ -41,9 +41,8 @@ def attention(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_cache=
     """
     cu = cu_seqlens_q.tolist()
     rep = q.shape[1] // k.shape[1]
-    n0 = cu[1] - cu[0] if len(cu) > 1 else 0
-    if k_cache is None and n0 > 0 and all(cu[b + 1] - cu[b] == n0 for b in range(len(cu) - 1)):
-        return _equal_lengths(q, k, v, n0, rep, scale)
+    if k_cache is None:
+        return _by_length(q, k, v, cu, rep, scale)
     out = torch.empty_like(q)
     for b in range(len(cu) - 1):
         lo, hi = cu[b], cu[b + 1]
@@ -63,15 +62,37 @@ def attention(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_cache=
     return out
 
 
-def _equal_lengths(q, k, v, n, rep, scale):
-    """Every sequence has ``n`` tokens and no cache: one batched call over [B, H, n, D] (same math)."""
-    b = q.shape[0] // n
-    qq = q.view(b, n, *q.shape[1:]).transpose(1, 2)  # [B, H, n, D]
-    kk = k.view(b, n, *k.shape[1:]).transpose(1, 2)  # [B, Hk, n, D]
-    vv = v.view(b, n, *v.shape[1:]).transpose(1, 2)
+def _by_length(q, k, v, cu: list[int], rep: int, scale: float) -> torch.Tensor:
+    """No cache: sequences of equal length run as one batched call each (per sequence, the same math as
+    one call per sequence: every (sequence, head) pair is an independent softmax over its own keys)."""
+    groups: dict[int, list[int]] = {}
+    for b in range(len(cu) - 1):
+        if cu[b + 1] > cu[b]:
+            groups.setdefault(cu[b + 1] - cu[b], []).append(b)
+    if len(groups) == 1 and sum(len(g) for g in groups.values()) == len(cu) - 1:
+        (n, _), = groups.items()
+        return _batched(q, k, v, n, rep, scale)
+    out = torch.empty_like(q)
+    for n, seqs in groups.items():
+        if len(seqs) == 1:
+            lo = cu[seqs[0]]
+            out[lo:lo + n] = _batched(q[lo:lo + n], k[lo:lo + n], v[lo:lo + n], n, rep, scale)
+            continue
+        starts = torch.tensor([cu[b] for b in seqs], device=q.device)  # [G]
+        rows = (starts[:, None] + torch.arange(n, device=q.device)[None, :]).flatten()  # [G·n]
+        out[rows] = _batched(q[rows], k[rows], v[rows], n, rep, scale)
+    return out
+
+
+def _batched(q, k, v, n: int, rep: int, scale: float) -> torch.Tensor:
+    """q [G·n, H, D], k/v [G·n, Hk, D], G sequences of ``n`` tokens each -> [G·n, H, D], one call."""
+    g = q.shape[0] // n
+    qq = q.view(g, n, *q.shape[1:]).transpose(1, 2)  # [G, H, n, D]
+    kk = k.reshape(g, n, *k.shape[1:]).transpose(1, 2)  # [G, Hk, n, D]
+    vv = v.reshape(g, n, *v.shape[1:]).transpose(1, 2)
     if rep > 1:
         kk, vv = kk.repeat_interleave(rep, dim=1), vv.repeat_interleave(rep, dim=1)
-    o = F.scaled_dot_product_attention(qq, kk, vv, scale=scale)  # [B, H, n, D]
+    o = F.scaled_dot_product_attention(qq, kk, vv, scale=scale)  # [G, H, n, D]
     return o.transpose(1, 2).reshape(q.shape)
 
 

@@ -29,6 +29,11 @@ class QueueFullError(RuntimeError):
     """More requests are waiting than ``max_queue`` allows."""
 
 
+def _put_all(items: list[tuple[asyncio.Queue, StepOutput]]) -> None:
+    for q, out in items:
+        q.put_nowait(out)
+
+
 class AsyncEngine:
     def __init__(self, engine: Engine, max_queue: int | None = None):
         self.engine = engine
@@ -119,6 +124,20 @@ class AsyncEngine:
             except RuntimeError:  # the caller's event loop is closed
                 pass
 
+    def _deliver_step(self, outs: list[StepOutput]) -> None:
+        """One step's outputs: a single wake-up per event loop instead of one per output."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, StepOutput]]] = {}
+        with self._lock:
+            for out in outs:
+                target = self._queues.get(out.request_id)
+                if target is not None:
+                    by_loop.setdefault(target[0], []).append((target[1], out))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, items)
+            except RuntimeError:  # the caller's event loop is closed
+                pass
+
     def _drain_inbox(self) -> None:
         while True:
             try:
@@ -143,8 +162,7 @@ class AsyncEngine:
                     self._wake.wait(0.05)
                     self._wake.clear()
                     continue
-                for out in self.engine.step():
-                    self._deliver(out, out.request_id)
+                self._deliver_step(self.engine.step())
         except BaseException as exc:  # noqa: BLE001 - the loop must report any death
             log.exception("engine loop died")
             self.dead_reason = f"{type(exc).__name__}: {exc}"
