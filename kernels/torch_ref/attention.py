@@ -14,23 +14,6 @@ import torch
 import torch.nn.functional as F
 
 
-def gather_keys(k, v, lo, hi, k_cache, v_cache, block_table_row, kv_len, new_offset):
-    """Assemble one sequence's keys/values [kv_len, Hk, D]: its new rows k[lo:hi] at canvas positions
-    new_offset.., every other position read from the cache (the table is consulted for those only)."""
-    page_size = k_cache.shape[1]
-    n = hi - lo
-    pos = torch.arange(kv_len, device=k.device)  # [L]
-    cached = (pos < new_offset) | (pos >= new_offset + n)  # [L]
-    cpos = pos[cached]
-    slots = block_table_row.long()[cpos // page_size] * page_size + cpos % page_size  # [L - n]
-    kk = torch.empty((kv_len,) + k.shape[1:], dtype=k.dtype, device=k.device)  # [L, Hk, D]
-    vv = torch.empty_like(kk)
-    kk[cached], vv[cached] = k_cache.flatten(0, 1)[slots].to(k.dtype), v_cache.flatten(0, 1)[slots].to(v.dtype)
-    kk[new_offset:new_offset + n] = k[lo:hi]
-    vv[new_offset:new_offset + n] = v[lo:hi]
-    return kk, vv
-
-
 def attention(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_cache=None,
               block_table=None, kv_lens=None, new_offsets=None):
     """q [N, H, D], k/v [N, Hk, D] (H % Hk == 0), cu_seqlens_q [B+1] int32 -> out [N, H, D] (q.dtype).
@@ -38,58 +21,69 @@ def attention(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_cache=
     Optional cache: k_cache/v_cache [P, S, Hk, D], block_table [B, max_pages] int32, kv_lens [B] int32,
     new_offsets [B] int32 (see the module docstring). ``max_seqlen_q`` is a host-side upper bound kept
     for kernel launch sizing. Softmax of ``scale · q·kᵀ`` over each sequence's keys, no mask.
+
+    Sequences with the same (query count, key count) run as one batched call: per sequence this is the
+    same computation as a call of its own (each (sequence, head) softmax is independent), so a
+    sequence's output does not depend on what else is in the batch.
     """
     cu = cu_seqlens_q.tolist()
-    rep = q.shape[1] // k.shape[1]
+    n_q = [cu[b + 1] - cu[b] for b in range(len(cu) - 1)]
     if k_cache is None:
-        return _by_length(q, k, v, cu, rep, scale)
+        keys, vals, n_k, k_start = k, v, n_q, cu[:-1]
+    else:
+        keys, vals, n_k, k_start = gather_keys(k, v, cu, k_cache, v_cache, block_table, kv_lens, new_offsets)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for b, n in enumerate(n_q):
+        if n:
+            groups.setdefault((n, n_k[b]), []).append(b)
+    rep = q.shape[1] // k.shape[1]
+    if k_cache is None and len(groups) == 1 and all(n_q):  # one shape, no cache: plain reshapes
+        (n, _), = groups
+        return _batched(q, k, v, n, n, rep, scale)
     out = torch.empty_like(q)
-    for b in range(len(cu) - 1):
-        lo, hi = cu[b], cu[b + 1]
-        if hi == lo:
-            continue
-        if k_cache is None:
-            kk, vv = k[lo:hi], v[lo:hi]
-        else:
-            kk, vv = gather_keys(k, v, lo, hi, k_cache, v_cache, block_table[b],
-                                 int(kv_lens[b]), int(new_offsets[b]))
-        if rep > 1:
-            kk, vv = kk.repeat_interleave(rep, dim=1), vv.repeat_interleave(rep, dim=1)
-        o = F.scaled_dot_product_attention(
-            q[lo:hi].transpose(0, 1), kk.transpose(0, 1), vv.transpose(0, 1), scale=scale
-        )  # [H, n, D]
-        out[lo:hi] = o.transpose(0, 1)
+    dev = q.device
+    for (n, m), seqs in groups.items():
+        q_rows = _rows([cu[b] for b in seqs], n, dev)  # [G·n]
+        k_rows = _rows([k_start[b] for b in seqs], m, dev)  # [G·m]
+        out[q_rows] = _batched(q[q_rows], keys[k_rows], vals[k_rows], n, m, rep, scale)
     return out
 
 
-def _by_length(q, k, v, cu: list[int], rep: int, scale: float) -> torch.Tensor:
-    """No cache: sequences of equal length run as one batched call each (per sequence, the same math as
-    one call per sequence: every (sequence, head) pair is an independent softmax over its own keys)."""
-    groups: dict[int, list[int]] = {}
-    for b in range(len(cu) - 1):
-        if cu[b + 1] > cu[b]:
-            groups.setdefault(cu[b + 1] - cu[b], []).append(b)
-    if len(groups) == 1 and sum(len(g) for g in groups.values()) == len(cu) - 1:
-        (n, _), = groups.items()
-        return _batched(q, k, v, n, rep, scale)
-    out = torch.empty_like(q)
-    for n, seqs in groups.items():
-        if len(seqs) == 1:
-            lo = cu[seqs[0]]
-            out[lo:lo + n] = _batched(q[lo:lo + n], k[lo:lo + n], v[lo:lo + n], n, rep, scale)
-            continue
-        starts = torch.tensor([cu[b] for b in seqs], device=q.device)  # [G]
-        rows = (starts[:, None] + torch.arange(n, device=q.device)[None, :]).flatten()  # [G·n]
-        out[rows] = _batched(q[rows], k[rows], v[rows], n, rep, scale)
-    return out
+def gather_keys(k, v, cu: list[int], k_cache, v_cache, block_table, kv_lens, new_offsets):
+    """Every sequence's keys/values, concatenated: sequence b's canvas positions 0..kv_lens[b]-1, its new
+    rows k[cu[b]:cu[b+1]] at positions new_offsets[b].., every other position read from the cache
+    through block_table[b]. -> (keys [K, Hk, D], values [K, Hk, D], keys per sequence, start of each)."""
+    dev, page = k.device, k_cache.shape[1]
+    n_k = kv_lens.tolist()
+    k_start = [0]
+    for m in n_k[:-1]:
+        k_start.append(k_start[-1] + m)
+    b = len(n_k)
+    seq = torch.repeat_interleave(torch.arange(b, device=dev), torch.tensor(n_k, device=dev))  # [K]
+    pos = torch.arange(seq.numel(), device=dev) - torch.tensor(k_start, device=dev)[seq]  # [K] canvas position
+    cu_t = torch.tensor(cu, device=dev)
+    off = new_offsets.long()[seq]  # [K]
+    is_new = (pos >= off) & (pos < off + (cu_t[1:] - cu_t[:-1])[seq])  # [K]
+    packed = (cu_t[:-1][seq] + pos - off).clamp(0, max(k.shape[0] - 1, 0))  # [K] row in k (where new)
+    pidx = (pos // page).clamp(max=block_table.shape[1] - 1)  # rows with no cache read have short tables
+    slots = block_table.long()[seq, pidx] * page + pos % page  # [K] cache slot (where cached)
+    sel = is_new[:, None, None]
+    keys = torch.where(sel, k[packed], k_cache.flatten(0, 1)[slots].to(k.dtype))  # [K, Hk, D]
+    vals = torch.where(sel, v[packed], v_cache.flatten(0, 1)[slots].to(v.dtype))
+    return keys, vals, n_k, k_start
 
 
-def _batched(q, k, v, n: int, rep: int, scale: float) -> torch.Tensor:
-    """q [G·n, H, D], k/v [G·n, Hk, D], G sequences of ``n`` tokens each -> [G·n, H, D], one call."""
+def _rows(starts: list[int], n: int, dev) -> torch.Tensor:
+    """[G·n] int64: rows start..start+n-1 of each start."""
+    return (torch.tensor(starts, device=dev)[:, None] + torch.arange(n, device=dev)[None, :]).flatten()
+
+
+def _batched(q, k, v, n: int, m: int, rep: int, scale: float) -> torch.Tensor:
+    """q [G·n, H, D], k/v [G·m, Hk, D]: G sequences of ``n`` queries and ``m`` keys -> [G·n, H, D]."""
     g = q.shape[0] // n
     qq = q.view(g, n, *q.shape[1:]).transpose(1, 2)  # [G, H, n, D]
-    kk = k.reshape(g, n, *k.shape[1:]).transpose(1, 2)  # [G, Hk, n, D]
-    vv = v.reshape(g, n, *v.shape[1:]).transpose(1, 2)
+    kk = k.reshape(g, m, *k.shape[1:]).transpose(1, 2)  # [G, Hk, m, D]
+    vv = v.reshape(g, m, *v.shape[1:]).transpose(1, 2)
     if rep > 1:
         kk, vv = kk.repeat_interleave(rep, dim=1), vv.repeat_interleave(rep, dim=1)
     o = F.scaled_dot_product_attention(qq, kk, vv, scale=scale)  # [G, H, n, D]
