@@ -1,8 +1,9 @@
 """Write the README.md model card of a tiny checkpoint from its config, its training log and the JSON
 results of ``benchmarks/quality.py`` (so the card's numbers are the measured ones, never hand-typed).
 
-    python -m recipes.model_card --checkpoint server/assets/tiny-llada-instruct --run-dir runs/dense \\
-        --exact runs/dense/quality_exact.json [--fast runs/dense/quality_fast.json] --command "..."
+    python -m recipes.model_card --checkpoint server/assets/tiny-llada-instruct \\
+        --run-dir runs/stage1 --hardware "..." [--run-dir runs/stage2 --hardware "..."] \\
+        --exact runs/quality_exact.json [--fast runs/quality_fast.json] --command "..." [--command "..."]
 """
 from __future__ import annotations
 
@@ -67,17 +68,31 @@ def _log_times(run_dir: Path) -> tuple[float, float]:
     return wall + last_wall, cpu + last_cpu
 
 
-def _training_summary(run_dir: Path) -> str:
+def _stage_summary(run_dir: Path, hardware: str) -> str:
+    """One training stage (one run directory) in words, from its summary.json and loss.log."""
     s = json.loads((run_dir / "summary.json").read_text())
     wall, cpu = _log_times(run_dir)
-    resumed = " (resumed once; times include the repeated steps)" if s.get("resumed_from") else ""
-    return (f"{s['steps']} steps of {s['batch_size']} sequences, AdamW lr {s['lr']} (warmup {s['warmup']}, "
-            f"cosine to 10%), weight decay {s['weight_decay']}, seed {s['seed']}, {s['threads']} CPU thread; "
-            f"wall time {wall / 60:.0f} min, process CPU time {cpu / 60:.0f} min{resumed}. The machine was "
-            "shared with other jobs, so wall time exceeds CPU time")
+    done = s.get("last_step", s["steps"]) - (0 if s.get("init_from") else s.get("resumed_from", 0))
+    horizon = (f"the first of {s['steps']} steps or a {s['max_minutes']:g}-minute wall-clock budget, whichever "
+               "ends first" if s.get("max_minutes") else f"{s['steps']} steps")
+    extras = []
+    if s.get("init_from"):
+        extras.append(f"initialised from the weights of the previous stage (`{s['init_from']}`), fresh optimizer")
+    if s.get("equal_lengths"):
+        extras.append("every sequence of a batch padded with EOS to the batch's longest, as LLaDA's SFT pads")
+    if s.get("task_weights"):
+        extras.append(f"task weights overridden: {s['task_weights']}")
+    if s.get("resumed_from") and not s.get("init_from"):
+        extras.append("resumed once (times include the repeated steps)")
+    more = "; " + "; ".join(extras) if extras else ""
+    return (f"{done} steps of {s['batch_size']} sequences, AdamW lr {s['lr']} (warmup {s['warmup']}, cosine to "
+            f"10% over {horizon}), weight decay {s['weight_decay']}, seed {s['seed']}{more}; on {hardware}: "
+            f"wall time {wall / 60:.1f} min, process CPU time {cpu / 60:.1f} min")
 
 
-def render(checkpoint: Path, run_dir: Path, exact: dict, fast: dict | None, command: str, note: str = "") -> str:
+def render(checkpoint: Path, stages: list[tuple[Path, str]], exact: dict, fast: dict | None, commands: list[str],
+           note: str = "") -> str:
+    """The card's Markdown. ``stages``: (run directory, hardware in words) per training stage, in order."""
     cfg = json.loads((checkpoint / "config.json").read_text())
     moe = cfg["architectures"][0].startswith("LLaDAMoE")
     size_mb = sum(f.stat().st_size for f in checkpoint.iterdir() if f.suffix == ".safetensors") / 2**20
@@ -103,13 +118,14 @@ def render(checkpoint: Path, run_dir: Path, exact: dict, fast: dict | None, comm
         "training length) is masked independently with probability t ~ U(0, 1] (stratified over the batch), "
         "and the cross-entropy of masked tokens is weighted 1/t and averaged per response length. "
         "Trained in fp32, exported in bf16.", "",
-        f"- {_training_summary(run_dir)}.",
-        "- Task mix (relative frequency): " + ", ".join(f"{t} {w}" for t, w in TASK_WEIGHTS.items()) + ".",
+        *(f"- Stage {i + 1}: {_stage_summary(run, hw)}." for i, (run, hw) in enumerate(stages)),
+        "- Task mix (relative frequency; the recipe default, stages note their overrides): " + ", ".join(f"{t} {w}" for t, w in TASK_WEIGHTS.items()) + ".",
         "- Tasks: " + "; ".join(f"`{t}`: {d}" for t, d in TASK_TEXT.items()) + ".",
         "- Splits: generated tasks hold out 1 instance in 5 by a stable hash of the instance (operands, letters or "
         "list), so held-out prompts are unseen in any phrasing; table tasks hold out 2 of 8 phrasings per "
         "(item, direction), every phrasing being trained with other items.", "",
-        "Retrain (deterministic given the seed; resumable with `--resume`):", "", "```", command, "```", "",
+        "Retrain (each stage seeded; stages with a wall-clock budget stop where the budget ends, so their "
+        "step count follows the hardware; resumable with `--resume`):", "", "```", *commands, "```", "",
         "## Measured accuracy (held-out, exact match)", "",
         *([note, ""] if note else []),
         f"Settings: {_settings(exact)}; `python benchmarks/quality.py --model {checkpoint.name} "
@@ -125,14 +141,18 @@ def render(checkpoint: Path, run_dir: Path, exact: dict, fast: dict | None, comm
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--run-dir", required=True)
+    p.add_argument("--run-dir", action="append", required=True, help="one per training stage, in order")
+    p.add_argument("--hardware", action="append", required=True, help="per stage: where it ran, in words")
     p.add_argument("--exact", required=True, help="quality.py --json output, preset exact")
     p.add_argument("--fast", default=None, help="quality.py --json output, preset fast")
-    p.add_argument("--command", required=True, help="the exact retrain command")
+    p.add_argument("--command", action="append", required=True, help="the exact retrain command(s), in order")
     p.add_argument("--note", default="", help="a status paragraph placed above the accuracy table")
     args = p.parse_args(argv)
     fast = json.loads(Path(args.fast).read_text()) if args.fast else None
-    text = render(Path(args.checkpoint), Path(args.run_dir), json.loads(Path(args.exact).read_text()), fast,
+    if len(args.run_dir) != len(args.hardware):
+        p.error("give one --hardware per --run-dir")
+    stages = [(Path(r), h) for r, h in zip(args.run_dir, args.hardware)]
+    text = render(Path(args.checkpoint), stages, json.loads(Path(args.exact).read_text()), fast,
                   args.command, args.note)
     (Path(args.checkpoint) / "README.md").write_text(text)
 

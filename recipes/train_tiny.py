@@ -247,7 +247,9 @@ def train(args) -> None:
             return
     wall, cpu = time.time() - t0, time.process_time()
     print(f"trained {done - start} steps in {wall:.0f}s wall, {cpu:.0f}s CPU")
-    summary = {**vars(args), "resumed_from": start, "last_step": done, "wall_s": round(wall), "cpu_s": round(cpu)}
+    device_name = torch.cuda.get_device_name(args.device) if str(args.device).startswith("cuda") else "cpu"
+    summary = {**vars(args), "resumed_from": start, "last_step": done, "wall_s": round(wall), "cpu_s": round(cpu),
+               "device_name": device_name}
     (run / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     export(model, cfg, cfg_json, args)
     if args.eval_n > 0:
