@@ -11,8 +11,8 @@ them so both see the same background load. Besides the wall-clock ratio (the fig
 seconds per token of the engine alone vs the whole server process are compared: on a shared or small
 machine (the client needs CPU too) that second ratio isolates the server's own overhead. Prompts are
 token ids (no tokenizer differences); ``early_stop=false`` + ``logits_eos_inf`` make every request
-denoise its whole canvas, so both sides do the same work. Default model: the embedded one if shipped,
-else a random LLaDA-shaped checkpoint (``--hidden``/``--layers``) large enough that the forward matters.
+denoise its whole canvas, so both sides do the same work. Default model: a random LLaDA-shaped checkpoint
+(``--hidden``/``--layers``) large enough that the forward matters; ``--model`` picks another.
 """
 from __future__ import annotations
 
@@ -40,14 +40,13 @@ from unmask.server.config import EngineConfig, SchedulerConfig  # noqa: E402
 from unmask.server.engine.engine import Engine  # noqa: E402
 from unmask.server.engine.params import DiffusionParams  # noqa: E402
 from unmask.server.engine.sequence import Request  # noqa: E402
-from unmask.server.models.resolve import builtin_models  # noqa: E402
 
 
 def model_path(args) -> str:
+    """--model if given, else a random LLaDA-shaped checkpoint (--hidden/--layers): with random prompts
+    its outputs fill the canvas, so both sides count the same, non-trivial number of tokens."""
     if args.model:
         return args.model
-    if builtin_models():
-        return builtin_models()[0]
     from tests.helpers import write_checkpoint
     d = Path(tempfile.mkdtemp(prefix="unmask-http-bench-"))
     write_checkpoint(d, "dense", seed=0, d=args.hidden, layers=args.layers, heads=max(args.hidden // 64, 1),
@@ -185,7 +184,7 @@ def served(args, proc: subprocess.Popen, base: str, prompts: list[list[int]]) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default=None, help="checkpoint or built-in name (default: embedded, else random)")
+    ap.add_argument("--model", default=None, help="checkpoint or built-in name (default: a random-weight model, see --hidden)")
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--num-requests", type=int, default=128)
     ap.add_argument("--prompt-len", type=int, default=32, help="mean prompt length (uniform ±50%%)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import sys
 import threading
 import time
 from typing import AsyncIterator
@@ -19,6 +20,9 @@ from unmask.server.engine.engine import Engine
 from unmask.server.engine.sequence import Request
 
 log = logging.getLogger("unmask.async_engine")
+
+GIL_SWITCH_INTERVAL_S = 0.0005
+"""sys.setswitchinterval applied when the loop starts (see AsyncEngine.start)."""
 
 
 class EngineDeadError(RuntimeError):
@@ -49,6 +53,11 @@ class AsyncEngine:
 
     # ----- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
+        # The loop thread alternates short torch ops (GIL released) with Python between them. While the
+        # event-loop thread holds the GIL (streaming responses), every re-acquisition can wait a whole
+        # switch interval (5 ms by default): a shorter one keeps the engine from stalling behind the
+        # HTTP side. Process-wide; a smaller interval already set is kept.
+        sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
         self._thread = threading.Thread(target=self._loop, name="unmask-engine", daemon=True)
         self._thread.start()
 
