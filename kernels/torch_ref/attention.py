@@ -81,7 +81,7 @@ def _rows(starts: list[int], n: int, dev) -> torch.Tensor:
 def _batched(q, k, v, n: int, m: int, rep: int, scale: float) -> torch.Tensor:
     """q [G·n, H, D], k/v [G·m, Hk, D]: G sequences of ``n`` queries and ``m`` keys -> [G·n, H, D]."""
     g = q.shape[0] // n
-    qq = q.view(g, n, *q.shape[1:]).transpose(1, 2)  # [G, H, n, D]
+    qq = q.reshape(g, n, *q.shape[1:]).transpose(1, 2)  # [G, H, n, D]
     kk = k.reshape(g, m, *k.shape[1:]).transpose(1, 2)  # [G, Hk, m, D]
     vv = v.reshape(g, m, *v.shape[1:]).transpose(1, 2)
     if rep > 1:

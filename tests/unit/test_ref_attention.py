@@ -1,0 +1,101 @@
+"""The reference attention (``kernels/torch_ref/attention.py``, the CPU path): equal to a naive per-sequence
+softmax, and batch invariant bit for bit (a sequence's output is the same alone or packed with others of
+any shapes, with and without a paged cache), which the engine's alone-vs-mixed guarantees rest on."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from unmask.kernels.torch_ref import attention as ref
+
+H, HK, D, PAGE = 4, 2, 8, 4
+
+
+def _cu(lens: list[int]) -> torch.Tensor:
+    return torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+
+
+def _case(seed: int, dtype: torch.dtype, cached: bool):
+    """Random packed batch: per sequence (queries n, keys L, offset of the new rows), a shuffled page table."""
+    g = torch.Generator().manual_seed(seed)
+    b = int(torch.randint(2, 7, (), generator=g))
+    lens, kv, off = [], [], []
+    for _ in range(b):
+        L = int(torch.randint(1, 24, (), generator=g))
+        n = int(torch.randint(0, L + 1, (), generator=g)) if cached else L
+        lens.append(n), kv.append(L), off.append(int(torch.randint(0, L - n + 1, (), generator=g)))
+    if not any(lens):  # keep at least one row to compare
+        lens[0], off[0] = kv[0], 0
+    pages = [-(-L // PAGE) for L in kv]
+    perm = torch.randperm(sum(pages), generator=g)
+    table = torch.zeros(b, max(pages), dtype=torch.int32)
+    start = 0
+    for i, p in enumerate(pages):
+        table[i, :p] = perm[start:start + p].to(torch.int32)
+        start += p
+    n = sum(lens)
+    q = torch.randn(n, H, D, generator=g, dtype=dtype)
+    k, v = torch.randn(n, HK, D, generator=g, dtype=dtype), torch.randn(n, HK, D, generator=g, dtype=dtype)
+    kc = torch.randn(sum(pages), PAGE, HK, D, generator=g, dtype=dtype)
+    vc = torch.randn(sum(pages), PAGE, HK, D, generator=g, dtype=dtype)
+    return lens, kv, off, table, q, k, v, kc, vc
+
+
+def _run(lens, kv, off, table, q, k, v, kc, vc, cached: bool) -> torch.Tensor:
+    cu = _cu(lens)
+    if not cached:
+        return ref.attention(q, k, v, cu, max(lens), 0.3)
+    return ref.attention(q, k, v, cu, max(lens), 0.3, kc, vc, table, torch.tensor(kv, dtype=torch.int32),
+                         torch.tensor(off, dtype=torch.int32))
+
+
+def _naive(b, lens, kv, off, table, q, k, v, kc, vc, cached: bool) -> torch.Tensor:
+    """Sequence b's output from an explicit softmax over its assembled keys."""
+    cu = _cu(lens).tolist()
+    lo, hi = cu[b], cu[b + 1]
+    if cached:
+        pos = torch.arange(kv[b])
+        slots = table[b].long()[pos // PAGE] * PAGE + pos % PAGE
+        kk, vv = kc.flatten(0, 1)[slots].clone(), vc.flatten(0, 1)[slots].clone()
+        kk[off[b]:off[b] + hi - lo], vv[off[b]:off[b] + hi - lo] = k[lo:hi], v[lo:hi]
+    else:
+        kk, vv = k[lo:hi], v[lo:hi]
+    kk, vv = kk.repeat_interleave(H // HK, 1), vv.repeat_interleave(H // HK, 1)
+    s = torch.einsum("nhd,mhd->hnm", q[lo:hi], kk) * 0.3
+    return torch.einsum("hnm,mhd->nhd", s.softmax(-1), vv)
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["no_cache", "paged_cache"])
+@pytest.mark.parametrize("seed", range(6))
+def test_matches_naive_softmax(seed, cached):
+    case = _case(seed, torch.float64, cached)
+    out = _run(*case, cached=cached)
+    cu = _cu(case[0]).tolist()
+    for b in range(len(case[0])):
+        if case[0][b]:
+            torch.testing.assert_close(out[cu[b]:cu[b + 1]], _naive(b, *case, cached=cached), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cached", [False, True], ids=["no_cache", "paged_cache"])
+@pytest.mark.parametrize("seed", range(6))
+def test_alone_equals_packed_bitwise(seed, cached, dtype):
+    lens, kv, off, table, q, k, v, kc, vc = _case(100 + seed, dtype, cached)
+    packed = _run(lens, kv, off, table, q, k, v, kc, vc, cached)
+    cu = _cu(lens).tolist()
+    for b in range(len(lens)):
+        if not lens[b]:
+            continue
+        sl = slice(cu[b], cu[b + 1])
+        alone = _run([lens[b]], [kv[b]], [off[b]], table[b:b + 1], q[sl], k[sl], v[sl], kc, vc, cached)
+        assert torch.equal(alone, packed[sl]), (b, lens, kv)
+
+
+def test_kernels_import_without_the_server_stack():
+    """``import unmask.kernels`` (what a GPU kernel check needs) loads neither tokenizers nor the server."""
+    code = ("import sys, unmask.kernels.ops; "
+            "assert 'tokenizers' not in sys.modules and 'unmask.server.llm' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)
