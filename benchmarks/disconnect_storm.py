@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.load.report import save  # noqa: E402
+
 MODES = ("before_first_byte", "queued", "mid_stream", "non_stream_timeout", "complete")
 LONG = {"max_tokens": 96, "block_length": 8, "steps": 96, "cache": "prefix", "temperature": 0}
 REFERENCE = {"prompt": "ALPHA BETA", "max_tokens": 16, "temperature": 0}
@@ -182,8 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         result["max_num_seqs"] = args.max_num_seqs
     print(json.dumps(result, indent=1))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
+        save(result, str(args.json.parent), args.json.name)
     return 0 if result["ok"] else 1
 
 

@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.load.report import save  # noqa: E402
+
 FINISH = {"stop", "length"}
 WORDS = ["ALPHA", "BETA", "GAMMA", "DELTA", "ONE", "TWO", "THREE", "SKY", "SEA", "RED", "BLUE", "SUM", "2+2="]
 
@@ -197,8 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     for e in result["error_samples"]:
         print("error:", e, file=sys.stderr)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
+        save(result, str(args.json.parent), args.json.name)
     return 0 if result["ok"] else 1
 
 

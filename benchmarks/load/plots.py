@@ -40,31 +40,37 @@ def _log_y(ax) -> None:
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
-def throughput_plot(rows: list[dict], path: Path, title: str) -> Path:
-    """Output tokens/s and requests/s vs concurrency."""
+def _figure(rows: list[dict]):
+    """-> (pyplot, two side-by-side axes, presets, concurrency levels) for one figure over ``rows``."""
     plt = _plt()
-    presets = sorted({r["preset"] for r in rows})
-    conc = sorted({r["concurrency"] for r in rows})
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for key, ax, label in (("output_throughput", axes[0], "output tokens/s"),
-                           ("request_throughput", axes[1], "requests/s")):
-        for preset in presets:
-            ax.plot(*_series(rows, preset, key), marker="o", label=preset)
-        _axis(ax, label, conc)
-    fig.suptitle(f"Throughput vs concurrency — {title}", fontsize=10)
+    _, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    return plt, axes, sorted({r["preset"] for r in rows}), sorted({r["concurrency"] for r in rows})
+
+
+def _save(plt, axes, path: Path, suptitle: str) -> Path:
+    fig = axes[0].figure
+    fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
+def throughput_plot(rows: list[dict], path: Path, title: str) -> Path:
+    """Output tokens/s and requests/s vs concurrency."""
+    plt, axes, presets, conc = _figure(rows)
+    for key, ax, label in (("output_throughput", axes[0], "output tokens/s"),
+                           ("request_throughput", axes[1], "requests/s")):
+        for preset in presets:
+            ax.plot(*_series(rows, preset, key), marker="o", label=preset)
+        _axis(ax, label, conc)
+    return _save(plt, axes, path, f"Throughput vs concurrency — {title}")
+
+
 def latency_plot(rows: list[dict], path: Path, title: str, percentiles: tuple[str, ...] = ("median", "p90", "p99")
                  ) -> Path:
     """E2E latency and TTFT percentiles (ms) vs concurrency: colour = preset, line style = percentile."""
-    plt = _plt()
-    presets = sorted({r["preset"] for r in rows})
-    conc = sorted({r["concurrency"] for r in rows})
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    plt, axes, presets, conc = _figure(rows)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for metric, ax, label in (("e2el", axes[0], "end-to-end latency (ms)"), ("ttft", axes[1], "TTFT (ms)")):
         for i, preset in enumerate(presets):
@@ -74,8 +80,4 @@ def latency_plot(rows: list[dict], path: Path, title: str, percentiles: tuple[st
                         label=f"{preset} {pct}")
         _log_y(ax)
         _axis(ax, label, conc)
-    fig.suptitle(f"Latency percentiles vs concurrency — {title}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, axes, path, f"Latency percentiles vs concurrency — {title}")

@@ -26,6 +26,8 @@ def attention(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_cache=
     same computation as a call of its own (each (sequence, head) softmax is independent), so a
     sequence's output does not depend on what else is in the batch.
     """
+    if q.shape[0] == 0:
+        return torch.empty_like(q)
     cu = cu_seqlens_q.tolist()
     n_q = [cu[b + 1] - cu[b] for b in range(len(cu) - 1)]
     if k_cache is None:

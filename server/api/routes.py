@@ -38,17 +38,19 @@ def require_json(request: Request) -> None:
 
 @router.post("/v1/completions", dependencies=[Depends(require_json)])
 async def completions(body: CompletionRequest, request: Request):
-    state = app_state(request)
-    engine = state.ready_engine()
-    job = jobs.completion_job(state, body, request.headers.get("x-request-id"))
-    return await serving.execute(state, engine, job, request)
+    return await _execute(request, jobs.completion_job, body)
 
 
 @router.post("/v1/chat/completions", dependencies=[Depends(require_json)])
 async def chat_completions(body: ChatCompletionRequest, request: Request):
+    return await _execute(request, jobs.chat_job, body)
+
+
+async def _execute(request: Request, make_job, body):
+    """Engine ready (else 503), the request's job built from its body, then run (streamed or not)."""
     state = app_state(request)
     engine = state.ready_engine()
-    job = jobs.chat_job(state, body, request.headers.get("x-request-id"))
+    job = make_job(state, body, request.headers.get("x-request-id"))
     return await serving.execute(state, engine, job, request)
 
 

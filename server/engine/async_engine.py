@@ -33,7 +33,7 @@ class QueueFullError(RuntimeError):
     """More requests are waiting than ``max_queue`` allows."""
 
 
-def _put_all(items: list[tuple[asyncio.Queue, StepOutput]]) -> None:
+def _put_all(items: list[tuple[asyncio.Queue, StepOutput | BaseException]]) -> None:
     for q, out in items:
         q.put_nowait(out)
 
@@ -124,26 +124,20 @@ class AsyncEngine:
 
     # ----- loop thread -----------------------------------------------------------------------------
     def _deliver(self, out: StepOutput | BaseException, request_id: str) -> None:
-        with self._lock:
-            target = self._queues.get(request_id)
-        if target is not None:
-            loop, q = target
-            try:
-                loop.call_soon_threadsafe(q.put_nowait, out)
-            except RuntimeError:  # the caller's event loop is closed
-                pass
+        self._deliver_all([(request_id, out)])
 
-    def _deliver_step(self, outs: list[StepOutput]) -> None:
-        """One step's outputs: a single wake-up per event loop instead of one per output."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, StepOutput]]] = {}
+    def _deliver_all(self, items: list[tuple[str, StepOutput | BaseException]]) -> None:
+        """Hand (request id, output) pairs to their callers: one wake-up per event loop, not per output
+        (a step's outputs arrive together). Unknown ids (finished or gone) are dropped."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, StepOutput | BaseException]]] = {}
         with self._lock:
-            for out in outs:
-                target = self._queues.get(out.request_id)
+            for request_id, out in items:
+                target = self._queues.get(request_id)
                 if target is not None:
                     by_loop.setdefault(target[0], []).append((target[1], out))
-        for loop, items in by_loop.items():
+        for loop, batch in by_loop.items():
             try:
-                loop.call_soon_threadsafe(_put_all, items)
+                loop.call_soon_threadsafe(_put_all, batch)
             except RuntimeError:  # the caller's event loop is closed
                 pass
 
@@ -171,14 +165,13 @@ class AsyncEngine:
                     self._wake.wait(0.05)
                     self._wake.clear()
                     continue
-                self._deliver_step(self.engine.step())
+                self._deliver_all([(out.request_id, out) for out in self.engine.step()])
         except BaseException as exc:  # noqa: BLE001 - the loop must report any death
             log.exception("engine loop died")
             self.dead_reason = f"{type(exc).__name__}: {exc}"
             with self._lock:
                 ids = list(self._queues)
-            for rid in ids:
-                self._deliver(EngineDeadError(self.dead_reason), rid)
+            self._deliver_all([(rid, EngineDeadError(self.dead_reason)) for rid in ids])
 
     async def wait_idle(self, timeout: float) -> bool:
         """Wait until no request is unfinished (graceful drain); False on timeout."""

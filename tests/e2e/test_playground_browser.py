@@ -45,7 +45,7 @@ def artifacts() -> Path:
 def chromium():
     found = ensure_chromium()
     if isinstance(found, str):
-        pytest.skip(found)
+        pytest.skip(f"no headless Chromium for the playground test: {found}")
     return found
 
 

@@ -96,8 +96,7 @@ def test_sweep_table_and_plots(tmp_path):
     rows = [_row(p, c, 10.0 * c) for p in ("fast", "exact") for c in (1, 4)]
     lines = markdown.table(rows).splitlines()
     assert len(lines) == 2 + 4 and lines[2].startswith("| exact | 1 | 4/0 |") and "| – | 50% |" in lines[2]
-    pytest.importorskip("matplotlib")
-    from benchmarks.load import plots
+    from benchmarks.load import plots  # matplotlib is a dev dependency
     for draw in (plots.throughput_plot, plots.latency_plot):
         path = draw(rows, tmp_path / f"{draw.__name__}.png", "test")
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
