@@ -31,7 +31,7 @@ run() {  # name, timeout seconds, command...
 run kernel_tests 200 python -m pytest -q -p no:cacheprovider tests/kernels tests/gpu --timeout 190 --continue-on-collection-errors
 run step_table 160 python benchmarks/step_table.py --iters 5 --json "$OUT/step_table.json" --markdown "$OUT/step_table.md"
 for b in attention moe remask norm; do
-  [ -f "benchmarks/kernels/bench_$b.py" ] && run "bench_$b" 25 python "benchmarks/kernels/bench_$b.py" --quick --json "$TMP/$b.json"
+  [ -f "benchmarks/kernels/bench_$b.py" ] && run "bench_$b" 45 python "benchmarks/kernels/bench_$b.py" --quick --json "$TMP/$b.json"
 done
 python - "$TMP" "$OUT/benches.json" <<'PY'
 import json, pathlib, sys

@@ -7,7 +7,8 @@ Bytes = K/V read (+ q, out); FLOPs = 4·B·H·n_q·L·D.
 import torch
 import torch.nn.functional as F
 
-from bench_common import BLOCK, LLADA_8B, LLADA_MOE, PREFIX, Report, parse_args, require_cuda, row, time_ms
+from bench_common import (BLOCK, LLADA_8B, LLADA_MOE, PREFIX, Report, parse_args, require_cuda, row, time_graph_ms,
+                          time_ms)
 from unmask.kernels.torch_ref import attention as ref
 from unmask.kernels.triton_ops import attention as tri
 
@@ -48,9 +49,11 @@ def bench_cached(model, batch, dev, quick):
     flops = 4 * batch * h * BLOCK * kv * d
     shape = f"{model['name']} B={batch} q={BLOCK} kv={kv}"
     out = []
-    for name, fn in (("torch_ref", lambda: ref.attention(*args)), ("sdpa_dense_kv", sdpa_dense(args, batch)),
-                     ("triton", lambda: tri.attention(*args))):
+    sdpa, triton_fn = sdpa_dense(args, batch), lambda: tri.attention(*args)
+    for name, fn in (("torch_ref", lambda: ref.attention(*args)), ("sdpa_dense_kv", sdpa), ("triton", triton_fn)):
         out.append(row("attn_cached", shape, name, time_ms(fn, quick), nbytes, flops))
+    for name, fn in (("sdpa_dense_kv@graph", sdpa), ("triton@graph", triton_fn)):  # launch cost removed
+        out.append(row("attn_cached", shape, name, time_graph_ms(fn, quick), nbytes, flops))
     return out
 
 
@@ -62,10 +65,12 @@ def bench_full(model, batch, dev, quick):
     qq, kk, vv = (t.view(batch, n, h, d).transpose(1, 2) for t in (q, k, v))
     nbytes, flops = 4 * batch * n * h * d * 2, 4 * batch * h * n * n * d
     shape = f"{model['name']} B={batch} q=kv={n}"
-    return [row("attn_full", shape, name, time_ms(fn, quick), nbytes, flops) for name, fn in (
-        ("torch_ref", lambda: ref.attention(q, k, v, cu, n, d ** -0.5)),
-        ("sdpa_dense", lambda: F.scaled_dot_product_attention(qq, kk, vv, scale=d ** -0.5)),
-        ("triton", lambda: tri.attention(q, k, v, cu, n, d ** -0.5)))]
+    sdpa = lambda: F.scaled_dot_product_attention(qq, kk, vv, scale=d ** -0.5)  # noqa: E731
+    triton_fn = lambda: tri.attention(q, k, v, cu, n, d ** -0.5)  # noqa: E731
+    rows = [row("attn_full", shape, name, time_ms(fn, quick), nbytes, flops) for name, fn in (
+        ("torch_ref", lambda: ref.attention(q, k, v, cu, n, d ** -0.5)), ("sdpa_dense", sdpa), ("triton", triton_fn))]
+    return rows + [row("attn_full", shape, name, time_graph_ms(fn, quick), nbytes, flops)
+                   for name, fn in (("sdpa_dense@graph", sdpa), ("triton@graph", triton_fn))]
 
 
 def main():

@@ -6,7 +6,7 @@ Bytes = weights of the experts actually hit (3·D·I each) + x, out; FLOPs = 2·
 """
 import torch
 
-from bench_common import BLOCK, LLADA_MOE, Report, parse_args, require_cuda, row, time_ms
+from bench_common import BLOCK, LLADA_MOE, Report, parse_args, require_cuda, row, time_graph_ms, time_ms
 from unmask.kernels.torch_ref import moe as ref
 from unmask.kernels.triton_ops import moe as tri
 from unmask.kernels.triton_ops.moe_align import moe_align
@@ -34,6 +34,8 @@ def bench(batch, dev, quick):
         ("torch_ref_expert_loop", lambda: ref.fused_moe(x, w_gate_up, w_down, weights, ids)),
         ("triton_fused", lambda: tri.fused_moe(x, w_gate_up, w_down, weights, ids)),
         ("triton_route+fused", lambda: tri.fused_moe(x, w_gate_up, w_down, *tri.moe_route(router, k, x.dtype))))]
+    rows.append(row("moe", shape, "triton_fused@graph",
+                    time_graph_ms(lambda: tri.fused_moe(x, w_gate_up, w_down, weights, ids), quick), nbytes, flops))
     rows.append(row("moe_align", shape, "triton", time_ms(lambda: moe_align(ids, e, 16), quick)))
     rows.append(row("moe_route", shape, "torch_ref", time_ms(lambda: ref.moe_route(router, k, x.dtype), quick)))
     rows.append(row("moe_route", shape, "triton", time_ms(lambda: tri.moe_route(router, k, x.dtype), quick)))
