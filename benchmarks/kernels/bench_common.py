@@ -6,6 +6,7 @@ are judged in GB/s against the H100 SXM HBM3 peak (3.35 TB/s); GEMM-like ones al
 Always state the GPU next to any number quoted from these tables.
 """
 import argparse
+import functools
 import json
 
 import torch
@@ -36,44 +37,54 @@ def time_ms(fn, quick: bool = False) -> float:
     return do_bench(fn, warmup=3 if quick else 10, rep=10 if quick else 40, return_mode="median")
 
 
+def _capture(calls, reps: int) -> "torch.cuda.CUDAGraph":
+    """One CUDA graph replaying ``calls`` (in order) ``reps`` times."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(reps):
+            for call in calls:
+                call()
+    return graph
+
+
+def _replay_ms(graph, trials: int) -> float:
+    """Median wall milliseconds of one replay of ``graph`` over ``trials`` replays."""
+    times = []
+    for _ in range(trials):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+@functools.lru_cache(maxsize=None)
+def _l2_flush(reps: int, trials: int):
+    """(flush call, ms of a graph of ``reps`` flushes alone): a 256 MB memset evicts the 50 MB L2. Built and
+    timed once per process; every ``time_graph_ms`` subtracts the same baseline."""
+    buf = torch.empty(64 * 2 ** 20, dtype=torch.int32, device="cuda")
+    flush = buf.zero_
+    return flush, _replay_ms(_capture((flush,), reps), trials)
+
+
 def time_graph_ms(fn, quick: bool = False) -> float:
     """GPU milliseconds per call with the host's launch cost removed: ``reps`` calls captured in one CUDA
-    graph, each preceded by an L2 flush (a 256 MB memset) inside the graph, minus the same graph of flushes
-    alone. This is how a step runs in the engine (CUDA graphs), so it is the figure to hold against the
-    roofline where ``time_ms`` is dominated by Python launch overhead (small batches). NaN, with the
-    error printed, if ``fn`` cannot be captured."""
-    flush = torch.empty(64 * 2 ** 20, dtype=torch.int32, device="cuda")  # 256 MB > the 50 MB L2
+    graph, each preceded by an L2 flush inside the graph, minus the graph of flushes alone. This is how a
+    step runs in the engine (CUDA graphs), so it is the figure to hold against the roofline where
+    ``time_ms`` is dominated by Python launch overhead (small batches). NaN, with the error printed, if
+    ``fn`` cannot be captured."""
     reps, trials = (5, 3) if quick else (20, 7)
-
-    def capture(with_fn: bool) -> "torch.cuda.CUDAGraph":
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for _ in range(reps):
-                flush.zero_()
-                if with_fn:
-                    fn()
-        return graph
-
-    def replay_ms(graph) -> float:
-        times = []
-        for _ in range(trials):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            graph.replay()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        return sorted(times)[len(times) // 2]
-
     try:
+        flush, flush_ms = _l2_flush(reps, trials)
         side = torch.cuda.Stream()  # warm up (compiles, allocator, cuBLAS workspaces) off the capture stream
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             fn()
         torch.cuda.current_stream().wait_stream(side)
         torch.cuda.synchronize()
-        both, flushes = capture(True), capture(False)
-        return max(0.0, (replay_ms(both) - replay_ms(flushes)) / reps)
+        return max(0.0, (_replay_ms(_capture((flush, fn), reps), trials) - flush_ms) / reps)
     except RuntimeError as exc:  # e.g. a host sync inside fn
         print(f"# graph capture failed: {type(exc).__name__}: {exc}", flush=True)
         return float("nan")

@@ -30,12 +30,12 @@ def bench(batch, dev, quick):
     nbytes = (hit * 3 * d * i + 2 * tokens * d) * 2
     flops = 2 * tokens * k * 3 * d * i
     shape = f"T={tokens} D={d} E={e} K={k} I={i} experts_hit={hit}"
+    fused = lambda: tri.fused_moe(x, w_gate_up, w_down, weights, ids)  # noqa: E731
     rows = [row("moe", shape, name, time_ms(fn, quick), nbytes, flops) for name, fn in (
         ("torch_ref_expert_loop", lambda: ref.fused_moe(x, w_gate_up, w_down, weights, ids)),
-        ("triton_fused", lambda: tri.fused_moe(x, w_gate_up, w_down, weights, ids)),
+        ("triton_fused", fused),
         ("triton_route+fused", lambda: tri.fused_moe(x, w_gate_up, w_down, *tri.moe_route(router, k, x.dtype))))]
-    rows.append(row("moe", shape, "triton_fused@graph",
-                    time_graph_ms(lambda: tri.fused_moe(x, w_gate_up, w_down, weights, ids), quick), nbytes, flops))
+    rows.append(row("moe", shape, "triton_fused@graph", time_graph_ms(fused, quick), nbytes, flops))
     rows.append(row("moe_align", shape, "triton", time_ms(lambda: moe_align(ids, e, 16), quick)))
     rows.append(row("moe_route", shape, "torch_ref", time_ms(lambda: ref.moe_route(router, k, x.dtype), quick)))
     rows.append(row("moe_route", shape, "triton", time_ms(lambda: tri.moe_route(router, k, x.dtype), quick)))
