@@ -13,6 +13,10 @@ from tests.e2e.remote import RemoteServer
 
 SHORT = {"prompt": "A", "max_tokens": 24, "block_length": 24, "steps": 24, "stream": True}
 LONG = {"prompt": "A", "max_tokens": 448, "block_length": 448, "steps": 448, "stream": True}
+DRAIN_S = 1.5
+"""Between the two: SHORT's 24 steps fit in it up to ~60 ms per step (a loaded 2-core machine), while the
+~400 steps LONG still has at SIGTERM outlast it down to ~4 ms per step (448 steps take ~2.7 s on an idle
+2-core CPU)."""
 
 
 def _consume(url: str, body: dict, out: dict, key: str) -> None:
@@ -34,7 +38,7 @@ def _running(srv) -> float:
 
 
 def test_sigterm_drains_then_aborts(chat_ckpt, tmp_path):
-    srv = RemoteServer(chat_ckpt, ("--drain-timeout", "3"), log_path=tmp_path / "server.log")
+    srv = RemoteServer(chat_ckpt, ("--drain-timeout", str(DRAIN_S)), log_path=tmp_path / "server.log")
     try:
         url, out = srv.url_for("v1/completions"), {}
         long_t = threading.Thread(target=_consume, args=(url, LONG, out, "long"))
