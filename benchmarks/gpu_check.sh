@@ -3,12 +3,15 @@
 # and the op benches, in that order of importance. ≤ 8 minutes. Results under $OUT (default
 # benchmarks/results/gpu-latest): check.log (everything printed), step_table.{json,md}, benches.json.
 #   bash benchmarks/gpu_check.sh
+# PHASES=tests or PHASES=timings runs one half (the log is appended to), e.g. the tests beside other GPU work
+# and the timings alone afterwards.
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/results/gpu-latest}"
 mkdir -p "$OUT" "$OUT/../.gpu_tmp_$$"
 TMP="$OUT/../.gpu_tmp_$$"
 LOG="$OUT/check.log"
+PHASES="${PHASES:-tests timings}"
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the checkout imports without an install too
 {
@@ -18,7 +21,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the checkout imports with
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
   python -c "import pytest_timeout" 2>/dev/null || pip install -q pytest-timeout 2>&1 | tail -n 1
-} >"$LOG" 2>&1
+} >>"$LOG" 2>&1
 
 run() {  # name, timeout seconds, command...
   local name=$1 t=$2; shift 2
@@ -28,7 +31,9 @@ run() {  # name, timeout seconds, command...
   echo "=== $name rc=$? $((SECONDS - start))s" | tee -a "$LOG"
 }
 
-run kernel_tests 200 python -m pytest -q -p no:cacheprovider tests/kernels tests/gpu --timeout 190 --continue-on-collection-errors
+[[ " $PHASES " == *" tests "* ]] &&
+  run kernel_tests 200 python -m pytest -q -p no:cacheprovider tests/kernels tests/gpu --timeout 190 --continue-on-collection-errors
+[[ " $PHASES " == *" timings "* ]] || { rm -rf "$TMP"; exit 0; }
 run step_table 160 python benchmarks/step_table.py --iters 5 --json "$OUT/step_table.json" --markdown "$OUT/step_table.md"
 for b in attention moe remask norm; do
   [ -f "benchmarks/kernels/bench_$b.py" ] && run "bench_$b" 45 python "benchmarks/kernels/bench_$b.py" --quick --json "$TMP/$b.json"

@@ -35,13 +35,14 @@ def reference_run(llm: LLM, prompts: list[list[int]], p: DiffusionParams) -> dic
 
     def forward(x):
         b, length = x.shape
-        h = model(x.reshape(-1), packed_positions([length] * b), AttentionMetadata.packed([length] * b))
+        lens = [length] * b
+        h = model(x.reshape(-1), packed_positions(lens, x.device), AttentionMetadata.packed(lens, x.device))
         return model.compute_logits(h).view(b, length, -1)
 
     outs, t0 = [], time.perf_counter()
     with torch.inference_mode():
         for ids in prompts:
-            x = reference_generate(forward, torch.tensor([ids]), steps=p.steps, gen_length=p.max_tokens,
+            x = reference_generate(forward, torch.tensor([ids], device=llm.engine.device), steps=p.steps, gen_length=p.max_tokens,
                                    block_length=p.block_length, mask_id=cfg.mask_token_id, eos_id=cfg.eos_token_id,
                                    eot_id=cfg.eot_token_id or cfg.eos_token_id)
             gen = x[0, len(ids):].tolist()
@@ -79,6 +80,9 @@ def embedded_part(args) -> dict:
     exact = DiffusionParams(max_tokens=args.max_tokens, block_length=args.block_length, steps=args.max_tokens)
     params = exact if args.preset == "exact" else DiffusionParams(max_tokens=args.max_tokens,
                                                                   block_length=args.block_length, preset="fast")
+    for _ in range(args.warmup_runs):  # kernel compilation and allocator growth stay out of the timed runs
+        reference_run(llm, prompts[:2], exact)
+        engine_run(llm, prompts, params)
     ref = reference_run(llm, prompts, exact)
     eng = engine_run(llm, prompts, params)
     ref_acc = sum(check(e, llm.tokenizer.decode(o)) for e, o in zip(examples, ref["outputs"])) / len(examples)
@@ -101,6 +105,9 @@ def compute_bound_part(args) -> dict:
     prompts = [torch.randint(0, 60, (int(n),), generator=gen).tolist()
                for n in torch.randint(16, 48, (args.cb_prompts,), generator=gen)]
     p = DiffusionParams(max_tokens=32, block_length=32, steps=16, early_stop=False, logits_eos_inf=True)
+    for _ in range(args.warmup_runs):
+        reference_run(llm, prompts[:2], p)
+        engine_run(llm, prompts, p)
     ref, eng = reference_run(llm, prompts, p), engine_run(llm, prompts, p)
     r, e = summarise("reference (batch 1)", ref), summarise(f"engine exact C={args.concurrency}", eng)
     same = sum(a == b for a, b in zip(ref["outputs"], eng["outputs"]))
@@ -124,10 +131,17 @@ def main() -> None:
     ap.add_argument("--cb-layers", type=int, default=6)
     ap.add_argument("--cb-prompts", type=int, default=16)
     ap.add_argument("--skip-compute-bound", action="store_true")
+    ap.add_argument("--warmup-runs", type=int, default=None,
+                    help="untimed runs of both sides before the timed ones (default: 1 on CUDA, 0 on CPU)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    if args.warmup_runs is None:
+        args.warmup_runs = 1 if args.device.startswith("cuda") else 0
     torch.manual_seed(args.seed)
-    res = {"machine": f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}",
+    machine = f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}"
+    if args.device.startswith("cuda"):
+        machine += f", {torch.cuda.get_device_name(args.device)}"
+    res = {"machine": machine, "warmup_runs": args.warmup_runs,
            "preset": args.preset, "concurrency": args.concurrency}
     res.update(embedded_part(args))
     if not args.skip_compute_bound:

@@ -1,12 +1,13 @@
 """Remask benchmark: M = 32·B masked rows over the LLaDA-8B (126,464) and LLaDA-MoE (157,184) vocabularies,
 greedy (T=0) and sampled (T=1, float64 Gumbel): the torch float64 specification vs the one-pass kernel;
-plus per-sequence commit selection (B x 32) in torch and Triton.
+plus per-sequence commit selection (B x 32) in torch and Triton. ``@graph`` rows replay the Triton call from a
+CUDA graph (as the engine's captured step does), so small-M rows show the GPU time rather than Python launch cost.
 
 Legend: M rows, V vocab, B sequences, W block width. Bytes = M·V·sizeof(logits).
 """
 import torch
 
-from bench_common import BLOCK, LLADA_8B, LLADA_MOE, Report, parse_args, require_cuda, row, time_ms
+from bench_common import BLOCK, LLADA_8B, LLADA_MOE, Report, parse_args, require_cuda, row, time_graph_ms, time_ms
 from unmask.kernels.torch_ref import remask as ref
 from unmask.kernels.torch_ref import select as sel_ref
 from unmask.kernels.triton_ops import remask as tri
@@ -20,9 +21,10 @@ def bench_remask(model, batch, temp, dev, quick, dtype=torch.bfloat16):
     seeds = torch.randint(0, 2 ** 62, (rows_m,), device=dev)
     nbytes = logits.numel() * logits.element_size()
     shape = f"{model['name']} M={rows_m} V={vocab} T={temp} {str(dtype)[6:]}"
-    return [row("remask", shape, name, time_ms(fn, quick), nbytes) for name, fn in (
-        ("torch_ref_fp64", lambda: ref.remask_confidence(logits, temps, seeds)),
-        ("triton", lambda: tri.remask_confidence(logits, temps, seeds)))]
+    triton_fn = lambda: tri.remask_confidence(logits, temps, seeds)  # noqa: E731
+    rows = [row("remask", shape, name, time_ms(fn, quick), nbytes) for name, fn in (
+        ("torch_ref_fp64", lambda: ref.remask_confidence(logits, temps, seeds)), ("triton", triton_fn))]
+    return rows + [row("remask", shape, "triton@graph", time_graph_ms(triton_fn, quick), nbytes)]  # launch cost removed
 
 
 def bench_select(batch, dev, quick):
@@ -31,9 +33,10 @@ def bench_select(batch, dev, quick):
     k = torch.randint(1, 4, (batch,), device=dev, dtype=torch.int32)
     thr = torch.where(torch.rand(batch, device=dev) < 0.5, 0.9, 0.0)
     shape = f"B={batch} W={BLOCK}"
-    return [row("select_commits", shape, name, time_ms(fn, quick)) for name, fn in (
-        ("torch_ref", lambda: sel_ref.select_commits(conf, cand, k, thr)),
-        ("triton", lambda: sel_tri.select_commits(conf, cand, k, thr)))]
+    triton_fn = lambda: sel_tri.select_commits(conf, cand, k, thr)  # noqa: E731
+    rows = [row("select_commits", shape, name, time_ms(fn, quick)) for name, fn in (
+        ("torch_ref", lambda: sel_ref.select_commits(conf, cand, k, thr)), ("triton", triton_fn))]
+    return rows + [row("select_commits", shape, "triton@graph", time_graph_ms(triton_fn, quick))]
 
 
 def main():

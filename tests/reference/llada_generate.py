@@ -32,7 +32,7 @@ def get_num_transfer_tokens(mask_index, steps):
     mask_num = mask_index.sum(dim=1, keepdim=True)
     base = mask_num // steps
     remainder = mask_num % steps
-    num_transfer_tokens = torch.zeros(mask_num.size(0), steps, dtype=torch.int64) + base
+    num_transfer_tokens = torch.zeros(mask_num.size(0), steps, device=mask_index.device, dtype=torch.int64) + base
     for i in range(mask_num.size(0)):
         num_transfer_tokens[i, :remainder[i]] += 1
     return num_transfer_tokens
@@ -43,7 +43,7 @@ def generate(model, prompt, steps=128, gen_length=128, block_length=128, tempera
              remasking="low_confidence", mask_id=126336, eos_id=126081, eot_id=126348,
              logits_eos_inf=False, confidence_eos_eot_inf=False, generator=None):
     """prompt [B, P] int64 -> x [B, P + gen_length] int64 (prompt + every generated position)."""
-    x = torch.full((prompt.shape[0], prompt.shape[1] + gen_length), mask_id, dtype=torch.long)
+    x = torch.full((prompt.shape[0], prompt.shape[1] + gen_length), mask_id, dtype=torch.long, device=prompt.device)
     x[:, :prompt.shape[1]] = prompt.clone()
     prompt_index = x != mask_id
 
