@@ -42,7 +42,8 @@ def reference_run(llm: LLM, prompts: list[list[int]], p: DiffusionParams) -> dic
     outs, t0 = [], time.perf_counter()
     with torch.inference_mode():
         for ids in prompts:
-            x = reference_generate(forward, torch.tensor([ids], device=llm.engine.device), steps=p.steps, gen_length=p.max_tokens,
+            prompt = torch.tensor([ids], device=llm.engine.device)  # [1, P]
+            x = reference_generate(forward, prompt, steps=p.steps, gen_length=p.max_tokens,
                                    block_length=p.block_length, mask_id=cfg.mask_token_id, eos_id=cfg.eos_token_id,
                                    eot_id=cfg.eot_token_id or cfg.eos_token_id)
             gen = x[0, len(ids):].tolist()

@@ -30,6 +30,18 @@ def rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, theta: float
     return backend.pick("rope", _rope.rope, q.device)(q, k, positions, theta, rotate_fp32)
 
 
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+    """positions [N] int -> (cos [N, Dh], sin [N, Dh]) fp32 (fp64 for fp64 activations of ``dtype``). Always the
+    PyTorch spec (``torch_ref.rope.rope_cos_sin``): built once per forward and shared by every layer."""
+    return _rope.rope_cos_sin(positions, head_dim, theta, dtype)
+
+
+def rope_apply(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotate_fp32: bool):
+    """q [N, H, D], k [N, Hk, D], cos/sin [N, D] from ``rope_cos_sin`` -> (q, k) NeoX-rotated.
+    Spec: ``torch_ref.rope.rope_apply``."""
+    return backend.pick("rope_apply", _rope.rope_apply, q.device)(q, k, cos, sin, rotate_fp32)
+
+
 def attention(q, k, v, cu_seqlens_q, max_seqlen_q: int, scale: float, k_cache=None, v_cache=None,
               block_table=None, kv_lens=None, new_offsets=None) -> torch.Tensor:
     """Bidirectional varlen attention, optionally over a paged cache.

@@ -25,13 +25,19 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 
 def rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, theta: float, rotate_fp32: bool):
-    """q [N, H, D], k [N, Hk, D], positions [N] -> (q, k) rotated, same dtypes.
+    """q [N, H, D], k [N, Hk, D], positions [N] -> (q, k) rotated, same dtypes: ``rope_apply`` with the
+    tables of ``rope_cos_sin``."""
+    cos, sin = rope_cos_sin(positions, q.shape[-1], theta, q.dtype)
+    return rope_apply(q, k, cos, sin, rotate_fp32)
+
+
+def rope_apply(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotate_fp32: bool):
+    """q [N, H, D], k [N, Hk, D], cos/sin [N, D] from ``rope_cos_sin`` -> (q, k) rotated, same dtypes.
 
     rotate_fp32=True (dense LLaDA, ``rope_full_precision``): q and k are upcast to fp32, rotated and cast
     back. False (LLaDA-MoE, HF default rope): cos/sin are cast to the activation dtype first and the
     rotation runs in that dtype.
     """
-    cos, sin = rope_cos_sin(positions, q.shape[-1], theta, q.dtype)
     if rotate_fp32:
         cdt = cos.dtype
         return _rotate(q.to(cdt), cos, sin).to(q.dtype), _rotate(k.to(cdt), cos, sin).to(k.dtype)

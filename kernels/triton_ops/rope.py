@@ -14,7 +14,7 @@ import triton.language as tl
 from unmask.kernels.torch_ref import rope as _ref
 from unmask.kernels.triton_ops._common import next_pow2
 
-__all__ = ["rope"]
+__all__ = ["rope", "rope_apply"]
 
 
 @triton.jit
@@ -65,8 +65,15 @@ def rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, theta: float
     NeoX layout: out = x·cos + rotate_half(x)·sin with rotate_half(x) = [-x[D/2:], x[:D/2]]; D even.
     fp64 inputs are served by the PyTorch reference.
     """
+    cos, sin = _ref.rope_cos_sin(positions, q.shape[-1], theta, q.dtype)  # [N, D] fp32 (fp64 for fp64 q)
+    return rope_apply(q, k, cos, sin, rotate_fp32)
+
+
+def rope_apply(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotate_fp32: bool):
+    """q [N, H, D], k [N, Hk, D], cos/sin [N, D] fp32 tables of ``rope_cos_sin`` -> (q, k) rotated copies.
+    One launch per tensor; the model builds the tables once per forward and every layer reuses them.
+    fp64 inputs are served by the PyTorch reference."""
     if q.dtype == torch.float64 or k.dtype == torch.float64:
-        return _ref.rope(q, k, positions, theta, rotate_fp32)
-    cos, sin = _ref.rope_cos_sin(positions, q.shape[-1], theta, q.dtype)  # [N, D] fp32 each
+        return _ref.rope_apply(q, k, cos, sin, rotate_fp32)
     q, k = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k))
     return _rotate(q, cos, sin, rotate_fp32), _rotate(k, cos, sin, rotate_fp32)

@@ -19,6 +19,9 @@ def hf_state_dict(model: torch.nn.Module, cfg: ModelConfig, dtype: torch.dtype) 
     """HF tensor name -> contiguous CPU tensor in ``dtype``."""
     cls, params = model_class(cfg), dict(model.named_parameters())
     out = {theirs: params[ours].detach().to("cpu", dtype).contiguous() for ours, theirs in cls.hf_names(cfg).items()}
+    for ours, parts in cls.hf_fused_names(cfg).items():
+        pieces = torch.split(params[ours].detach().to("cpu", dtype), [rows for _, rows in parts], dim=0)
+        out.update({name: piece.contiguous() for (name, _), piece in zip(parts, pieces)})
     for ours, groups in cls.hf_stacked_names(cfg).items():
         stack = params[ours].detach().to("cpu", dtype)
         for j, names in enumerate(groups):

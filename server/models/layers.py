@@ -1,8 +1,9 @@
 """Layers shared by both LLaDA families. All math goes through ``unmask.kernels.ops``.
 
 Legend: N packed tokens, D hidden, H query heads, Hk key/value heads, Dh head dim, E experts,
-I expert width, K experts per token, V vocab. Weights live as plain parameters named like the HF
-checkpoint's leaves; the loader fills them, ``checkpoint_names`` maps names.
+I expert width, K experts per token, V vocab. Weights live as plain parameters; projections that read the
+same input are fused at load time into one matrix (q/k/v -> ``qkv_proj``, gate/up -> ``gate_up_proj``), so
+each is one GEMM. The model classes map the HF checkpoint's tensor names onto them.
 """
 from __future__ import annotations
 
@@ -38,24 +39,24 @@ class Attention(nn.Module):
         super().__init__()
         self.cfg, self.layer_idx = cfg, layer_idx
         d, hd = cfg.hidden_size, cfg.head_dim
-        self.q_proj = _param(cfg.num_heads * hd, d)
-        self.k_proj = _param(cfg.num_kv_heads * hd, d)
-        self.v_proj = _param(cfg.num_kv_heads * hd, d)
+        self.qkv_proj = _param((cfg.num_heads + 2 * cfg.num_kv_heads) * hd, d)  # rows: q, then k, then v
         self.o_proj = _param(d, cfg.num_heads * hd)
         if cfg.qk_norm:
             self.q_norm = RMSNorm(hd, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(hd, cfg.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        """x [N, D], positions [N] -> [N, D]."""
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata):
+        """x [N, D], rope = (cos, sin) [N, Dh] each from ``ops.rope_cos_sin`` of the positions -> [N, D]."""
         cfg, n = self.cfg, x.shape[0]
-        q = (x @ self.q_proj.t()).view(n, cfg.num_heads, cfg.head_dim)  # [N, H, Dh]
-        k = (x @ self.k_proj.t()).view(n, cfg.num_kv_heads, cfg.head_dim)  # [N, Hk, Dh]
-        v = (x @ self.v_proj.t()).view(n, cfg.num_kv_heads, cfg.head_dim)  # [N, Hk, Dh]
+        hq, hk = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+        qkv = x @ self.qkv_proj.t()  # [N, (H + 2Hk)·Dh]; the views below keep its row stride
+        q = qkv[:, :hq].view(n, cfg.num_heads, cfg.head_dim)  # [N, H, Dh]
+        k = qkv[:, hq:hq + hk].view(n, cfg.num_kv_heads, cfg.head_dim)  # [N, Hk, Dh]
+        v = qkv[:, hq + hk:].view(n, cfg.num_kv_heads, cfg.head_dim)  # [N, Hk, Dh]
         if cfg.qk_norm:  # LLaDA-MoE: per-head RMSNorm over Dh, before RoPE (LLADA-SPEC.md §4)
             q = self.q_norm(q.reshape(-1, cfg.head_dim)).view_as(q)
             k = self.k_norm(k.reshape(-1, cfg.head_dim)).view_as(k)
-        q, k = ops.rope(q, k, positions, cfg.rope_theta, cfg.rope_fp32)
+        q, k = ops.rope_apply(q, k, rope[0], rope[1], cfg.rope_fp32)
         cache = meta.kv_caches[self.layer_idx] if meta.kv_caches is not None else (None, None)
         if meta.slot_mapping is not None:
             ops.kv_cache_write(cache[0], cache[1], k, v, meta.slot_mapping)
@@ -72,13 +73,14 @@ class SwiGLU(nn.Module):
 
     def __init__(self, dim: int, inter: int):
         super().__init__()
-        self.gate_proj = _param(inter, dim)
-        self.up_proj = _param(inter, dim)
+        self.inter = inter
+        self.gate_up_proj = _param(2 * inter, dim)  # rows: gate, then up
         self.down_proj = _param(dim, inter)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [N, D] -> [N, D]."""
-        return (nn.functional.silu(x @ self.gate_proj.t()) * (x @ self.up_proj.t())) @ self.down_proj.t()
+        gate_up = x @ self.gate_up_proj.t()  # [N, 2I]
+        return (nn.functional.silu(gate_up[:, :self.inter]) * gate_up[:, self.inter:]) @ self.down_proj.t()
 
 
 class SparseMoE(nn.Module):
@@ -111,8 +113,8 @@ class DecoderBlock(nn.Module):
         self.ff_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.ffn = SparseMoE(cfg) if cfg.is_moe else SwiGLU(cfg.hidden_size, cfg.intermediate_size)
 
-    def forward(self, x, positions, meta):
-        """x [N, D] -> [N, D]. The residual add and the second norm are one fused op."""
-        a = self.attn(self.attn_norm(x), positions, meta)  # [N, D]
+    def forward(self, x, rope, meta):
+        """x [N, D], rope = (cos, sin) [N, Dh] -> [N, D]. The residual add and the second norm are one fused op."""
+        a = self.attn(self.attn_norm(x), rope, meta)  # [N, D]
         n, h = ops.add_rms_norm(a, x, self.ff_norm.weight, self.ff_norm.eps)  # norm(x + a), x + a
         return h + self.ffn(n)

@@ -1,13 +1,15 @@
 """Dense LLaDA (LLaDA-8B Base/Instruct, LLaDA-1.5): ``LLaDAModelLM``.
 
 Legend: N packed tokens, D hidden, V vocab. RMSNorm, NeoX RoPE in fp32, bidirectional MHA, SwiGLU,
-untied LM head (LLADA-SPEC.md §3). HF tensor names: ``model.transformer.*``.
+untied LM head (LLADA-SPEC.md §3). HF tensor names: ``model.transformer.*``; q/k/v and ff_proj/up_proj
+are fused at load time into qkv_proj [(H + 2Hk)·Dh, D] and gate_up_proj [2I, D] (split back on export).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from unmask.kernels import ops
 from unmask.server.config import ModelConfig
 from unmask.server.models.attention_meta import AttentionMetadata
 from unmask.server.models.layers import DecoderBlock, RMSNorm
@@ -27,8 +29,10 @@ class LLaDAModelLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """input_ids [N] int64, positions [N] int64 -> final hidden states [N, D] (after the final norm)."""
         x = self.embed[input_ids]  # [N, D]
+        cfg = self.cfg
+        rope = ops.rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, x.dtype)  # 2 x [N, Dh], shared by every layer
         for block in self.blocks:
-            x = block(x, positions, meta)
+            x = block(x, rope, meta)
         return self.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -37,17 +41,28 @@ class LLaDAModelLM(nn.Module):
 
     @staticmethod
     def hf_names(cfg: ModelConfig) -> dict[str, str]:
-        """Internal parameter name -> HF tensor name (LLADA-SPEC.md §3)."""
+        """Internal parameter name -> HF tensor name, for parameters stored as one HF tensor (LLADA-SPEC.md §3)."""
         names = {"embed": "model.transformer.wte.weight", "norm.weight": "model.transformer.ln_f.weight",
                  "lm_head": "model.transformer.ff_out.weight"}
-        leaves = {"attn_norm.weight": "attn_norm.weight", "attn.q_proj": "q_proj.weight",
-                  "attn.k_proj": "k_proj.weight", "attn.v_proj": "v_proj.weight", "attn.o_proj": "attn_out.weight",
-                  "ff_norm.weight": "ff_norm.weight", "ffn.gate_proj": "ff_proj.weight",
-                  "ffn.up_proj": "up_proj.weight", "ffn.down_proj": "ff_out.weight"}
+        leaves = {"attn_norm.weight": "attn_norm.weight", "attn.o_proj": "attn_out.weight",
+                  "ff_norm.weight": "ff_norm.weight", "ffn.down_proj": "ff_out.weight"}
         for i in range(cfg.num_layers):
             for ours, theirs in leaves.items():
                 names[f"blocks.{i}.{ours}"] = f"model.transformer.blocks.{i}.{theirs}"
         return names
+
+    @staticmethod
+    def hf_fused_names(cfg: ModelConfig) -> dict[str, list[tuple[str, int]]]:
+        """Fused parameter -> the HF tensors (name, rows) concatenated along dim 0, in order."""
+        hq, hk = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+        out = {}
+        for i in range(cfg.num_layers):
+            p = f"model.transformer.blocks.{i}."
+            out[f"blocks.{i}.attn.qkv_proj"] = [(p + "q_proj.weight", hq), (p + "k_proj.weight", hk),
+                                                (p + "v_proj.weight", hk)]
+            out[f"blocks.{i}.ffn.gate_up_proj"] = [(p + "ff_proj.weight", cfg.intermediate_size),
+                                                   (p + "up_proj.weight", cfg.intermediate_size)]
+        return out
 
     @staticmethod
     def hf_stacked_names(cfg: ModelConfig) -> dict[str, list[list[str]]]:

@@ -1,8 +1,9 @@
 """LLaDA-MoE (LLaDA-MoE-7B-A1B Base/Instruct): ``LLaDAMoEModelLM``.
 
 Same skeleton as dense LLaDA with per-head QK RMSNorm before RoPE (cos/sin in the activation dtype)
-and a sparse MoE in every layer (LLADA-SPEC.md §4). HF tensor names: ``model.layers.*``; expert
-tensors are stacked at load time into w_gate_up [E, 2I, D] and w_down [E, D, I].
+and a sparse MoE in every layer (LLADA-SPEC.md §4). HF tensor names: ``model.layers.*``; q/k/v are
+fused at load time into qkv_proj [(H + 2Hk)·Dh, D] and expert tensors stacked into w_gate_up [E, 2I, D] and
+w_down [E, D, I].
 """
 from __future__ import annotations
 
@@ -15,18 +16,24 @@ class LLaDAMoEModelLM(LLaDAModelLM):
 
     @staticmethod
     def hf_names(cfg: ModelConfig) -> dict[str, str]:
-        """Internal parameter name -> HF tensor name (non-stacked tensors)."""
+        """Internal parameter name -> HF tensor name, for parameters stored as one HF tensor."""
         names = {"embed": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
                  "lm_head": "lm_head.weight"}
-        leaves = {"attn_norm.weight": "input_layernorm.weight", "attn.q_proj": "self_attn.q_proj.weight",
-                  "attn.k_proj": "self_attn.k_proj.weight", "attn.v_proj": "self_attn.v_proj.weight",
-                  "attn.o_proj": "self_attn.o_proj.weight", "attn.q_norm.weight": "self_attn.q_norm.weight",
-                  "attn.k_norm.weight": "self_attn.k_norm.weight",
+        leaves = {"attn_norm.weight": "input_layernorm.weight", "attn.o_proj": "self_attn.o_proj.weight",
+                  "attn.q_norm.weight": "self_attn.q_norm.weight", "attn.k_norm.weight": "self_attn.k_norm.weight",
                   "ff_norm.weight": "post_attention_layernorm.weight", "ffn.gate": "mlp.gate.weight"}
         for i in range(cfg.num_layers):
             for ours, theirs in leaves.items():
                 names[f"blocks.{i}.{ours}"] = f"model.layers.{i}.{theirs}"
         return names
+
+    @staticmethod
+    def hf_fused_names(cfg: ModelConfig) -> dict[str, list[tuple[str, int]]]:
+        """Fused parameter -> the HF tensors (name, rows) concatenated along dim 0, in order."""
+        hq, hk = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+        return {f"blocks.{i}.attn.qkv_proj": [(f"model.layers.{i}.self_attn.{n}_proj.weight", rows)
+                                              for n, rows in (("q", hq), ("k", hk), ("v", hk))]
+                for i in range(cfg.num_layers)}
 
     @staticmethod
     def hf_stacked_names(cfg: ModelConfig) -> dict[str, list[list[str]]]:

@@ -51,8 +51,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
     files = weight_files(path)
     model = build_model(cfg, device=device, dtype=dtype, init_std=None)
     params = dict(model.named_parameters())
-    plain, stacked = cls.hf_names(cfg), cls.hf_stacked_names(cfg)
-    expected = set(plain.values()) | {n for groups in stacked.values() for g in groups for n in g}
+    plain, fused, stacked = cls.hf_names(cfg), cls.hf_fused_names(cfg), cls.hf_stacked_names(cfg)
+    expected = (set(plain.values()) | {n for parts in fused.values() for n, _ in parts}
+                | {n for groups in stacked.values() for g in groups for n in g})
     missing = sorted(expected - files.keys())
     if missing:
         raise CheckpointError(f"{path}: missing tensor {missing[0]!r}" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""))
@@ -65,11 +66,24 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
             t = reader.get(theirs)
             _check_shape(theirs, t.shape, params[ours].shape)
             params[ours].copy_(t)
+        for ours, parts in fused.items():
+            _fill_fused(params[ours], parts, reader)
         for ours, groups in stacked.items():
             _fill_stacked(params[ours], groups, reader)
     reader.close()
     model.eval().requires_grad_(False)
     return model, cfg
+
+
+def _fill_fused(param: torch.Tensor, parts: list[tuple[str, int]], reader: "_Reader") -> None:
+    """param [R, C] = cat(dim 0) of the named tensors, each checked against its expected [rows, C]."""
+    row = 0
+    for name, rows in parts:
+        t = reader.get(name)
+        _check_shape(name, t.shape, (rows, param.shape[1]))
+        param[row:row + rows].copy_(t)
+        row += rows
+    _check_shape(f"{[n for n, _ in parts]}", (row, param.shape[1]), param.shape)
 
 
 def _fill_stacked(param: torch.Tensor, groups: list[list[str]], reader: "_Reader") -> None:

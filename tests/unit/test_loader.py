@@ -47,6 +47,43 @@ def test_moe_experts_are_stacked_in_order(moe_ckpt):
     assert torch.equal(model.blocks[1].ffn.w_down[3], raw[e3 + "down_proj.weight"])
 
 
+def _raw(ckpt):
+    """HF tensor name -> tensor, over every safetensors file of ``ckpt``."""
+    raw = {}
+    for f in ckpt.glob("*.safetensors"):
+        raw.update(load_file(str(f)))
+    return raw
+
+
+@pytest.mark.parametrize("family", ["dense", "moe"])
+def test_projections_are_fused_in_order_and_split_back_on_export(ckpts, family):
+    from unmask.server.models.export import hf_state_dict
+
+    model, cfg = load_model(ckpts[family], dtype=torch.float64)
+    raw = _raw(ckpts[family])
+    prefix = "model.transformer.blocks.1." if family == "dense" else "model.layers.1.self_attn."
+    hq, hk = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    qkv = model.blocks[1].attn.qkv_proj  # [(H + 2Hk)·Dh, D]
+    assert torch.equal(qkv[:hq], raw[prefix + "q_proj.weight"])
+    assert torch.equal(qkv[hq:hq + hk], raw[prefix + "k_proj.weight"])
+    assert torch.equal(qkv[hq + hk:], raw[prefix + "v_proj.weight"])
+    if family == "dense":
+        gate_up, inter = model.blocks[1].ffn.gate_up_proj, cfg.intermediate_size  # [2I, D]
+        assert torch.equal(gate_up[:inter], raw[prefix + "ff_proj.weight"])
+        assert torch.equal(gate_up[inter:], raw[prefix + "up_proj.weight"])
+    exported = hf_state_dict(model, cfg, torch.float64)
+    assert exported.keys() == raw.keys()
+    assert all(torch.equal(exported[n], raw[n]) for n in raw)
+
+
+def test_misshaped_fused_part_is_named(tmp_path, dense_ckpt):
+    p = _copy(dense_ckpt, tmp_path / "c")
+    _edit_tensors(p, lambda t: t.update({"model.transformer.blocks.0.k_proj.weight": torch.zeros(16, 32)}))
+    with pytest.raises(CheckpointError, match=r"'model.transformer.blocks.0.k_proj.weight' has shape \[16, 32\], "
+                                              r"expected \[32, 32\]"):
+        load_model(p)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_loads_in_each_dtype(dense_ckpt, dtype):
     model, _ = load_model(dense_ckpt, dtype=dtype)

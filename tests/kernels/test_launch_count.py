@@ -1,0 +1,25 @@
+"""The model's GPU path issues few kernels per layer: fused projections and RoPE tables built once per forward
+(counted through the interpreter by ``benchmarks/launch_count.py``)."""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+from launch_count import count_forward  # noqa: E402
+
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="counts launches through Triton's CPU interpreter")
+
+
+@pytest.mark.parametrize("family, gemms", [("dense", 4), ("moe", 3)])
+def test_per_layer_kernels(family, gemms, monkeypatch):
+    monkeypatch.setenv("UNMASK_KERNELS", "triton")
+    two, four = count_forward(family, 2, 24), count_forward(family, 4, 24)
+    per_layer = {k: (four[k] - two[k]) // 2 for k in set(two) | set(four)}
+    # dense: qkv, o, gate_up, down; MoE: qkv, o, router (experts run in the fused MoE kernels)
+    assert per_layer["aten.matmul"] == gemms
+    assert per_layer["triton._rope_kernel"] == 2 and per_layer["triton._attn_fwd_kernel"] == 1
+    assert all(per_layer.get(f"aten.{op}", 0) == 0 for op in ("cos", "sin", "pow", "arange"))  # tables: once
+    assert two["aten.cos"] == two["aten.sin"] == 1
