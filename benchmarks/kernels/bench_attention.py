@@ -1,5 +1,6 @@
 """Attention benchmark: cached block step (32 new tokens per sequence over a 512-token paged prefix) and
-the full-canvas refresh step (544 tokens, no cache), torch_ref vs dense SDPA vs Triton.
+the full-canvas refresh step (544 tokens, no cache), torch_ref vs dense SDPA vs Triton (cached: both key loops,
+``triton`` = merged, ``triton_segmented``).
 
 Legend: B sequences, H/Hk heads, D head dim, L = PREFIX + BLOCK keys, S page size.
 Bytes = K/V read (+ q, out); FLOPs = 4·B·H·n_q·L·D.
@@ -49,10 +50,14 @@ def bench_cached(model, batch, dev, quick):
     flops = 4 * batch * h * BLOCK * kv * d
     shape = f"{model['name']} B={batch} q={BLOCK} kv={kv}"
     out = []
-    sdpa, triton_fn = sdpa_dense(args, batch), lambda: tri.attention(*args)
-    for name, fn in (("torch_ref", lambda: ref.attention(*args)), ("sdpa_dense_kv", sdpa), ("triton", triton_fn)):
+    sdpa = sdpa_dense(args, batch)
+    merged = lambda: tri.attention_fwd(*args, segmented=False)  # noqa: E731
+    segmented = lambda: tri.attention_fwd(*args, segmented=True)  # noqa: E731
+    for name, fn in (("torch_ref", lambda: ref.attention(*args)), ("sdpa_dense_kv", sdpa), ("triton", merged),
+                     ("triton_segmented", segmented)):
         out.append(row("attn_cached", shape, name, time_ms(fn, quick), nbytes, flops))
-    for name, fn in (("sdpa_dense_kv@graph", sdpa), ("triton@graph", triton_fn)):  # launch cost removed
+    for name, fn in (("sdpa_dense_kv@graph", sdpa), ("triton@graph", merged),
+                     ("triton_segmented@graph", segmented)):  # launch cost removed
         out.append(row("attn_cached", shape, name, time_graph_ms(fn, quick), nbytes, flops))
     return out
 

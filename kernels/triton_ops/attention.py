@@ -8,10 +8,14 @@ One program per (query tile, sequence·head, key split): FlashAttention-2 online
 ``exp2`` (scale·log2 e folded into one multiply), no causal mask, the loop bound is the sequence's own
 key count (``n_b`` without a cache, ``kv_lens[b]`` with one). With a cache, key position p comes from
 the new rows when ``new_offsets[b] <= p < new_offsets[b] + n_b`` and from page
-``block_table[b, p // S]`` otherwise. When B·H·q-tiles is too small to fill the GPU, the key range is
-split (flash-decoding): each split writes fp32 partials (acc, m, l) and a combine kernel merges them.
-Rows without any key produce 0 (as SDPA for a fully masked row), never NaN. No host syncs.
+``block_table[b, p // S]`` otherwise: either one loop choosing per position (merged) or three loops, cached
+prefix / new rows / cached suffix, each reading one source (segmented; ``SEGMENTED_DEFAULT``). When
+B·H·q-tiles is too small to fill the GPU, the key range is split (flash-decoding): each split writes fp32
+partials (acc, m, l) and a combine kernel merges them. Rows without any key produce 0 (as SDPA for a fully
+masked row), never NaN. No host syncs.
 """
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -24,12 +28,35 @@ __all__ = ["attention", "kv_cache_write"]
 _LOG2E = 1.4426950408889634
 
 
+_SRC_NEW, _SRC_CACHE, _SRC_MIXED = 0, 1, 2  # where a key tile comes from (constexpr SOURCE)
+SEGMENTED_DEFAULT = os.environ.get("UNMASK_ATTN_LOOP", "merged") == "segmented"
+"""Cached key loop: ``merged`` (one loop, cache or new row chosen per position; the default, timed on an H100)
+or ``segmented`` (prefix, new rows, suffix as three single-source loops: at the bf16 LLaDA-8B config it
+compiles for sm_90 to 111 registers and 44 KiB of shared memory instead of 162 and 104 KiB, i.e. two
+resident programs per SM instead of one; not yet timed). ``UNMASK_ATTN_LOOP`` picks at import."""
+
+
 @triton.jit
 def _load_keys(k_ptr, v_ptr, kc_ptr, vc_ptr, bt_row_ptr, pos, pos_ok, q_start, n_new, new_off, hk, d, d_ok,
                stride_kn, stride_kh, stride_vn, stride_vh, stride_cp, stride_cs, stride_ch,
-               stride_vcp, stride_vcs, stride_vch, page_size, HAS_CACHE: tl.constexpr):
-    """K/V tiles [BN, BD] for key positions ``pos`` [BN] of one sequence and kv head ``hk``."""
-    if HAS_CACHE:
+               stride_vcp, stride_vcs, stride_vch, page_size, SOURCE: tl.constexpr):
+    """K/V tiles [BN, BD] for key positions ``pos`` [BN] of one sequence and kv head ``hk``. SOURCE 0: every
+    position is a new row (k/v at token q_start + pos - new_off); 1: every position is in the paged cache;
+    2: either, chosen per position (both loads masked, then merged)."""
+    if SOURCE == 0:
+        tok = (q_start + pos - new_off).to(tl.int64)[:, None]  # [BN, 1]
+        m = pos_ok[:, None] & d_ok[None, :]
+        k = tl.load(k_ptr + tok * stride_kn + hk * stride_kh + d[None, :], mask=m, other=0.0)
+        v = tl.load(v_ptr + tok * stride_vn + hk * stride_vh + d[None, :], mask=m, other=0.0)
+    elif SOURCE == 1:
+        page = tl.load(bt_row_ptr + pos // page_size, mask=pos_ok, other=0).to(tl.int64)  # [BN]
+        in_page = (pos % page_size).to(tl.int64)
+        m = pos_ok[:, None] & d_ok[None, :]
+        k = tl.load(kc_ptr + (page * stride_cp + in_page * stride_cs + hk * stride_ch)[:, None] + d[None, :],
+                    mask=m, other=0.0).to(k_ptr.dtype.element_ty)  # read as k's dtype, as the spec
+        v = tl.load(vc_ptr + (page * stride_vcp + in_page * stride_vcs + hk * stride_vch)[:, None] + d[None, :],
+                    mask=m, other=0.0).to(v_ptr.dtype.element_ty)
+    else:
         is_new = (pos >= new_off) & (pos < new_off + n_new)  # [BN]
         new_tok = (q_start + pos - new_off).to(tl.int64)[:, None]  # [BN, 1]
         new_m = (pos_ok & is_new)[:, None] & d_ok[None, :]  # [BN, BD]
@@ -45,25 +72,20 @@ def _load_keys(k_ptr, v_ptr, kc_ptr, vc_ptr, bt_row_ptr, pos, pos_ok, q_start, n
         vn = tl.load(v_ptr + new_tok * stride_vn + hk * stride_vh + d[None, :], mask=new_m, other=0.0)
         k = tl.where(is_new[:, None], kn, kc.to(kn.dtype))  # [BN, BD] in k's dtype, as the spec
         v = tl.where(is_new[:, None], vn, vc.to(vn.dtype))
-    else:
-        tok = (q_start + pos).to(tl.int64)[:, None]  # [BN, 1]
-        m = pos_ok[:, None] & d_ok[None, :]
-        k = tl.load(k_ptr + tok * stride_kn + hk * stride_kh + d[None, :], mask=m, other=0.0)
-        v = tl.load(v_ptr + tok * stride_vn + hk * stride_vh + d[None, :], mask=m, other=0.0)
     return k, v
 
 
 @triton.jit
 def _attn_tile(q, m_i, l_i, acc, start, hi, k_ptr, v_ptr, kc_ptr, vc_ptr, bt_row_ptr, q_start, n_q, new_off, hk, d,
                d_ok, qk_scale, stride_kn, stride_kh, stride_vn, stride_vh, stride_cp, stride_cs, stride_ch,
-               stride_vcp, stride_vcs, stride_vch, page_size, HAS_CACHE: tl.constexpr, BLOCK_M: tl.constexpr,
+               stride_vcp, stride_vcs, stride_vch, page_size, SOURCE: tl.constexpr, BLOCK_M: tl.constexpr,
                BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr):
     """One online-softmax step over key positions start .. start+BN-1 (those >= hi are masked)."""
     pos = start + tl.arange(0, BLOCK_N)  # [BN]
     pos_ok = pos < hi
     k, v = _load_keys(k_ptr, v_ptr, kc_ptr, vc_ptr, bt_row_ptr, pos, pos_ok, q_start, n_q, new_off, hk, d, d_ok,
                       stride_kn, stride_kh, stride_vn, stride_vh, stride_cp, stride_cs, stride_ch,
-                      stride_vcp, stride_vcs, stride_vch, page_size, HAS_CACHE)
+                      stride_vcp, stride_vcs, stride_vch, page_size, SOURCE)
     if UPCAST:
         k = k.to(tl.float32)
         v = v.to(tl.float32)
@@ -79,12 +101,36 @@ def _attn_tile(q, m_i, l_i, acc, start, hi, k_ptr, v_ptr, kc_ptr, vc_ptr, bt_row
 
 
 @triton.jit
+def _attn_range(q, m_i, l_i, acc, lo, hi, k_ptr, v_ptr, kc_ptr, vc_ptr, bt_row_ptr, q_start, n_q, new_off, hk, d,
+                d_ok, qk_scale, stride_kn, stride_kh, stride_vn, stride_vh, stride_cp, stride_cs, stride_ch,
+                stride_vcp, stride_vcs, stride_vch, page_size, SOURCE: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr, WHILE_LOOP: tl.constexpr):
+    """Online softmax over key positions lo .. hi-1, one BN tile at a time (nothing when lo >= hi)."""
+    if WHILE_LOOP:  # interpreter: its scalars are 1-element arrays that range() cannot take (numpy >= 2)
+        start = lo
+        while start < hi:
+            m_i, l_i, acc = _attn_tile(q, m_i, l_i, acc, start, hi, k_ptr, v_ptr, kc_ptr, vc_ptr, bt_row_ptr, q_start,
+                                       n_q, new_off, hk, d, d_ok, qk_scale, stride_kn, stride_kh, stride_vn,
+                                       stride_vh, stride_cp, stride_cs, stride_ch, stride_vcp, stride_vcs, stride_vch,
+                                       page_size, SOURCE, BLOCK_M, BLOCK_N, UPCAST, IEEE)
+            start += BLOCK_N
+    else:
+        for start in range(lo, hi, BLOCK_N):
+            m_i, l_i, acc = _attn_tile(q, m_i, l_i, acc, start, hi, k_ptr, v_ptr, kc_ptr, vc_ptr, bt_row_ptr, q_start,
+                                       n_q, new_off, hk, d, d_ok, qk_scale, stride_kn, stride_kh, stride_vn,
+                                       stride_vh, stride_cp, stride_cs, stride_ch, stride_vcp, stride_vcs, stride_vch,
+                                       page_size, SOURCE, BLOCK_M, BLOCK_N, UPCAST, IEEE)
+    return m_i, l_i, acc
+
+
+@triton.jit
 def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, ml_ptr, cu_q_ptr, kc_ptr, vc_ptr, bt_ptr, kvlen_ptr, off_ptr,
                      qk_scale, heads, group, head_dim, page_size,
                      stride_qn, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_on, stride_oh,
                      stride_cp, stride_cs, stride_ch, stride_vcp, stride_vcs, stride_vch, stride_bt,
-                     HAS_CACHE: tl.constexpr, SPLITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr, WHILE_LOOP: tl.constexpr):
+                     HAS_CACHE: tl.constexpr, SOURCE: tl.constexpr, SEGMENTS: tl.constexpr, SPLITS: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
+                     IEEE: tl.constexpr, WHILE_LOOP: tl.constexpr):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     split = tl.program_id(2)
@@ -122,20 +168,22 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, ml_ptr, cu_q_ptr, kc_ptr, vc_pt
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running max (log2 domain)
     l_i = tl.zeros([BLOCK_M], tl.float32)  # running sum of exp2
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    if WHILE_LOOP:  # interpreter: its scalars are 1-element arrays that range() cannot take (numpy >= 2)
-        start = lo
-        while start < hi:
-            m_i, l_i, acc = _attn_tile(q, m_i, l_i, acc, start, hi, k_ptr, v_ptr, kc_ptr, vc_ptr, bt_row_ptr, q_start,
-                                       n_q, new_off, hk, d, d_ok, qk_scale, stride_kn, stride_kh, stride_vn,
-                                       stride_vh, stride_cp, stride_cs, stride_ch, stride_vcp, stride_vcs, stride_vch,
-                                       page_size, HAS_CACHE, BLOCK_M, BLOCK_N, UPCAST, IEEE)
-            start += BLOCK_N
-    else:
-        for start in range(lo, hi, BLOCK_N):
-            m_i, l_i, acc = _attn_tile(q, m_i, l_i, acc, start, hi, k_ptr, v_ptr, kc_ptr, vc_ptr, bt_row_ptr, q_start,
-                                       n_q, new_off, hk, d, d_ok, qk_scale, stride_kn, stride_kh, stride_vn,
-                                       stride_vh, stride_cp, stride_cs, stride_ch, stride_vcp, stride_vcs, stride_vch,
-                                       page_size, HAS_CACHE, BLOCK_M, BLOCK_N, UPCAST, IEEE)
+    for seg in tl.static_range(SEGMENTS):  # 3: cached prefix, new rows, cached suffix; 1: every key at once
+        seg_lo = lo
+        seg_hi = hi
+        if SEGMENTS == 3:
+            if seg == 0:
+                seg_hi = tl.minimum(hi, new_off)
+            if seg == 1:
+                seg_lo = tl.maximum(lo, new_off)
+                seg_hi = tl.minimum(hi, new_off + n_q)
+            if seg == 2:
+                seg_lo = tl.maximum(lo, new_off + n_q)
+        m_i, l_i, acc = _attn_range(q, m_i, l_i, acc, seg_lo, seg_hi, k_ptr, v_ptr, kc_ptr, vc_ptr, bt_row_ptr, q_start,
+                                    n_q, new_off, hk, d, d_ok, qk_scale, stride_kn, stride_kh, stride_vn, stride_vh,
+                                    stride_cp, stride_cs, stride_ch, stride_vcp, stride_vcs, stride_vch, page_size,
+                                    SOURCE if SEGMENTS == 1 else 1 - seg % 2,  # segments: cache, new rows, cache
+                                    BLOCK_M, BLOCK_N, UPCAST, IEEE, WHILE_LOOP)
 
     if SPLITS == 1:
         acc = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # l = 0 only when there is no key: acc = 0 -> 0
@@ -195,8 +243,12 @@ def _num_splits(work: int, device: torch.device, key_tiles_bound: int | None) ->
 
 
 def attention_fwd(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_cache=None, block_table=None,
-                  kv_lens=None, new_offsets=None, num_splits: int | None = None) -> torch.Tensor:
-    """``attention`` with an explicit key-split count (None: chosen from the GPU's SM count)."""
+                  kv_lens=None, new_offsets=None, num_splits: int | None = None,
+                  segmented: bool | None = None) -> torch.Tensor:
+    """``attention`` with an explicit key-split count (None: chosen from the GPU's SM count) and, with a cache,
+    an explicit key loop: ``segmented`` walks the cached prefix, the new rows and the cached suffix as three
+    single-source loops; False walks every key once, choosing cache or new row per position (None: the
+    default, ``SEGMENTED_DEFAULT``)."""
     n, heads, head_dim = q.shape
     out = torch.empty_like(q)  # [N, H, D]
     batch = cu_seqlens_q.numel() - 1
@@ -204,6 +256,7 @@ def attention_fwd(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_ca
         return out.zero_()
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     has_cache = k_cache is not None
+    segmented = has_cache and (SEGMENTED_DEFAULT if segmented is None else segmented)
     block_m, block_n, block_d, warps, stages = _config(max_seqlen_q, head_dim, q.element_size())
     q_tiles = triton.cdiv(max_seqlen_q, block_m)
     if num_splits is None:
@@ -228,7 +281,8 @@ def attention_fwd(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_ca
         scale * _LOG2E, heads, heads // k.shape[1], head_dim, page_size,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
         *cache_strides, stride_bt,
-        HAS_CACHE=has_cache, SPLITS=num_splits, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+        HAS_CACHE=has_cache, SOURCE=_SRC_MIXED if has_cache else _SRC_NEW, SEGMENTS=3 if segmented else 1,
+        SPLITS=num_splits, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         UPCAST=upcast(q.dtype), IEEE=q.dtype == torch.float32 and not interpreting(), WHILE_LOOP=interpreting(),
         num_warps=warps, num_stages=stages,
     )

@@ -36,8 +36,8 @@ def paged_cache(kv_lens, hk, d, dtype, page, seed):
     return kc, vc, table.to(DEVICE)
 
 
-def check(q, k, v, cu, max_q, scale, cache, splits, dtype, what):
-    out = tri.attention_fwd(q, k, v, cu, max_q, scale, *cache, num_splits=splits)
+def check(q, k, v, cu, max_q, scale, cache, splits, dtype, what, segmented=None):
+    out = tri.attention_fwd(q, k, v, cu, max_q, scale, *cache, num_splits=splits, segmented=segmented)
     lp = ref.attention(q, k, v, cu, max_q, scale, *cache)
     c64 = [t.double() if t is not None and t.is_floating_point() else t for t in cache]
     r64 = ref.attention(q.double(), k.double(), v.double(), cu, max_q, scale, *c64)
@@ -69,14 +69,15 @@ CACHED = [  # (new lens, kv_lens, new_offsets, H, Hk, D, page)
 
 
 @dtypes
+@pytest.mark.parametrize("segmented", [False, True], ids=["merged", "segmented"])
 @pytest.mark.parametrize("splits", [1, 3])
 @pytest.mark.parametrize("case", CACHED, ids=str)
-def test_attention_paged_cache(dtype, splits, case):
+def test_attention_paged_cache(dtype, splits, case, segmented):
     lens, kv_lens, offs, h, hk, d, page = case
     q, k, v, cu = packed(lens, h, hk, d, dtype, seed=7)
     kc, vc, table = paged_cache(kv_lens, hk, d, dtype, page, seed=8)
     cache = (kc, vc, table, torch.tensor(kv_lens, **I32), torch.tensor(offs, **I32))
-    check(q, k, v, cu, max(lens), d ** -0.5, cache, splits, dtype, f"cache {case}")
+    check(q, k, v, cu, max(lens), d ** -0.5, cache, splits, dtype, f"cache {case}", segmented)
 
 
 def test_public_attention_matches_explicit_split():
@@ -87,19 +88,21 @@ def test_public_attention_matches_explicit_split():
     assert torch.allclose(a, b, rtol=0, atol=1e-6) and torch.allclose(a, c, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("segmented", [False, True], ids=["merged", "segmented"])
 @pytest.mark.parametrize("splits", [1, 2])
-def test_rows_without_keys_are_zero(splits):
+def test_rows_without_keys_are_zero(splits, segmented):
     """kv_len 0 (no key at all): the kernel defines the output as 0, as SDPA does for a fully masked row."""
     q, k, v, cu = packed([2, 3], 2, 2, 16, torch.float32, seed=10)
     kc, vc, table = paged_cache([16, 16], 2, 16, torch.float32, 16, seed=11)
     cache = (kc, vc, table, torch.tensor([0, 3], **I32), torch.tensor([0, 0], **I32))
-    out = tri.attention_fwd(q, k, v, cu, 3, 0.25, *cache, num_splits=splits)
+    out = tri.attention_fwd(q, k, v, cu, 3, 0.25, *cache, num_splits=splits, segmented=segmented)
     assert torch.isfinite(out).all() and (out[:2] == 0).all()
     lp = ref.attention(q[2:], k[2:], v[2:], cu_seqlens([3]), 3, 0.25)
     assert torch.allclose(out[2:], lp, atol=1e-6)
 
 
-def test_cached_block_step_equals_full_sequence():
+@pytest.mark.parametrize("segmented", [False, True], ids=["merged", "segmented"])
+def test_cached_block_step_equals_full_sequence(segmented):
     """Writing the canvas K/V into the cache and attending from the block equals full-canvas attention
     restricted to the block rows (the Fast-dLLM step equivalence)."""
     lens, blocks, h, d, page = [40, 24], [(16, 24), (8, 12)], 2, 32, 8
@@ -112,7 +115,8 @@ def test_cached_block_step_equals_full_sequence():
     tri.kv_cache_write(kc, vc, k, v, slots)
     rows = torch.cat([torch.arange(lo, hi) + start for (lo, hi), start in zip(blocks, [0, lens[0]])]).to(DEVICE)
     cache = (kc, vc, table, torch.tensor(lens, **I32), torch.tensor([b[0] for b in blocks], **I32))
-    blk = tri.attention(q[rows], k[rows], v[rows], cu_seqlens([hi - lo for lo, hi in blocks]), 8, d ** -0.5, *cache)
+    blk = tri.attention_fwd(q[rows], k[rows], v[rows], cu_seqlens([hi - lo for lo, hi in blocks]), 8, d ** -0.5, *cache,
+                            segmented=segmented)
     full64 = ref.attention(q.double(), k.double(), v.double(), cu, 40, d ** -0.5)[rows]
     full_lp = ref.attention(q, k, v, cu, 40, d ** -0.5)[rows]
     assert_fa_close(blk, full_lp, full64, torch.float32, "block step vs full")
