@@ -95,6 +95,7 @@ def main() -> None:
     ap.add_argument("--depths", default="2,4", help="two layer counts to time (extrapolated to the full depth)")
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--shapes", default="llada-8b,llada-moe")
+    ap.add_argument("--graphs", choices=["both", "on", "off"], default="both", help="CUDA-graph and/or eager rows")
     ap.add_argument("--json", default=None)
     ap.add_argument("--markdown", default=None)
     args = ap.parse_args()
@@ -103,7 +104,7 @@ def main() -> None:
     rows = []
     for shape in args.shapes.split(","):
         full = SHAPES[shape][2]
-        for graphs in (True, False):
+        for graphs in {"both": (True, False), "on": (True,), "off": (False,)}[args.graphs]:
             ta = time_step(shape, a, batches, graphs, args.iters)
             tb = time_step(shape, b, batches, graphs, args.iters)
             for bs in batches:
@@ -115,8 +116,10 @@ def main() -> None:
                              "ms_full_depth_est": round(est, 3), "floor_peak_ms": peak, "floor_measured_ms": measured,
                              "x_floor_peak": round(est / peak, 2) if peak else None})
                 print(rows[-1], flush=True)
-    res = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "torch": torch.__version__, "prefix": PREFIX, "block": BLOCK,
-           "rows": rows}
+    from unmask.kernels.triton_ops.attention import SEGMENTED_DEFAULT
+
+    res = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
+           "prefix": PREFIX, "block": BLOCK, "attn_loop": "segmented" if SEGMENTED_DEFAULT else "merged", "rows": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     if args.markdown:

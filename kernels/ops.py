@@ -7,6 +7,7 @@ T tokens into a MoE layer, E experts, I expert width, K experts per token, M mas
 import torch
 
 from unmask.kernels import backend
+from unmask.kernels.torch_ref import act as _act
 from unmask.kernels.torch_ref import attention as _attn
 from unmask.kernels.torch_ref import moe as _moe
 from unmask.kernels.torch_ref import norm as _norm
@@ -23,6 +24,11 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float):
     """x, residual [N, D] -> (rms_norm(x + residual), x + residual). Spec: ``torch_ref.norm.add_rms_norm``."""
     return backend.pick("add_rms_norm", _norm.add_rms_norm, x.device)(x, residual, weight, eps)
+
+
+def silu_mul(x: torch.Tensor) -> torch.Tensor:
+    """x [N, 2I] (gate, then up columns) -> silu(gate) * up [N, I] x.dtype. Spec: ``torch_ref.act.silu_mul``."""
+    return backend.pick("silu_mul", _act.silu_mul, x.device)(x)
 
 
 def rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, theta: float, rotate_fp32: bool):

@@ -73,14 +73,12 @@ class SwiGLU(nn.Module):
 
     def __init__(self, dim: int, inter: int):
         super().__init__()
-        self.inter = inter
         self.gate_up_proj = _param(2 * inter, dim)  # rows: gate, then up
         self.down_proj = _param(dim, inter)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [N, D] -> [N, D]."""
-        gate_up = x @ self.gate_up_proj.t()  # [N, 2I]
-        return (nn.functional.silu(gate_up[:, :self.inter]) * gate_up[:, self.inter:]) @ self.down_proj.t()
+        return ops.silu_mul(x @ self.gate_up_proj.t()) @ self.down_proj.t()  # [N, 2I] -> [N, I] -> [N, D]
 
 
 class SparseMoE(nn.Module):
@@ -104,7 +102,9 @@ class SparseMoE(nn.Module):
 
 
 class DecoderBlock(nn.Module):
-    """Pre-norm block: h = x + attn(norm1(x)); y = h + ffn(norm2(h))."""
+    """Pre-norm block: h = x + attn(norm1(x)); y = h + ffn(norm2(h)). The residual stream is carried as
+    (branch output, residual) pairs so that every residual add is fused with the norm that follows it: a block
+    returns (ffn(norm2(h)), h) and the next block, or the final norm, adds the two in its add+RMSNorm."""
 
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
@@ -113,8 +113,14 @@ class DecoderBlock(nn.Module):
         self.ff_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.ffn = SparseMoE(cfg) if cfg.is_moe else SwiGLU(cfg.hidden_size, cfg.intermediate_size)
 
-    def forward(self, x, rope, meta):
-        """x [N, D], rope = (cos, sin) [N, Dh] -> [N, D]. The residual add and the second norm are one fused op."""
-        a = self.attn(self.attn_norm(x), rope, meta)  # [N, D]
-        n, h = ops.add_rms_norm(a, x, self.ff_norm.weight, self.ff_norm.eps)  # norm(x + a), x + a
-        return h + self.ffn(n)
+    def forward(self, x, residual, rope, meta):
+        """x [N, D] the previous block's ffn output (the embeddings for the first block, with residual None),
+        residual [N, D] or None, rope = (cos, sin) [N, Dh] -> (ffn output [N, D], residual [N, D]); the
+        block's output is their sum."""
+        if residual is None:
+            n, residual = self.attn_norm(x), x
+        else:
+            n, residual = ops.add_rms_norm(x, residual, self.attn_norm.weight, self.attn_norm.eps)  # x = sum
+        a = self.attn(n, rope, meta)  # [N, D]
+        n, residual = ops.add_rms_norm(a, residual, self.ff_norm.weight, self.ff_norm.eps)  # norm(h), h
+        return self.ffn(n), residual

@@ -31,9 +31,12 @@ class LLaDAModelLM(nn.Module):
         x = self.embed[input_ids]  # [N, D]
         cfg = self.cfg
         rope = ops.rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, x.dtype)  # 2 x [N, Dh], shared by every layer
+        residual = None
         for block in self.blocks:
-            x = block(x, rope, meta)
-        return self.norm(x)
+            x, residual = block(x, residual, rope, meta)  # the stream is x + residual
+        if residual is None:  # no layers
+            return self.norm(x)
+        return ops.add_rms_norm(x, residual, self.norm.weight, self.norm.eps)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [M, D] -> logits [M, V] in the model dtype (no upcast, as the reference)."""

@@ -1,5 +1,5 @@
-"""The model's GPU path issues few kernels per layer: fused projections and RoPE tables built once per forward
-(counted through the interpreter by ``benchmarks/launch_count.py``)."""
+"""The model's GPU path issues few kernels per layer: fused projections, RoPE tables built once per forward, no
+elementwise torch op between kernels (counted through the interpreter by ``benchmarks/launch_count.py``)."""
 import sys
 from pathlib import Path
 
@@ -21,5 +21,6 @@ def test_per_layer_kernels(family, gemms, monkeypatch):
     # dense: qkv, o, gate_up, down; MoE: qkv, o, router (experts run in the fused MoE kernels)
     assert per_layer["aten.matmul"] == gemms
     assert per_layer["triton._rope_kernel"] == 2 and per_layer["triton._attn_fwd_kernel"] == 1
-    assert all(per_layer.get(f"aten.{op}", 0) == 0 for op in ("cos", "sin", "pow", "arange"))  # tables: once
+    assert {k for k, v in per_layer.items() if v and k.startswith("aten.")} == {"aten.matmul"}  # no elementwise op:
+    # RoPE tables once per forward, SwiGLU in one kernel, each residual add fused with the norm after it
     assert two["aten.cos"] == two["aten.sin"] == 1
