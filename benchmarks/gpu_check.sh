@@ -37,7 +37,7 @@ run() {  # name, timeout seconds, command...
 [[ " $PHASES " == *" timings "* ]] || { rm -rf "$TMP"; exit 0; }
 run step_table 160 python benchmarks/step_table.py --iters 5 --json "$OUT/step_table.json" --markdown "$OUT/step_table.md"
 for b in attention moe remask norm; do
-  [ -f "benchmarks/kernels/bench_$b.py" ] && run "bench_$b" 45 python "benchmarks/kernels/bench_$b.py" --quick --json "$TMP/$b.json"
+  [ -f "benchmarks/kernels/bench_$b.py" ] && run "bench_$b" 90 python "benchmarks/kernels/bench_$b.py" --quick --json "$TMP/$b.json"
 done
 # the whole step with the segmented cached-attention loop (UNMASK_ATTN_LOOP), graphs only, for the A/B
 UNMASK_ATTN_LOOP=segmented run step_table_segmented 90 python benchmarks/step_table.py --shapes llada-8b,llada-moe \

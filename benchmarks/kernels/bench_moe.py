@@ -3,6 +3,8 @@ the per-expert torch loop (torch_ref), routing + Triton fused MoE, and the align
 
 Legend: T tokens, D hidden, E experts, I expert width, K experts per token.
 Bytes = weights of the experts actually hit (3·D·I each) + x, out; FLOPs = 2·T·K·3·D·I.
+From T = 256 on, ``triton_fused[cfg]@graph`` rows time the candidate tile configs of ``CANDIDATES`` beside the
+table's own pick (rows per expert grow with T: taller M tiles read each expert's weights fewer times).
 """
 import torch
 
@@ -10,6 +12,23 @@ from bench_common import BLOCK, LLADA_MOE, Report, parse_args, require_cuda, row
 from unmask.kernels.torch_ref import moe as ref
 from unmask.kernels.triton_ops import moe as tri
 from unmask.kernels.triton_ops.moe_align import moe_align
+
+
+CANDIDATES = [  # (BM, BN gate/up, BN down, BK, warps, stages); each compiles for sm_90 without spills
+    (64, 64, 64, 64, 4, 4), (64, 128, 128, 64, 8, 3), (128, 64, 64, 64, 8, 3), (128, 128, 128, 64, 8, 3)]
+
+
+def candidate_rows(shape, fused, nbytes, flops, quick):
+    """@graph rows for every candidate config (forced through ``_config``; the table's own pick is among them)."""
+    rows, table = [], tri._config
+    try:
+        for cfg in CANDIDATES:
+            tri._config = lambda *_, cfg=cfg: cfg  # the wrapper asks _config for its tiles
+            name = "triton_fused[bm={},bn={}/{},bk={},w={},s={}]@graph".format(*cfg)
+            rows.append(row("moe", shape, name, time_graph_ms(fused, quick), nbytes, flops))
+    finally:
+        tri._config = table
+    return rows
 
 
 def inputs(tokens, dev, dtype=torch.bfloat16):
@@ -36,6 +55,8 @@ def bench(batch, dev, quick):
         ("triton_fused", fused),
         ("triton_route+fused", lambda: tri.fused_moe(x, w_gate_up, w_down, *tri.moe_route(router, k, x.dtype))))]
     rows.append(row("moe", shape, "triton_fused@graph", time_graph_ms(fused, quick), nbytes, flops))
+    if tokens >= 256:
+        rows += candidate_rows(shape, fused, nbytes, flops, quick)
     rows.append(row("moe_align", shape, "triton", time_ms(lambda: moe_align(ids, e, 16), quick)))
     rows.append(row("moe_route", shape, "torch_ref", time_ms(lambda: ref.moe_route(router, k, x.dtype), quick)))
     rows.append(row("moe_route", shape, "triton", time_ms(lambda: tri.moe_route(router, k, x.dtype), quick)))
