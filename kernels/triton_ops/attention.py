@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from unmask.kernels.backend import KernelBackendError
 from unmask.kernels.torch_ref import attention as _ref
 from unmask.kernels.triton_ops._common import interpreting, mma, next_pow2, num_sms, upcast
 
@@ -29,7 +30,17 @@ _LOG2E = 1.4426950408889634
 
 
 _SRC_NEW, _SRC_CACHE, _SRC_MIXED = 0, 1, 2  # where a key tile comes from (constexpr SOURCE)
-SEGMENTED_DEFAULT = os.environ.get("UNMASK_ATTN_LOOP", "merged") == "segmented"
+
+
+def _attn_loop_setting() -> bool:
+    """UNMASK_ATTN_LOOP (``merged`` default, or ``segmented``) -> True for segmented; anything else raises."""
+    value = os.environ.get("UNMASK_ATTN_LOOP", "merged").strip().lower() or "merged"
+    if value not in ("merged", "segmented"):
+        raise KernelBackendError(f"UNMASK_ATTN_LOOP={value!r}: expected 'merged' or 'segmented'")
+    return value == "segmented"
+
+
+SEGMENTED_DEFAULT = _attn_loop_setting()
 """Cached key loop: ``merged`` (one loop, cache or new row chosen per position; the default, timed on an H100)
 or ``segmented`` (prefix, new rows, suffix as three single-source loops: at the bf16 LLaDA-8B config it
 compiles for sm_90 to 111 registers and 44 KiB of shared memory instead of 162 and 104 KiB, i.e. two

@@ -133,3 +133,13 @@ def test_kv_cache_write(src, dst):
     tri.kv_cache_write(kc, vc, k, v, slots)
     ref.kv_cache_write(kc2, vc2, k, v, slots)
     assert torch.equal(kc, kc2) and torch.equal(vc, vc2)
+
+
+def test_unknown_attention_loop_setting_is_rejected(monkeypatch):
+    from unmask.kernels.backend import KernelBackendError
+
+    monkeypatch.setenv("UNMASK_ATTN_LOOP", "segmnted")
+    with pytest.raises(KernelBackendError, match="UNMASK_ATTN_LOOP='segmnted'"):
+        tri._attn_loop_setting()
+    monkeypatch.setenv("UNMASK_ATTN_LOOP", "Segmented")
+    assert tri._attn_loop_setting() is True
