@@ -2,7 +2,7 @@
 # One GPU check, no downloads: kernel tests on CUDA (bf16 included), CUDA-engine tests, the whole-step table
 # and the op benches, in that order of importance. ≤ 8 minutes. Results under $OUT (default
 # benchmarks/results/gpu-latest): check.log (everything printed), step_table.{json,md}, benches.json,
-# step_table_segmented.json (the step with UNMASK_ATTN_LOOP=segmented).
+# step_table_{segmented,prefetch}.json (the step with UNMASK_ATTN_LOOP=segmented / prefetch).
 #   bash benchmarks/gpu_check.sh
 # PHASES=tests or PHASES=timings runs one half (the log is appended to), e.g. the tests beside other GPU work
 # and the timings alone afterwards.
@@ -39,9 +39,11 @@ run step_table 160 python benchmarks/step_table.py --iters 5 --json "$OUT/step_t
 for b in attention moe remask norm; do
   [ -f "benchmarks/kernels/bench_$b.py" ] && run "bench_$b" 90 python "benchmarks/kernels/bench_$b.py" --quick --json "$TMP/$b.json"
 done
-# the whole step with the segmented cached-attention loop (UNMASK_ATTN_LOOP), graphs only, for the A/B
-UNMASK_ATTN_LOOP=segmented run step_table_segmented 90 python benchmarks/step_table.py --shapes llada-8b,llada-moe \
-  --graphs on --batches 1,32 --iters 5 --json "$OUT/step_table_segmented.json"
+# the whole step with the other cached-attention key loops (UNMASK_ATTN_LOOP), graphs only, for the A/B
+for loop in prefetch segmented; do
+  UNMASK_ATTN_LOOP=$loop run "step_table_$loop" 90 python benchmarks/step_table.py --shapes llada-8b,llada-moe \
+    --graphs on --batches 1,32 --iters 5 --json "$OUT/step_table_$loop.json"
+done
 python - "$TMP" "$OUT/benches.json" <<'PY'
 import json, pathlib, sys
 tmp, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])

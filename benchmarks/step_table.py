@@ -116,10 +116,10 @@ def main() -> None:
                              "ms_full_depth_est": round(est, 3), "floor_peak_ms": peak, "floor_measured_ms": measured,
                              "x_floor_peak": round(est / peak, 2) if peak else None})
                 print(rows[-1], flush=True)
-    from unmask.kernels.triton_ops.attention import SEGMENTED_DEFAULT
+    from unmask.kernels.triton_ops.attention import LOOP_DEFAULT
 
     res = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
-           "prefix": PREFIX, "block": BLOCK, "attn_loop": "segmented" if SEGMENTED_DEFAULT else "merged", "rows": rows}
+           "prefix": PREFIX, "block": BLOCK, "attn_loop": LOOP_DEFAULT, "rows": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     if args.markdown:

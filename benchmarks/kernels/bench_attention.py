@@ -1,6 +1,7 @@
 """Attention benchmark: cached block step (32 new tokens per sequence over a 512-token paged prefix) and
-the full-canvas refresh step (544 tokens, no cache), torch_ref vs dense SDPA vs Triton (cached: both key loops,
-``triton`` = merged, ``triton_segmented``).
+the full-canvas refresh step (544 tokens, no cache), torch_ref vs dense SDPA vs Triton (cached: every key loop of
+``attention.LOOPS``, ``triton`` = merged, ``triton_segmented``, ``triton_prefetch``; pages of the engine's size).
+From B = 8 on, ``triton_<loop>[bn=..,w=..,s=..]@graph`` rows time the tile candidates of ``CANDIDATES`` too.
 
 Legend: B sequences, H/Hk heads, D head dim, L = PREFIX + BLOCK keys, S page size.
 Bytes = K/V read (+ q, out); FLOPs = 4·B·H·n_q·L·D.
@@ -12,8 +13,29 @@ from bench_common import (BLOCK, LLADA_8B, LLADA_MOE, PREFIX, Report, parse_args
                           time_ms)
 from unmask.kernels.torch_ref import attention as ref
 from unmask.kernels.triton_ops import attention as tri
+from unmask.server.engine.kv_cache import PAGE_SIZE as PAGE
 
-PAGE = 32
+CANDIDATES = [  # (loop, BN, warps, stages), bf16 at D=128, compiled for sm_90 (registers, programs per SM):
+    ("segmented", 64, 4, 1),  # 161 regs, 3 per SM; no overlap inside a program
+    ("segmented", 64, 4, 5),  # 224 regs, 140 KiB shared memory, 1 per SM; Triton's pipeliner overlaps 2 tiles
+    ("prefetch", 32, 4, 1),  # 185 regs, 2 per SM
+    ("prefetch", 64, 8, 1),  # 170 regs, 1 per SM
+]
+
+
+def candidate_rows(shape, args, nbytes, flops, quick):
+    """@graph rows for each candidate tile config (forced through ``_GPU_TILES``)."""
+    rows, tiles = [], dict(tri._GPU_TILES)
+    try:
+        for loop, bn, warps, stages in CANDIDATES:
+            tri._GPU_TILES[loop] = (bn, warps, stages)
+            name = f"triton_{loop}[bn={bn},w={warps},s={stages}]@graph"
+            fn = lambda loop=loop: tri.attention_fwd(*args, loop=loop)  # noqa: E731
+            rows.append(row("attn_cached", shape, name, time_graph_ms(fn, quick), nbytes, flops))
+            tri._GPU_TILES.update(tiles)
+    finally:
+        tri._GPU_TILES.update(tiles)
+    return rows
 
 
 def cached_inputs(model, batch, dev, dtype=torch.bfloat16):
@@ -51,14 +73,14 @@ def bench_cached(model, batch, dev, quick):
     shape = f"{model['name']} B={batch} q={BLOCK} kv={kv}"
     out = []
     sdpa = sdpa_dense(args, batch)
-    merged = lambda: tri.attention_fwd(*args, segmented=False)  # noqa: E731
-    segmented = lambda: tri.attention_fwd(*args, segmented=True)  # noqa: E731
-    for name, fn in (("torch_ref", lambda: ref.attention(*args)), ("sdpa_dense_kv", sdpa), ("triton", merged),
-                     ("triton_segmented", segmented)):
+    loops = [(f"triton_{loop}" if loop != "merged" else "triton",
+              lambda loop=loop: tri.attention_fwd(*args, loop=loop)) for loop in tri.LOOPS]
+    for name, fn in [("torch_ref", lambda: ref.attention(*args)), ("sdpa_dense_kv", sdpa)] + loops:
         out.append(row("attn_cached", shape, name, time_ms(fn, quick), nbytes, flops))
-    for name, fn in (("sdpa_dense_kv@graph", sdpa), ("triton@graph", merged),
-                     ("triton_segmented@graph", segmented)):  # launch cost removed
-        out.append(row("attn_cached", shape, name, time_graph_ms(fn, quick), nbytes, flops))
+    for name, fn in [("sdpa_dense_kv", sdpa)] + loops:  # launch cost removed
+        out.append(row("attn_cached", shape, name + "@graph", time_graph_ms(fn, quick), nbytes, flops))
+    if batch >= 8:
+        out += candidate_rows(shape, args, nbytes, flops, quick)
     return out
 
 

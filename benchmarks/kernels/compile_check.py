@@ -107,9 +107,9 @@ def cases(small: bool):
                 e(n, h, d, dt=dt), e(n, h, d, dt=dt), e(n, h, d, dt=dt), cu, 32, 0.1, num_splits=1)),
             (f"attention cache split {dt}", lambda dt=dt, cu=cu, c=cache: attention.attention_fwd(
                 e(n, h, d, dt=dt), e(n, 8, d, dt=dt), e(n, 8, d, dt=dt), cu, 32, 0.1, *c, num_splits=4)),
-            (f"attention cache segmented {dt}", lambda dt=dt, cu=cu, c=cache: [attention.attention_fwd(
+            (f"attention cache segmented/prefetch {dt}", lambda dt=dt, cu=cu, c=cache: [attention.attention_fwd(
                 e(n, h, d, dt=dt), e(n, h, d, dt=dt), e(n, h, d, dt=dt), cu, 32, 0.1, *c, num_splits=s,
-                segmented=True) for s in (1, 4)]),
+                loop=loop) for s in (1, 4) for loop in ("segmented", "prefetch")]),
             (f"attention d=64 {dt}", lambda dt=dt, cu=cu: attention.attention_fwd(
                 e(n, 4, 64, dt=dt), e(n, 4, 64, dt=dt), e(n, 4, 64, dt=dt), cu, 32, 0.1, num_splits=1)),
             (f"kv_cache_write {dt}", lambda dt=dt, kc=kc: attention.kv_cache_write(

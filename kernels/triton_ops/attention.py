@@ -9,7 +9,7 @@ One program per (query tile, sequence·head, key split): FlashAttention-2 online
 key count (``n_b`` without a cache, ``kv_lens[b]`` with one). With a cache, key position p comes from
 the new rows when ``new_offsets[b] <= p < new_offsets[b] + n_b`` and from page
 ``block_table[b, p // S]`` otherwise: either one loop choosing per position (merged) or three loops, cached
-prefix / new rows / cached suffix, each reading one source (segmented; ``SEGMENTED_DEFAULT``). When
+prefix / new rows / cached suffix, each reading one source (segmented, or prefetch: see ``LOOPS``). When
 B·H·q-tiles is too small to fill the GPU, the key range is split (flash-decoding): each split writes fp32
 partials (acc, m, l) and a combine kernel merges them. Rows without any key produce 0 (as SDPA for a fully
 masked row), never NaN. No host syncs.
@@ -32,19 +32,40 @@ _LOG2E = 1.4426950408889634
 _SRC_NEW, _SRC_CACHE, _SRC_MIXED = 0, 1, 2  # where a key tile comes from (constexpr SOURCE)
 
 
-def _attn_loop_setting() -> bool:
-    """UNMASK_ATTN_LOOP (``merged`` default, or ``segmented``) -> True for segmented; anything else raises."""
+LOOPS = ("merged", "segmented", "prefetch")
+"""Cached key loops (``attention_fwd(loop=...)``, ``UNMASK_ATTN_LOOP``): ``merged`` walks every key once and
+issues masked loads from both sources per tile; ``segmented`` walks the cached prefix, the new rows and the
+cached suffix as three single-source loops; ``prefetch`` is ``segmented`` with the cached loops pipelined by
+hand in registers (``_attn_range_prefetch``)."""
+
+
+def _attn_loop_setting() -> str:
+    """UNMASK_ATTN_LOOP (one of ``LOOPS``; ``merged`` when unset); anything else raises."""
     value = os.environ.get("UNMASK_ATTN_LOOP", "merged").strip().lower() or "merged"
-    if value not in ("merged", "segmented"):
-        raise KernelBackendError(f"UNMASK_ATTN_LOOP={value!r}: expected 'merged' or 'segmented'")
-    return value == "segmented"
+    if value not in LOOPS:
+        raise KernelBackendError(f"UNMASK_ATTN_LOOP={value!r}: expected one of {', '.join(LOOPS)}")
+    return value
 
 
-SEGMENTED_DEFAULT = _attn_loop_setting()
-"""Cached key loop: ``merged`` (one loop, cache or new row chosen per position; the default, timed on an H100)
-or ``segmented`` (prefix, new rows, suffix as three single-source loops: at the bf16 LLaDA-8B config it
-compiles for sm_90 to 111 registers and 44 KiB of shared memory instead of 162 and 104 KiB, i.e. two
-resident programs per SM instead of one; not yet timed). ``UNMASK_ATTN_LOOP`` picks at import."""
+LOOP_DEFAULT = _attn_loop_setting()
+"""The engine's cached key loop, picked at import from ``UNMASK_ATTN_LOOP``. ``merged`` is the one timed on an
+H100 so far (35-39% of HBM bandwidth at LLaDA-8B batch 8-64); the other two are explained in
+``_config`` and timed beside it by ``benchmarks/kernels/bench_attention.py``."""
+
+
+@triton.jit
+def _load_cached(k_ptr, v_ptr, kc_ptr, vc_ptr, page, pos, pos_ok, hk, d, d_ok, stride_cp, stride_cs, stride_ch,
+                 stride_vcp, stride_vcs, stride_vch, page_size):
+    """K/V tiles [BN, BD] from the paged cache for key positions ``pos`` [BN] whose pages ``page`` [BN] are
+    already known; read as k's dtype, as the spec."""
+    page = page.to(tl.int64)
+    in_page = (pos % page_size).to(tl.int64)
+    m = pos_ok[:, None] & d_ok[None, :]
+    k = tl.load(kc_ptr + (page * stride_cp + in_page * stride_cs + hk * stride_ch)[:, None] + d[None, :],
+                mask=m, other=0.0).to(k_ptr.dtype.element_ty)
+    v = tl.load(vc_ptr + (page * stride_vcp + in_page * stride_vcs + hk * stride_vch)[:, None] + d[None, :],
+                mask=m, other=0.0).to(v_ptr.dtype.element_ty)
+    return k, v
 
 
 @triton.jit
@@ -60,13 +81,9 @@ def _load_keys(k_ptr, v_ptr, kc_ptr, vc_ptr, bt_row_ptr, pos, pos_ok, q_start, n
         k = tl.load(k_ptr + tok * stride_kn + hk * stride_kh + d[None, :], mask=m, other=0.0)
         v = tl.load(v_ptr + tok * stride_vn + hk * stride_vh + d[None, :], mask=m, other=0.0)
     elif SOURCE == 1:
-        page = tl.load(bt_row_ptr + pos // page_size, mask=pos_ok, other=0).to(tl.int64)  # [BN]
-        in_page = (pos % page_size).to(tl.int64)
-        m = pos_ok[:, None] & d_ok[None, :]
-        k = tl.load(kc_ptr + (page * stride_cp + in_page * stride_cs + hk * stride_ch)[:, None] + d[None, :],
-                    mask=m, other=0.0).to(k_ptr.dtype.element_ty)  # read as k's dtype, as the spec
-        v = tl.load(vc_ptr + (page * stride_vcp + in_page * stride_vcs + hk * stride_vch)[:, None] + d[None, :],
-                    mask=m, other=0.0).to(v_ptr.dtype.element_ty)
+        page = tl.load(bt_row_ptr + pos // page_size, mask=pos_ok, other=0)  # [BN]
+        k, v = _load_cached(k_ptr, v_ptr, kc_ptr, vc_ptr, page, pos, pos_ok, hk, d, d_ok, stride_cp, stride_cs,
+                            stride_ch, stride_vcp, stride_vcs, stride_vch, page_size)
     else:
         is_new = (pos >= new_off) & (pos < new_off + n_new)  # [BN]
         new_tok = (q_start + pos - new_off).to(tl.int64)[:, None]  # [BN, 1]
@@ -97,6 +114,13 @@ def _attn_tile(q, m_i, l_i, acc, start, hi, k_ptr, v_ptr, kc_ptr, vc_ptr, bt_row
     k, v = _load_keys(k_ptr, v_ptr, kc_ptr, vc_ptr, bt_row_ptr, pos, pos_ok, q_start, n_q, new_off, hk, d, d_ok,
                       stride_kn, stride_kh, stride_vn, stride_vh, stride_cp, stride_cs, stride_ch,
                       stride_vcp, stride_vcs, stride_vch, page_size, SOURCE)
+    return _softmax_update(q, m_i, l_i, acc, k, v, pos_ok, qk_scale, BLOCK_M, BLOCK_N, UPCAST, IEEE)
+
+
+@triton.jit
+def _softmax_update(q, m_i, l_i, acc, k, v, pos_ok, qk_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    UPCAST: tl.constexpr, IEEE: tl.constexpr):
+    """Fold one key tile k/v [BN, BD] (positions with ``pos_ok`` false masked) into the running (m, l, acc)."""
     if UPCAST:
         k = k.to(tl.float32)
         v = v.to(tl.float32)
@@ -135,11 +159,65 @@ def _attn_range(q, m_i, l_i, acc, lo, hi, k_ptr, v_ptr, kc_ptr, vc_ptr, bt_row_p
 
 
 @triton.jit
+def _prefetch_step(q, m_i, l_i, acc, k, v, page_next, start, hi, k_ptr, v_ptr, kc_ptr, vc_ptr, bt_row_ptr, hk, d, d_ok,
+                   qk_scale, stride_cp, stride_cs, stride_ch, stride_vcp, stride_vcs, stride_vch, page_size,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr):
+    """One iteration of ``_attn_range_prefetch``: issue tile i+1's K/V loads (its page ids ``page_next`` [BN]
+    are known) and tile i+2's page-id load, then fold tile i (k/v [BN, BD], loaded one iteration earlier) in.
+    Returns the new (m, l, acc), tile i+1's k/v and tile i+2's page ids."""
+    ar = tl.arange(0, BLOCK_N)  # [BN]
+    pos_next = start + BLOCK_N + ar
+    k_next, v_next = _load_cached(k_ptr, v_ptr, kc_ptr, vc_ptr, page_next, pos_next, pos_next < hi, hk, d, d_ok,
+                                  stride_cp, stride_cs, stride_ch, stride_vcp, stride_vcs, stride_vch, page_size)
+    pos_after = pos_next + BLOCK_N
+    page_after = tl.load(bt_row_ptr + pos_after // page_size, mask=pos_after < hi, other=0)  # [BN]
+    m_i, l_i, acc = _softmax_update(q, m_i, l_i, acc, k, v, start + ar < hi, qk_scale, BLOCK_M, BLOCK_N, UPCAST,
+                                    IEEE)
+    return m_i, l_i, acc, k_next, v_next, page_after
+
+
+@triton.jit
+def _attn_range_prefetch(q, m_i, l_i, acc, lo, hi, k_ptr, v_ptr, kc_ptr, vc_ptr, bt_row_ptr, hk, d, d_ok, qk_scale,
+                         stride_cp, stride_cs, stride_ch, stride_vcp, stride_vcs, stride_vch, page_size,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+                         WHILE_LOOP: tl.constexpr):
+    """``_attn_range`` over cached keys only, software-pipelined by hand in registers: while tile i is folded
+    in, the loads of tile i+1's K/V and of tile i+2's page ids are already in flight (a load only blocks at
+    the first use of its result). For a paged load, whose address depends on a page-id load, Triton 3.6's own
+    pipeliner waits for every copy in flight (cp.async.wait_group 0) before each tile at up to 4 stages, so this
+    loop runs with num_stages=1 and does the overlap itself. Loads past ``hi`` are masked off (no memory traffic)."""
+    ar = tl.arange(0, BLOCK_N)  # [BN]
+    pos = lo + ar
+    pos_ok = pos < hi
+    page = tl.load(bt_row_ptr + pos // page_size, mask=pos_ok, other=0)  # [BN] tile 0's page ids
+    k, v = _load_cached(k_ptr, v_ptr, kc_ptr, vc_ptr, page, pos, pos_ok, hk, d, d_ok, stride_cp, stride_cs,
+                        stride_ch, stride_vcp, stride_vcs, stride_vch, page_size)  # [BN, BD] tile 0
+    pos_next = pos + BLOCK_N
+    page_next = tl.load(bt_row_ptr + pos_next // page_size, mask=pos_next < hi, other=0)  # [BN] tile 1's
+    if WHILE_LOOP:  # interpreter (see _attn_range)
+        start = lo
+        while start < hi:
+            m_i, l_i, acc, k, v, page_next = _prefetch_step(
+                q, m_i, l_i, acc, k, v, page_next, start, hi, k_ptr, v_ptr, kc_ptr, vc_ptr, bt_row_ptr, hk, d, d_ok,
+                qk_scale, stride_cp, stride_cs, stride_ch, stride_vcp, stride_vcs, stride_vch, page_size, BLOCK_M,
+                BLOCK_N, UPCAST, IEEE)
+            start += BLOCK_N
+    else:
+        for start in range(lo, hi, BLOCK_N):
+            m_i, l_i, acc, k, v, page_next = _prefetch_step(
+                q, m_i, l_i, acc, k, v, page_next, start, hi, k_ptr, v_ptr, kc_ptr, vc_ptr, bt_row_ptr, hk, d, d_ok,
+                qk_scale, stride_cp, stride_cs, stride_ch, stride_vcp, stride_vcs, stride_vch, page_size, BLOCK_M,
+                BLOCK_N, UPCAST, IEEE)
+    return m_i, l_i, acc
+
+
+@triton.jit
 def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, ml_ptr, cu_q_ptr, kc_ptr, vc_ptr, bt_ptr, kvlen_ptr, off_ptr,
                      qk_scale, heads, group, head_dim, page_size,
                      stride_qn, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_on, stride_oh,
                      stride_cp, stride_cs, stride_ch, stride_vcp, stride_vcs, stride_vch, stride_bt,
-                     HAS_CACHE: tl.constexpr, SOURCE: tl.constexpr, SEGMENTS: tl.constexpr, SPLITS: tl.constexpr,
+                     HAS_CACHE: tl.constexpr, SOURCE: tl.constexpr, SEGMENTS: tl.constexpr, PREFETCH: tl.constexpr,
+                     SPLITS: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
                      IEEE: tl.constexpr, WHILE_LOOP: tl.constexpr):
     pid_m = tl.program_id(0)
@@ -190,11 +268,18 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, ml_ptr, cu_q_ptr, kc_ptr, vc_pt
                 seg_hi = tl.minimum(hi, new_off + n_q)
             if seg == 2:
                 seg_lo = tl.maximum(lo, new_off + n_q)
-        m_i, l_i, acc = _attn_range(q, m_i, l_i, acc, seg_lo, seg_hi, k_ptr, v_ptr, kc_ptr, vc_ptr, bt_row_ptr, q_start,
-                                    n_q, new_off, hk, d, d_ok, qk_scale, stride_kn, stride_kh, stride_vn, stride_vh,
-                                    stride_cp, stride_cs, stride_ch, stride_vcp, stride_vcs, stride_vch, page_size,
-                                    SOURCE if SEGMENTS == 1 else 1 - seg % 2,  # segments: cache, new rows, cache
-                                    BLOCK_M, BLOCK_N, UPCAST, IEEE, WHILE_LOOP)
+        if PREFETCH and SEGMENTS == 3 and seg != 1:  # a cached segment, pipelined by hand
+            m_i, l_i, acc = _attn_range_prefetch(q, m_i, l_i, acc, seg_lo, seg_hi, k_ptr, v_ptr, kc_ptr, vc_ptr,
+                                                 bt_row_ptr, hk, d, d_ok, qk_scale, stride_cp, stride_cs, stride_ch,
+                                                 stride_vcp, stride_vcs, stride_vch, page_size, BLOCK_M, BLOCK_N,
+                                                 UPCAST, IEEE, WHILE_LOOP)
+        else:
+            m_i, l_i, acc = _attn_range(q, m_i, l_i, acc, seg_lo, seg_hi, k_ptr, v_ptr, kc_ptr, vc_ptr, bt_row_ptr,
+                                        q_start, n_q, new_off, hk, d, d_ok, qk_scale, stride_kn, stride_kh, stride_vn,
+                                        stride_vh, stride_cp, stride_cs, stride_ch, stride_vcp, stride_vcs, stride_vch,
+                                        page_size,
+                                        SOURCE if SEGMENTS == 1 else 1 - seg % 2,  # segments: cache, new rows, cache
+                                        BLOCK_M, BLOCK_N, UPCAST, IEEE, WHILE_LOOP)
 
     if SPLITS == 1:
         acc = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # l = 0 only when there is no key: acc = 0 -> 0
@@ -234,14 +319,28 @@ def _attn_combine_kernel(part_ptr, ml_ptr, o_ptr, n_rows, heads, head_dim, strid
     tl.store(out, acc.to(o_ptr.dtype.element_ty), mask=mask)
 
 
-def _config(max_seqlen_q: int, head_dim: int, elem_bytes: int):
+# bf16/fp16 GPU tiles per cached key loop, head dim > 64: (BN, num_warps, num_stages). Without a cache every
+# loop is the plain one and uses the ``merged`` row.
+_GPU_TILES = {
+    "merged": (64, 8, 2),
+    "segmented": (64, 8, 2),
+    "prefetch": (64, 4, 1),
+}
+
+
+def _config(max_seqlen_q: int, head_dim: int, elem_bytes: int, loop: str = "merged"):
     """(BM, BN, BD, num_warps, num_stages): tiles >= 16 for tl.dot, smaller key tiles when interpreting
     and for fp32 (a test path on GPUs: IEEE products; 64-wide fp32 K/V tiles spill)."""
     block_m = min(64, max(16, next_pow2(max_seqlen_q)))
     block_d = max(16, next_pow2(head_dim))
     if interpreting():
         return block_m, 32, block_d, 4, 1
-    return block_m, 64 if elem_bytes <= 2 else 32, block_d, 4 if block_d <= 64 else 8, 2
+    block_n, warps, stages = _GPU_TILES[loop]
+    if elem_bytes > 2:
+        block_n, warps = 32, 8
+    if block_d <= 64:
+        warps = 4
+    return block_m, block_n, block_d, warps, stages
 
 
 def _num_splits(work: int, device: torch.device, key_tiles_bound: int | None) -> int:
@@ -255,11 +354,9 @@ def _num_splits(work: int, device: torch.device, key_tiles_bound: int | None) ->
 
 def attention_fwd(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_cache=None, block_table=None,
                   kv_lens=None, new_offsets=None, num_splits: int | None = None,
-                  segmented: bool | None = None) -> torch.Tensor:
+                  loop: str | None = None) -> torch.Tensor:
     """``attention`` with an explicit key-split count (None: chosen from the GPU's SM count) and, with a cache,
-    an explicit key loop: ``segmented`` walks the cached prefix, the new rows and the cached suffix as three
-    single-source loops; False walks every key once, choosing cache or new row per position (None: the
-    default, ``SEGMENTED_DEFAULT``)."""
+    an explicit key loop, one of ``LOOPS`` (None: ``LOOP_DEFAULT``); without a cache ``loop`` is ignored."""
     n, heads, head_dim = q.shape
     out = torch.empty_like(q)  # [N, H, D]
     batch = cu_seqlens_q.numel() - 1
@@ -267,8 +364,10 @@ def attention_fwd(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_ca
         return out.zero_()
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     has_cache = k_cache is not None
-    segmented = has_cache and (SEGMENTED_DEFAULT if segmented is None else segmented)
-    block_m, block_n, block_d, warps, stages = _config(max_seqlen_q, head_dim, q.element_size())
+    loop = (LOOP_DEFAULT if loop is None else loop) if has_cache else "merged"
+    if loop not in LOOPS:
+        raise ValueError(f"attention loop {loop!r}: expected one of {', '.join(LOOPS)}")
+    block_m, block_n, block_d, warps, stages = _config(max_seqlen_q, head_dim, q.element_size(), loop)
     q_tiles = triton.cdiv(max_seqlen_q, block_m)
     if num_splits is None:
         bound = None if has_cache else triton.cdiv(max_seqlen_q, block_n)
@@ -292,8 +391,8 @@ def attention_fwd(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_ca
         scale * _LOG2E, heads, heads // k.shape[1], head_dim, page_size,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
         *cache_strides, stride_bt,
-        HAS_CACHE=has_cache, SOURCE=_SRC_MIXED if has_cache else _SRC_NEW, SEGMENTS=3 if segmented else 1,
-        SPLITS=num_splits, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+        HAS_CACHE=has_cache, SOURCE=_SRC_MIXED if has_cache else _SRC_NEW, SEGMENTS=1 if loop == "merged" else 3,
+        PREFETCH=loop == "prefetch", SPLITS=num_splits, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         UPCAST=upcast(q.dtype), IEEE=q.dtype == torch.float32 and not interpreting(), WHILE_LOOP=interpreting(),
         num_warps=warps, num_stages=stages,
     )

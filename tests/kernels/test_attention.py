@@ -36,8 +36,8 @@ def paged_cache(kv_lens, hk, d, dtype, page, seed):
     return kc, vc, table.to(DEVICE)
 
 
-def check(q, k, v, cu, max_q, scale, cache, splits, dtype, what, segmented=None):
-    out = tri.attention_fwd(q, k, v, cu, max_q, scale, *cache, num_splits=splits, segmented=segmented)
+def check(q, k, v, cu, max_q, scale, cache, splits, dtype, what, loop=None):
+    out = tri.attention_fwd(q, k, v, cu, max_q, scale, *cache, num_splits=splits, loop=loop)
     lp = ref.attention(q, k, v, cu, max_q, scale, *cache)
     c64 = [t.double() if t is not None and t.is_floating_point() else t for t in cache]
     r64 = ref.attention(q.double(), k.double(), v.double(), cu, max_q, scale, *c64)
@@ -65,19 +65,20 @@ CACHED = [  # (new lens, kv_lens, new_offsets, H, Hk, D, page)
     ([4, 1, 9], [40, 17, 9], [36, 16, 0], 4, 1, 64, 16),  # prefix cache, one empty prefix, GQA 4:1
     ([8, 5], [50, 21], [16, 8], 2, 2, 128, 16),  # dual cache: block in the middle, suffix cached
     ([3], [70], [32], 2, 1, 32, 32),  # one sequence, keys much longer than queries
+    ([5, 2], [150, 7], [100, 5], 1, 1, 64, 16),  # prefix of 4 key tiles over 7 pages, suffix of 2 tiles
 ]
 
 
 @dtypes
-@pytest.mark.parametrize("segmented", [False, True], ids=["merged", "segmented"])
+@pytest.mark.parametrize("loop", tri.LOOPS)
 @pytest.mark.parametrize("splits", [1, 3])
 @pytest.mark.parametrize("case", CACHED, ids=str)
-def test_attention_paged_cache(dtype, splits, case, segmented):
+def test_attention_paged_cache(dtype, splits, case, loop):
     lens, kv_lens, offs, h, hk, d, page = case
     q, k, v, cu = packed(lens, h, hk, d, dtype, seed=7)
     kc, vc, table = paged_cache(kv_lens, hk, d, dtype, page, seed=8)
     cache = (kc, vc, table, torch.tensor(kv_lens, **I32), torch.tensor(offs, **I32))
-    check(q, k, v, cu, max(lens), d ** -0.5, cache, splits, dtype, f"cache {case}", segmented)
+    check(q, k, v, cu, max(lens), d ** -0.5, cache, splits, dtype, f"cache {case} {loop}", loop)
 
 
 def test_public_attention_matches_explicit_split():
@@ -88,21 +89,21 @@ def test_public_attention_matches_explicit_split():
     assert torch.allclose(a, b, rtol=0, atol=1e-6) and torch.allclose(a, c, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("segmented", [False, True], ids=["merged", "segmented"])
+@pytest.mark.parametrize("loop", tri.LOOPS)
 @pytest.mark.parametrize("splits", [1, 2])
-def test_rows_without_keys_are_zero(splits, segmented):
+def test_rows_without_keys_are_zero(splits, loop):
     """kv_len 0 (no key at all): the kernel defines the output as 0, as SDPA does for a fully masked row."""
     q, k, v, cu = packed([2, 3], 2, 2, 16, torch.float32, seed=10)
     kc, vc, table = paged_cache([16, 16], 2, 16, torch.float32, 16, seed=11)
     cache = (kc, vc, table, torch.tensor([0, 3], **I32), torch.tensor([0, 0], **I32))
-    out = tri.attention_fwd(q, k, v, cu, 3, 0.25, *cache, num_splits=splits, segmented=segmented)
+    out = tri.attention_fwd(q, k, v, cu, 3, 0.25, *cache, num_splits=splits, loop=loop)
     assert torch.isfinite(out).all() and (out[:2] == 0).all()
     lp = ref.attention(q[2:], k[2:], v[2:], cu_seqlens([3]), 3, 0.25)
     assert torch.allclose(out[2:], lp, atol=1e-6)
 
 
-@pytest.mark.parametrize("segmented", [False, True], ids=["merged", "segmented"])
-def test_cached_block_step_equals_full_sequence(segmented):
+@pytest.mark.parametrize("loop", tri.LOOPS)
+def test_cached_block_step_equals_full_sequence(loop):
     """Writing the canvas K/V into the cache and attending from the block equals full-canvas attention
     restricted to the block rows (the Fast-dLLM step equivalence)."""
     lens, blocks, h, d, page = [40, 24], [(16, 24), (8, 12)], 2, 32, 8
@@ -116,7 +117,7 @@ def test_cached_block_step_equals_full_sequence(segmented):
     rows = torch.cat([torch.arange(lo, hi) + start for (lo, hi), start in zip(blocks, [0, lens[0]])]).to(DEVICE)
     cache = (kc, vc, table, torch.tensor(lens, **I32), torch.tensor([b[0] for b in blocks], **I32))
     blk = tri.attention_fwd(q[rows], k[rows], v[rows], cu_seqlens([hi - lo for lo, hi in blocks]), 8, d ** -0.5, *cache,
-                            segmented=segmented)
+                            loop=loop)
     full64 = ref.attention(q.double(), k.double(), v.double(), cu, 40, d ** -0.5)[rows]
     full_lp = ref.attention(q, k, v, cu, 40, d ** -0.5)[rows]
     assert_fa_close(blk, full_lp, full64, torch.float32, "block step vs full")
@@ -142,4 +143,16 @@ def test_unknown_attention_loop_setting_is_rejected(monkeypatch):
     with pytest.raises(KernelBackendError, match="UNMASK_ATTN_LOOP='segmnted'"):
         tri._attn_loop_setting()
     monkeypatch.setenv("UNMASK_ATTN_LOOP", "Segmented")
-    assert tri._attn_loop_setting() is True
+    assert tri._attn_loop_setting() == "segmented"
+    monkeypatch.setenv("UNMASK_ATTN_LOOP", " prefetch ")
+    assert tri._attn_loop_setting() == "prefetch"
+    monkeypatch.delenv("UNMASK_ATTN_LOOP")
+    assert tri._attn_loop_setting() == "merged"
+
+
+def test_unknown_attention_loop_argument_is_rejected():
+    q, k, v, cu = packed([2], 1, 1, 16, torch.float32, seed=14)
+    kc, vc, table = paged_cache([4], 1, 16, torch.float32, 16, seed=15)
+    cache = (kc, vc, table, torch.tensor([4], **I32), torch.tensor([2], **I32))
+    with pytest.raises(ValueError, match="attention loop 'pipelined'"):
+        tri.attention_fwd(q, k, v, cu, 2, 0.25, *cache, loop="pipelined")

@@ -48,12 +48,12 @@ def test_exact_parity_and_batch_invariance_on_triton(small_ckpts, family, monkey
     assert staggered == want
 
 
-@pytest.mark.parametrize("segmented", [False, True], ids=["merged", "segmented"])
-def test_fast_mode_on_triton_equals_torch(small_ckpts, monkeypatch, segmented):
+@pytest.mark.parametrize("loop", ["merged", "segmented", "prefetch"])
+def test_fast_mode_on_triton_equals_torch(small_ckpts, monkeypatch, loop):
     from unmask import DiffusionParams
     from unmask.kernels.triton_ops import attention
 
-    monkeypatch.setattr(attention, "SEGMENTED_DEFAULT", segmented)  # the cached key loop under test
+    monkeypatch.setattr(attention, "LOOP_DEFAULT", loop)  # the cached key loop under test
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
     params = [DiffusionParams(max_tokens=8, block_length=4, cache=c, threshold=0.3, seed=2) for c in ("prefix", "dual")]
     monkeypatch.setenv("UNMASK_KERNELS", "torch")
