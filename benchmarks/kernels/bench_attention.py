@@ -1,7 +1,8 @@
 """Attention benchmark: cached block step (32 new tokens per sequence over a 512-token paged prefix) and
 the full-canvas refresh step (544 tokens, no cache), torch_ref vs dense SDPA vs Triton (cached: every key loop of
 ``attention.LOOPS``, ``triton`` = merged, ``triton_segmented``, ``triton_prefetch``; pages of the engine's size).
-From B = 8 on, ``triton_<loop>[bn=..,w=..,s=..]@graph`` rows time the tile candidates of ``CANDIDATES`` too.
+From B = 8 on, ``triton_<loop>[bm=..,bn=..,w=..,s=..]@graph`` rows time the tile candidates of ``CANDIDATES``
+(cached loops and ``full``, the no-cache tiles) too.
 
 Legend: B sequences, H/Hk heads, D head dim, L = PREFIX + BLOCK keys, S page size.
 Bytes = K/V read (+ q, out); FLOPs = 4·B·H·n_q·L·D.
@@ -15,23 +16,28 @@ from unmask.kernels.torch_ref import attention as ref
 from unmask.kernels.triton_ops import attention as tri
 from unmask.server.engine.kv_cache import PAGE_SIZE as PAGE
 
-CANDIDATES = [  # (loop, BN, warps, stages), bf16 at D=128, compiled for sm_90 (registers, programs per SM):
-    ("segmented", 64, 4, 1),  # 161 regs, 3 per SM; no overlap inside a program
-    ("segmented", 64, 4, 5),  # 224 regs, 140 KiB shared memory, 1 per SM; Triton's pipeliner overlaps 2 tiles
-    ("prefetch", 32, 4, 1),  # 185 regs, 2 per SM
-    ("prefetch", 64, 8, 1),  # 170 regs, 1 per SM
+CANDIDATES = [  # (loop, BM max, BN, warps, stages), bf16 at D=128, compiled for sm_90 (registers, programs per SM):
+    ("segmented", 64, 64, 4, 1),  # 161 regs, 3 per SM; no overlap inside a program
+    ("segmented", 64, 64, 4, 5),  # 224 regs, 140 KiB shared memory, 1 per SM; Triton's pipeliner overlaps 2 tiles
+    ("prefetch", 64, 32, 4, 1),  # 185 regs, 2 per SM
+    ("prefetch", 64, 64, 8, 1),  # 170 regs, 1 per SM
+    ("full", 128, 64, 8, 3),  # no cache: 173 regs, 128 KiB, 1 per SM; pipelined (the table's 2 stages are not)
+    ("full", 64, 64, 4, 3),  # 188 regs, 112 KiB, 2 per SM; pipelined
+    ("full", 128, 128, 8, 3),  # 244 regs, 224 KiB, 1 per SM; pipelined
 ]
 
 
-def candidate_rows(shape, args, nbytes, flops, quick):
-    """@graph rows for each candidate tile config (forced through ``_GPU_TILES``)."""
+def candidate_rows(bench, shape, fn_for, nbytes, flops, quick, loops):
+    """@graph rows for the candidate tile configs of ``loops`` (forced through ``_GPU_TILES``); ``fn_for(loop)``
+    is the call to time."""
     rows, tiles = [], dict(tri._GPU_TILES)
     try:
-        for loop, bn, warps, stages in CANDIDATES:
-            tri._GPU_TILES[loop] = (bn, warps, stages)
-            name = f"triton_{loop}[bn={bn},w={warps},s={stages}]@graph"
-            fn = lambda loop=loop: tri.attention_fwd(*args, loop=loop)  # noqa: E731
-            rows.append(row("attn_cached", shape, name, time_graph_ms(fn, quick), nbytes, flops))
+        for loop, *cfg in CANDIDATES:
+            if loop not in loops:
+                continue
+            tri._GPU_TILES[loop] = tuple(cfg)
+            name = "triton_{}[bm={},bn={},w={},s={}]@graph".format(loop, *cfg)
+            rows.append(row(bench, shape, name, time_graph_ms(fn_for(loop), quick), nbytes, flops))
             tri._GPU_TILES.update(tiles)
     finally:
         tri._GPU_TILES.update(tiles)
@@ -80,7 +86,8 @@ def bench_cached(model, batch, dev, quick):
     for name, fn in [("sdpa_dense_kv", sdpa)] + loops:  # launch cost removed
         out.append(row("attn_cached", shape, name + "@graph", time_graph_ms(fn, quick), nbytes, flops))
     if batch >= 8:
-        out += candidate_rows(shape, args, nbytes, flops, quick)
+        out += candidate_rows("attn_cached", shape, lambda loop: lambda: tri.attention_fwd(*args, loop=loop), nbytes,
+                              flops, quick, ("segmented", "prefetch"))
     return out
 
 
@@ -96,8 +103,11 @@ def bench_full(model, batch, dev, quick):
     triton_fn = lambda: tri.attention(q, k, v, cu, n, d ** -0.5)  # noqa: E731
     rows = [row("attn_full", shape, name, time_ms(fn, quick), nbytes, flops) for name, fn in (
         ("torch_ref", lambda: ref.attention(q, k, v, cu, n, d ** -0.5)), ("sdpa_dense", sdpa), ("triton", triton_fn))]
-    return rows + [row("attn_full", shape, name, time_graph_ms(fn, quick), nbytes, flops)
-                   for name, fn in (("sdpa_dense@graph", sdpa), ("triton@graph", triton_fn))]
+    rows += [row("attn_full", shape, name, time_graph_ms(fn, quick), nbytes, flops)
+             for name, fn in (("sdpa_dense@graph", sdpa), ("triton@graph", triton_fn))]
+    if batch >= 8:
+        rows += candidate_rows("attn_full", shape, lambda _: triton_fn, nbytes, flops, quick, ("full",))
+    return rows
 
 
 def main():

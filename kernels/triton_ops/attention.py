@@ -319,25 +319,28 @@ def _attn_combine_kernel(part_ptr, ml_ptr, o_ptr, n_rows, heads, head_dim, strid
     tl.store(out, acc.to(o_ptr.dtype.element_ty), mask=mask)
 
 
-# bf16/fp16 GPU tiles per cached key loop, head dim > 64: (BN, num_warps, num_stages). Without a cache every
-# loop is the plain one and uses the ``merged`` row.
+# bf16/fp16 GPU tiles at head dim > 64: (largest BM, BN, num_warps, num_stages), per cached key loop and
+# ``full`` for attention without a cache (the full-canvas refresh step; there Triton's pipeliner overlaps the
+# next key tile's copies with the current tile's MMAs only from 3 stages on).
 _GPU_TILES = {
-    "merged": (64, 8, 2),
-    "segmented": (64, 8, 2),
-    "prefetch": (64, 4, 1),
+    "full": (64, 64, 8, 2),
+    "merged": (64, 64, 8, 2),
+    "segmented": (64, 64, 8, 2),
+    "prefetch": (64, 64, 4, 1),
 }
 
 
-def _config(max_seqlen_q: int, head_dim: int, elem_bytes: int, loop: str = "merged"):
-    """(BM, BN, BD, num_warps, num_stages): tiles >= 16 for tl.dot, smaller key tiles when interpreting
-    and for fp32 (a test path on GPUs: IEEE products; 64-wide fp32 K/V tiles spill)."""
-    block_m = min(64, max(16, next_pow2(max_seqlen_q)))
+def _config(max_seqlen_q: int, head_dim: int, elem_bytes: int, loop: str = "full"):
+    """(BM, BN, BD, num_warps, num_stages) for ``loop`` (a key of ``_GPU_TILES``): tiles >= 16 for tl.dot, BM no
+    taller than the longest sequence's power of two, smaller key tiles when interpreting and for fp32 (a test
+    path on GPUs: IEEE products; 64-wide fp32 K/V tiles spill)."""
     block_d = max(16, next_pow2(head_dim))
     if interpreting():
-        return block_m, 32, block_d, 4, 1
-    block_n, warps, stages = _GPU_TILES[loop]
+        return min(64, max(16, next_pow2(max_seqlen_q))), 32, block_d, 4, 1
+    bm_max, block_n, warps, stages = _GPU_TILES[loop]
+    block_m = min(bm_max, max(16, next_pow2(max_seqlen_q)))
     if elem_bytes > 2:
-        block_n, warps = 32, 8
+        block_m, block_n, warps = min(block_m, 64), 32, 8
     if block_d <= 64:
         warps = 4
     return block_m, block_n, block_d, warps, stages
@@ -364,10 +367,11 @@ def attention_fwd(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_ca
         return out.zero_()
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     has_cache = k_cache is not None
-    loop = (LOOP_DEFAULT if loop is None else loop) if has_cache else "merged"
+    loop = LOOP_DEFAULT if loop is None else loop
     if loop not in LOOPS:
         raise ValueError(f"attention loop {loop!r}: expected one of {', '.join(LOOPS)}")
-    block_m, block_n, block_d, warps, stages = _config(max_seqlen_q, head_dim, q.element_size(), loop)
+    block_m, block_n, block_d, warps, stages = _config(max_seqlen_q, head_dim, q.element_size(),
+                                                       loop if has_cache else "full")
     q_tiles = triton.cdiv(max_seqlen_q, block_m)
     if num_splits is None:
         bound = None if has_cache else triton.cdiv(max_seqlen_q, block_n)
@@ -391,8 +395,8 @@ def attention_fwd(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_ca
         scale * _LOG2E, heads, heads // k.shape[1], head_dim, page_size,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
         *cache_strides, stride_bt,
-        HAS_CACHE=has_cache, SOURCE=_SRC_MIXED if has_cache else _SRC_NEW, SEGMENTS=1 if loop == "merged" else 3,
-        PREFETCH=loop == "prefetch", SPLITS=num_splits, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+        HAS_CACHE=has_cache, SOURCE=_SRC_MIXED if has_cache else _SRC_NEW, SEGMENTS=3 if has_cache and loop != "merged" else 1,
+        PREFETCH=has_cache and loop == "prefetch", SPLITS=num_splits, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         UPCAST=upcast(q.dtype), IEEE=q.dtype == torch.float32 and not interpreting(), WHILE_LOOP=interpreting(),
         num_warps=warps, num_stages=stages,
     )
