@@ -48,6 +48,14 @@ def rope_apply(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.T
     return backend.pick("rope_apply", _rope.rope_apply, q.device)(q, k, cos, sin, rotate_fp32)
 
 
+def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotate_fp32: bool,
+                 q_weight: torch.Tensor, k_weight: torch.Tensor, eps: float):
+    """q [N, H, D], k [N, Hk, D], cos/sin [N, D] from ``rope_cos_sin``, q_weight/k_weight [D] -> (q, k): each
+    head RMS-normalised over D, then NeoX-rotated (LLaDA-MoE). Spec: ``torch_ref.rope.qk_norm_rope``."""
+    return backend.pick("qk_norm_rope", _rope.qk_norm_rope, q.device)(q, k, cos, sin, rotate_fp32, q_weight,
+                                                                      k_weight, eps)
+
+
 def attention(q, k, v, cu_seqlens_q, max_seqlen_q: int, scale: float, k_cache=None, v_cache=None,
               block_table=None, kv_lens=None, new_offsets=None) -> torch.Tensor:
     """Bidirectional varlen attention, optionally over a paged cache.

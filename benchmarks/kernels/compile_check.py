@@ -103,6 +103,10 @@ def cases(small: bool):
             (f"silu_mul {dt}", lambda dt=dt: act.silu_mul(e(8, 2 * 12288, dt=dt))),
             (f"rope {dt}", lambda dt=dt: [rope.rope(e(4, 32, 128, dt=dt), e(4, 8, 128, dt=dt),
                                                     torch.arange(4), 1e4, f) for f in (True, False)]),
+            (f"qk_norm_rope {dt}", lambda dt=dt: rope.qk_norm_rope(e(4, 16, 128, dt=dt), e(4, 16, 128, dt=dt),
+                                                                   e(4, 128, dt=torch.float32),
+                                                                   e(4, 128, dt=torch.float32), False,
+                                                                   e(128, dt=dt), e(128, dt=dt), 1e-6)),
             (f"attention no-cache {dt}", lambda dt=dt, cu=cu: attention.attention_fwd(
                 e(n, h, d, dt=dt), e(n, h, d, dt=dt), e(n, h, d, dt=dt), cu, 32, 0.1, num_splits=1)),
             (f"attention cache split {dt}", lambda dt=dt, cu=cu, c=cache: attention.attention_fwd(

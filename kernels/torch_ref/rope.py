@@ -1,8 +1,11 @@
-"""Rotary position embedding, NeoX ("rotate_half") layout, as in both LLaDA families.
+"""Rotary position embedding, NeoX ("rotate_half") layout, as in both LLaDA families, and LLaDA-MoE's
+per-head QK-norm followed by RoPE.
 
 Legend: N tokens, H query heads, Hk key heads, D head dim.
 """
 import torch
+
+from unmask.kernels.torch_ref.norm import rms_norm
 
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
@@ -43,3 +46,15 @@ def rope_apply(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.T
         return _rotate(q.to(cdt), cos, sin).to(q.dtype), _rotate(k.to(cdt), cos, sin).to(k.dtype)
     cos, sin = cos.to(q.dtype), sin.to(q.dtype)
     return _rotate(q, cos, sin), _rotate(k, cos, sin)
+
+
+def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotate_fp32: bool,
+                 q_weight: torch.Tensor, k_weight: torch.Tensor, eps: float):
+    """q [N, H, D], k [N, Hk, D], cos/sin [N, D] from ``rope_cos_sin``, q_weight/k_weight [D] -> (q, k).
+
+    LLaDA-MoE's attention input (LLADA-SPEC.md §4): each head of q and k RMS-normalised over D with its own
+    weight (``norm.rms_norm``), then rotated by ``rope_apply``.
+    """
+    qn = rms_norm(q.reshape(-1, q.shape[-1]), q_weight, eps).view(q.shape)  # [N, H, D]
+    kn = rms_norm(k.reshape(-1, k.shape[-1]), k_weight, eps).view(k.shape)  # [N, Hk, D]
+    return rope_apply(qn, kn, cos, sin, rotate_fp32)

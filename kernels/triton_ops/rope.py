@@ -1,11 +1,15 @@
-"""Rotary position embedding, NeoX ("rotate_half") layout (spec: ``torch_ref/rope.py``).
+"""Rotary position embedding, NeoX ("rotate_half") layout, and LLaDA-MoE's per-head QK-norm fused in front
+of it (spec: ``torch_ref/rope.py``).
 
 Legend: N tokens, H query heads, Hk key heads, D head dim, D2 = D/2, R (token, head) rows per program.
 
-cos/sin come from the spec's own ``rope_cos_sin`` (a tiny [N, D] fp32 table), so the angles are bit
-for bit the reference's; the kernel fuses the rotation of every head of q and k. ``rotate_fp32`` True
-rotates in fp32 and rounds once; False rounds cos/sin, both products and the sum to the activation
-dtype, exactly as the spec's half-precision arithmetic does. fp64 inputs use the PyTorch reference.
+One launch covers q and k: the first programs take q's (token, head) rows, the rest k's. cos/sin come from
+the spec's own ``rope_cos_sin`` (a tiny [N, D] fp32 table), so the angles are bit for bit the reference's.
+``rotate_fp32`` True rotates in fp32 and rounds once; False rounds cos/sin, both products and the sum to
+the activation dtype, exactly as the spec's half-precision arithmetic does. With QK-norm each row is first
+normalised as ``norm.rms_norm`` does (fp32 statistics, rounded to the activation dtype, × weight, rounded
+again) and rotated from that rounded value without a round trip through memory. fp64 inputs, and weights
+of another dtype than q/k, use the PyTorch reference.
 """
 import torch
 import triton
@@ -14,13 +18,15 @@ import triton.language as tl
 from unmask.kernels.torch_ref import rope as _ref
 from unmask.kernels.triton_ops._common import next_pow2
 
-__all__ = ["rope", "rope_apply"]
+__all__ = ["rope", "rope_apply", "qk_norm_rope"]
 
 
 @triton.jit
-def _rope_kernel(x_ptr, y_ptr, cos_ptr, sin_ptr, n_rows, heads, half, stride_xn, stride_xh, stride_yn, stride_yh,
-                 stride_c, FP32: tl.constexpr, ROWS: tl.constexpr, BLOCK_H: tl.constexpr):
-    r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)  # [R] flat (token, head) index
+def _rotate_rows(x_ptr, y_ptr, w_ptr, cos_ptr, sin_ptr, block, n_rows, heads, half, stride_xn, stride_xh,
+                 stride_yn, stride_yh, stride_c, eps, NORM: tl.constexpr, FP32: tl.constexpr, ROWS: tl.constexpr,
+                 BLOCK_H: tl.constexpr):
+    """Rows block·R .. block·R+R-1 of x [N·heads (token, head) rows, D] -> y: optional RMSNorm, then RoPE."""
+    r = block * ROWS + tl.arange(0, ROWS)  # [R] flat (token, head) index
     tok = (r // heads).to(tl.int64)[:, None]  # [R, 1]
     head = (r % heads).to(tl.int64)[:, None]
     cols = tl.arange(0, BLOCK_H)[None, :]  # [1, BH]
@@ -29,9 +35,15 @@ def _rope_kernel(x_ptr, y_ptr, cos_ptr, sin_ptr, n_rows, heads, half, stride_xn,
     yp = y_ptr + tok * stride_yn + head * stride_yh + cols
     x1 = tl.load(xp, mask=mask, other=0.0).to(tl.float32)  # [R, BH] first half
     x2 = tl.load(xp + half, mask=mask, other=0.0).to(tl.float32)  # second half
+    dt = y_ptr.dtype.element_ty
+    if NORM:  # rms_norm over the whole head (both halves), rounded as the spec
+        inv = tl.rsqrt((tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)) / (2 * half) + eps)[:, None]  # [R, 1]
+        w1 = tl.load(w_ptr + cols, mask=cols < half, other=0.0).to(tl.float32)  # [1, BH]
+        w2 = tl.load(w_ptr + half + cols, mask=cols < half, other=0.0).to(tl.float32)
+        x1 = ((x1 * inv).to(dt).to(tl.float32) * w1).to(dt).to(tl.float32)
+        x2 = ((x2 * inv).to(dt).to(tl.float32) * w2).to(dt).to(tl.float32)
     c = tl.load(cos_ptr + tok * stride_c + cols, mask=mask, other=0.0)  # [R, BH] fp32
     s = tl.load(sin_ptr + tok * stride_c + cols, mask=mask, other=0.0)
-    dt = y_ptr.dtype.element_ty
     if FP32:
         o1 = x1 * c - x2 * s
         o2 = x2 * c + x1 * s
@@ -44,19 +56,44 @@ def _rope_kernel(x_ptr, y_ptr, cos_ptr, sin_ptr, n_rows, heads, half, stride_xn,
     tl.store(yp + half, o2.to(dt), mask=mask)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotate_fp32: bool) -> torch.Tensor:
-    """x [N, H, D] (unit stride on D), cos/sin [N, D] fp32 -> rotated copy [N, H, D]."""
-    n, heads, d = x.shape
-    y = torch.empty_like(x, memory_format=torch.contiguous_format)  # [N, H, D]
-    if x.numel() == 0:
-        return y
+@triton.jit
+def _qk_rope_kernel(q_ptr, k_ptr, qo_ptr, ko_ptr, qw_ptr, kw_ptr, cos_ptr, sin_ptr, n_tok, heads_q, heads_k, half,
+                    q_blocks, stride_qn, stride_qh, stride_kn, stride_kh, stride_qon, stride_qoh, stride_kon,
+                    stride_koh, stride_c, eps, NORM: tl.constexpr, FP32: tl.constexpr, ROWS: tl.constexpr,
+                    BLOCK_H: tl.constexpr):
+    pid = tl.program_id(0)
+    if pid < q_blocks:
+        _rotate_rows(q_ptr, qo_ptr, qw_ptr, cos_ptr, sin_ptr, pid, n_tok * heads_q, heads_q, half, stride_qn,
+                     stride_qh, stride_qon, stride_qoh, stride_c, eps, NORM, FP32, ROWS, BLOCK_H)
+    else:
+        _rotate_rows(k_ptr, ko_ptr, kw_ptr, cos_ptr, sin_ptr, pid - q_blocks, n_tok * heads_k, heads_k, half,
+                     stride_kn, stride_kh, stride_kon, stride_koh, stride_c, eps, NORM, FP32, ROWS, BLOCK_H)
+
+
+def _launch(q, k, cos, sin, rotate_fp32, q_weight=None, k_weight=None, eps=0.0):
+    """q [N, H, D], k [N, Hk, D] (unit stride on D), cos/sin [N, D] fp32 -> rotated copies (q, k), one launch."""
+    n, heads_q, d = q.shape
+    heads_k = k.shape[1]
+    qo = torch.empty_like(q, memory_format=torch.contiguous_format)  # [N, H, D]
+    ko = torch.empty_like(k, memory_format=torch.contiguous_format)  # [N, Hk, D]
+    if n == 0:
+        return qo, ko
     half = d // 2
     block_h = next_pow2(half)
     rows = max(1, min(64, 2048 // block_h))
-    grid = (triton.cdiv(n * heads, rows),)
-    _rope_kernel[grid](x, y, cos, sin, n * heads, heads, half, x.stride(0), x.stride(1), y.stride(0), y.stride(1),
-                       cos.stride(0), FP32=rotate_fp32, ROWS=rows, BLOCK_H=block_h, num_warps=4)
-    return y
+    q_blocks = triton.cdiv(n * heads_q, rows)
+    norm = q_weight is not None
+    qw, kw = (q_weight, k_weight) if norm else (cos, cos)  # unused when NORM is off
+    grid = (q_blocks + triton.cdiv(n * heads_k, rows),)
+    _qk_rope_kernel[grid](q, k, qo, ko, qw, kw, cos, sin, n, heads_q, heads_k, half, q_blocks,
+                          q.stride(0), q.stride(1), k.stride(0), k.stride(1), qo.stride(0), qo.stride(1),
+                          ko.stride(0), ko.stride(1), cos.stride(0), eps, NORM=norm, FP32=rotate_fp32, ROWS=rows,
+                          BLOCK_H=block_h, num_warps=4)
+    return qo, ko
+
+
+def _unit_stride(*ts):
+    return (t if t.stride(-1) == 1 else t.contiguous() for t in ts)
 
 
 def rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, theta: float, rotate_fp32: bool):
@@ -71,9 +108,18 @@ def rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, theta: float
 
 def rope_apply(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotate_fp32: bool):
     """q [N, H, D], k [N, Hk, D], cos/sin [N, D] fp32 tables of ``rope_cos_sin`` -> (q, k) rotated copies.
-    One launch per tensor; the model builds the tables once per forward and every layer reuses them.
+    One launch for both; the model builds the tables once per forward and every layer reuses them.
     fp64 inputs are served by the PyTorch reference."""
     if q.dtype == torch.float64 or k.dtype == torch.float64:
         return _ref.rope_apply(q, k, cos, sin, rotate_fp32)
-    q, k = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k))
-    return _rotate(q, cos, sin, rotate_fp32), _rotate(k, cos, sin, rotate_fp32)
+    return _launch(*_unit_stride(q, k), cos, sin, rotate_fp32)
+
+
+def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotate_fp32: bool,
+                 q_weight: torch.Tensor, k_weight: torch.Tensor, eps: float):
+    """q [N, H, D], k [N, Hk, D], cos/sin [N, D] fp32, q_weight/k_weight [D] -> (q, k): per-head RMSNorm of
+    each, then RoPE, in one launch (q/k read once, written once). fp64 inputs, and weights whose dtype is not
+    q's, are served by the PyTorch reference."""
+    if q.dtype == torch.float64 or k.dtype != q.dtype or q_weight.dtype != q.dtype or k_weight.dtype != q.dtype:
+        return _ref.qk_norm_rope(q, k, cos, sin, rotate_fp32, q_weight, k_weight, eps)
+    return _launch(*_unit_stride(q, k), cos, sin, rotate_fp32, q_weight.contiguous(), k_weight.contiguous(), eps)

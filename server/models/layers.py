@@ -53,10 +53,11 @@ class Attention(nn.Module):
         q = qkv[:, :hq].view(n, cfg.num_heads, cfg.head_dim)  # [N, H, Dh]
         k = qkv[:, hq:hq + hk].view(n, cfg.num_kv_heads, cfg.head_dim)  # [N, Hk, Dh]
         v = qkv[:, hq + hk:].view(n, cfg.num_kv_heads, cfg.head_dim)  # [N, Hk, Dh]
-        if cfg.qk_norm:  # LLaDA-MoE: per-head RMSNorm over Dh, before RoPE (LLADA-SPEC.md §4)
-            q = self.q_norm(q.reshape(-1, cfg.head_dim)).view_as(q)
-            k = self.k_norm(k.reshape(-1, cfg.head_dim)).view_as(k)
-        q, k = ops.rope_apply(q, k, rope[0], rope[1], cfg.rope_fp32)
+        if cfg.qk_norm:  # LLaDA-MoE: per-head RMSNorm over Dh, before RoPE (LLADA-SPEC.md §4), one kernel
+            q, k = ops.qk_norm_rope(q, k, rope[0], rope[1], cfg.rope_fp32, self.q_norm.weight, self.k_norm.weight,
+                                    self.q_norm.eps)
+        else:
+            q, k = ops.rope_apply(q, k, rope[0], rope[1], cfg.rope_fp32)
         cache = meta.kv_caches[self.layer_idx] if meta.kv_caches is not None else (None, None)
         if meta.slot_mapping is not None:
             ops.kv_cache_write(cache[0], cache[1], k, v, meta.slot_mapping)

@@ -22,7 +22,8 @@ def test_per_layer_kernels(family, gemms, monkeypatch):
     per_layer = {k: (four[k] - two[k]) // 2 for k in set(two) | set(four)}
     # dense: qkv, o, gate_up, down; MoE: qkv, o, router (experts run in the fused MoE kernels)
     assert per_layer["aten.matmul"] == gemms
-    assert per_layer["triton._rope_kernel"] == 2 and per_layer["triton._attn_fwd_kernel"] == 1
+    assert per_layer["triton._qk_rope_kernel"] == 1 and per_layer["triton._attn_fwd_kernel"] == 1
+    assert per_layer["triton._rms_norm_kernel"] == 2  # the block's two norms; MoE's QK-norm rides in the RoPE kernel
     assert {k for k, v in per_layer.items() if v and k.startswith("aten.")} == {"aten.matmul"}  # no elementwise op:
     # RoPE tables once per forward, SwiGLU in one kernel, each residual add fused with the norm after it
     assert two["aten.cos"] == two["aten.sin"] == 1

@@ -81,3 +81,42 @@ def test_rope_strided_views():
     q64, k64 = rope_ref.rope(q.double(), k.double(), pos, 10000.0, True)
     assert_fa_close(oq, rq, q64, torch.float32, "q")
     assert_fa_close(ok, rk, k64, torch.float32, "k")
+
+
+QK_NORM_CASES = [(1, 1, 1, 16), (7, 4, 2, 48), (5, 16, 16, 128)]  # (N, H, Hk, D): one token, GQA, MoE head shape
+
+
+@dtypes
+@pytest.mark.parametrize("rotate_fp32", [True, False], ids=["fp32_rotate", "dtype_rotate"])
+@pytest.mark.parametrize("case", QK_NORM_CASES, ids=str)
+def test_qk_norm_rope(dtype, rotate_fp32, case):
+    """Per-head RMSNorm then RoPE in one launch, against the spec; q and k as strided views of one qkv output
+    (the model's layout), weights away from 1 so a swapped or missing weight shows."""
+    n, h, hk, d = case
+    g = gen(6)
+    qkv = randn(n, (h + 2 * hk) * d, seed_gen=g, dtype=dtype, scale=3.0).view(n, h + 2 * hk, d)
+    q, k = qkv[:, :h], qkv[:, h:h + hk]
+    qw, kw = randn(d, seed_gen=g, dtype=dtype), randn(d, seed_gen=g, dtype=dtype)
+    cos, sin = rope_ref.rope_cos_sin(torch.randint(0, 4096, (n,), generator=g).to(DEVICE), d, 50000.0, dtype)
+    oq, ok = rope_tri.qk_norm_rope(q, k, cos, sin, rotate_fp32, qw, kw, 1e-6)
+    rq, rk = rope_ref.qk_norm_rope(q, k, cos, sin, rotate_fp32, qw, kw, 1e-6)
+    q64, k64 = rope_ref.qk_norm_rope(q.double(), k.double(), cos.double(), sin.double(), rotate_fp32, qw.double(),
+                                     kw.double(), 1e-6)
+    assert oq.dtype == dtype and ok.dtype == dtype and oq.shape == q.shape and ok.shape == k.shape
+    assert_fa_close(oq, rq, q64, dtype, "qk_norm_rope q")
+    assert_fa_close(ok, rk, k64, dtype, "qk_norm_rope k")
+
+
+def test_qk_norm_rope_uses_each_weight_and_the_whole_head():
+    """k's weight only scales k; a head whose second half is zero still normalises by the whole head."""
+    g = gen(7)
+    n, h, d = 3, 2, 32
+    q, k = randn(n, h, d, seed_gen=g), randn(n, h, d, seed_gen=g)
+    q[:, :, d // 2:] = 0
+    cos, sin = rope_ref.rope_cos_sin(torch.arange(n, device=DEVICE), d, 10000.0, torch.float32)
+    ones = torch.ones(d, device=DEVICE)
+    base_q, base_k = rope_tri.qk_norm_rope(q, k, cos, sin, True, ones, ones, 1e-6)
+    oq, ok = rope_tri.qk_norm_rope(q, k, cos, sin, True, ones, 2 * ones, 1e-6)
+    assert torch.equal(oq, base_q) and torch.allclose(ok, 2 * base_k, rtol=1e-6, atol=1e-6)
+    rq, _ = rope_ref.qk_norm_rope(q, k, cos, sin, True, ones, ones, 1e-6)
+    assert torch.allclose(base_q, rq, rtol=1e-5, atol=1e-6)
