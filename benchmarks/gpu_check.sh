@@ -2,7 +2,8 @@
 # One GPU check, no downloads: kernel tests on CUDA (bf16 included), CUDA-engine tests, the whole-step table
 # and the op benches, in that order of importance. ≤ 8 minutes. Results under $OUT (default
 # benchmarks/results/gpu-latest): check.log (everything printed), step_table.{json,md}, benches.json,
-# step_table_{segmented,prefetch}.json (the step with UNMASK_ATTN_LOOP=segmented / prefetch).
+# step_table_{segmented,prefetch}.json (the step with UNMASK_ATTN_LOOP=segmented / prefetch), picks.md (the
+# fastest measured option per tunable decision, from benchmarks/kernels/pick_configs.py).
 #   bash benchmarks/gpu_check.sh
 # PHASES=tests or PHASES=timings runs one half (the log is appended to), e.g. the tests beside other GPU work
 # and the timings alone afterwards.
@@ -50,4 +51,6 @@ tmp, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 out.write_text(json.dumps({p.stem: json.loads(p.read_text()) for p in sorted(tmp.glob("*.json"))}, indent=1))
 PY
 rm -rf "$TMP"
+# which measured option is fastest per decision (attention loop and tiles, MoE tiles, step per loop)
+python benchmarks/kernels/pick_configs.py "$OUT" >"$OUT/picks.md" 2>>"$LOG" && cat "$OUT/picks.md" >>"$LOG"
 grep "^=== .* rc=" "$LOG"
