@@ -2,7 +2,8 @@
 # One GPU check, no downloads: kernel tests on CUDA (bf16 included), CUDA-engine tests, the whole-step table
 # and the op benches, in that order of importance. ≤ 8 minutes. Results under $OUT (default
 # benchmarks/results/gpu-latest): check.log (everything printed), step_table.{json,md}, benches.json,
-# step_table_{segmented,prefetch}.json (the step with UNMASK_ATTN_LOOP=segmented / prefetch), picks.md (the
+# step_table_{segmented,prefetch}.json (the step with UNMASK_ATTN_LOOP=segmented / prefetch),
+# step_table_skinny.json (batch 1 with UNMASK_GEMM=triton), picks.md (the
 # fastest measured option per tunable decision, from benchmarks/kernels/pick_configs.py).
 #   bash benchmarks/gpu_check.sh
 # PHASES=tests or PHASES=timings runs one half (the log is appended to), e.g. the tests beside other GPU work
@@ -37,7 +38,7 @@ run() {  # name, timeout seconds, command...
   run kernel_tests 200 python -m pytest -q -p no:cacheprovider tests/kernels tests/gpu --timeout 190 --continue-on-collection-errors
 [[ " $PHASES " == *" timings "* ]] || { rm -rf "$TMP"; exit 0; }
 run step_table 160 python benchmarks/step_table.py --iters 5 --json "$OUT/step_table.json" --markdown "$OUT/step_table.md"
-for b in attention moe remask norm; do
+for b in attention moe remask norm gemm; do
   [ -f "benchmarks/kernels/bench_$b.py" ] && run "bench_$b" 90 python "benchmarks/kernels/bench_$b.py" --quick --json "$TMP/$b.json"
 done
 # the whole step with the other cached-attention key loops (UNMASK_ATTN_LOOP), graphs only, for the A/B
@@ -45,6 +46,9 @@ for loop in prefetch segmented; do
   UNMASK_ATTN_LOOP=$loop run "step_table_$loop" 90 python benchmarks/step_table.py --shapes llada-8b,llada-moe \
     --graphs on --batches 1,32 --iters 5 --json "$OUT/step_table_$loop.json"
 done
+# and with the skinny GEMM kernel for the batch-1 step's 32-row projections (UNMASK_GEMM)
+UNMASK_GEMM=triton run step_table_skinny 60 python benchmarks/step_table.py --shapes llada-8b,llada-moe \
+  --graphs on --batches 1 --iters 5 --json "$OUT/step_table_skinny.json"
 python - "$TMP" "$OUT/benches.json" <<'PY'
 import json, pathlib, sys
 tmp, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])

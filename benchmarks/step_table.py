@@ -117,9 +117,11 @@ def main() -> None:
                              "x_floor_peak": round(est / peak, 2) if peak else None})
                 print(rows[-1], flush=True)
     from unmask.kernels.triton_ops.attention import LOOP_DEFAULT
+    from unmask.kernels.triton_ops.linear import SKINNY_DEFAULT
 
     res = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
-           "prefix": PREFIX, "block": BLOCK, "attn_loop": LOOP_DEFAULT, "rows": rows}
+           "prefix": PREFIX, "block": BLOCK, "attn_loop": LOOP_DEFAULT,
+           "gemm": "triton" if SKINNY_DEFAULT else "cublas", "rows": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     if args.markdown:

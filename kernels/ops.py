@@ -9,11 +9,18 @@ import torch
 from unmask.kernels import backend
 from unmask.kernels.torch_ref import act as _act
 from unmask.kernels.torch_ref import attention as _attn
+from unmask.kernels.torch_ref import linear as _linear
 from unmask.kernels.torch_ref import moe as _moe
 from unmask.kernels.torch_ref import norm as _norm
 from unmask.kernels.torch_ref import remask as _remask
 from unmask.kernels.torch_ref import rope as _rope
 from unmask.kernels.torch_ref import select as _select
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x [M, K], weight [N, K] -> x @ weight.T [M, N] x.dtype: every projection and the LM head. On CUDA torch's
+    GEMM unless ``UNMASK_GEMM=triton`` (then the skinny kernel for M <= 64). Spec: ``torch_ref.linear.linear``."""
+    return backend.pick("linear", _linear.linear, x.device)(x, weight)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -10,8 +10,7 @@ Bytes = K/V read (+ q, out); FLOPs = 4·B·H·n_q·L·D.
 import torch
 import torch.nn.functional as F
 
-from bench_common import (BLOCK, LLADA_8B, LLADA_MOE, PREFIX, Report, parse_args, require_cuda, row, time_graph_ms,
-                          time_ms)
+from bench_common import BLOCK, PREFIX, row, run_models, time_graph_ms, time_ms
 from unmask.kernels.torch_ref import attention as ref
 from unmask.kernels.triton_ops import attention as tri
 from unmask.server.engine.kv_cache import PAGE_SIZE as PAGE
@@ -111,13 +110,7 @@ def bench_full(model, batch, dev, quick):
 
 
 def main():
-    args = parse_args(__doc__)
-    dev = require_cuda()
-    out = Report(args.json)
-    for model in (LLADA_8B, LLADA_MOE):
-        for batch in args.batches:
-            out.add(bench_cached(model, batch, dev, args.quick))
-            out.add(bench_full(model, batch, dev, args.quick))
+    run_models(__doc__, bench_cached, bench_full)
 
 
 if __name__ == "__main__":

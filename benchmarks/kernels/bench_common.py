@@ -13,7 +13,7 @@ import torch
 
 H100_HBM_GBPS = 3350.0  # H100 SXM HBM3 peak, GB/s
 
-LLADA_8B = dict(name="llada-8b", heads=32, kv_heads=32, head_dim=128, hidden=4096, vocab=126464)
+LLADA_8B = dict(name="llada-8b", heads=32, kv_heads=32, head_dim=128, hidden=4096, vocab=126464, inter_dense=12288)
 LLADA_MOE = dict(name="llada-moe", heads=16, kv_heads=16, head_dim=128, hidden=2048, vocab=157184,
                  experts=64, top_k=8, inter=1024)
 BATCHES = (1, 8, 32, 64)
@@ -122,3 +122,15 @@ def require_cuda() -> torch.device:
     if not torch.cuda.is_available():
         raise SystemExit("kernel benchmarks need a CUDA device")
     return torch.device("cuda")
+
+
+def run_models(doc: str, *benches, batch_ok=lambda batch: True) -> None:
+    """A bench script's main: parse the common flags, then for LLaDA-8B and LLaDA-MoE and every batch passing
+    ``batch_ok``, add the rows of each ``bench(model, batch, device, quick)``."""
+    args = parse_args(doc)
+    dev = require_cuda()
+    out = Report(args.json)
+    for model in (LLADA_8B, LLADA_MOE):
+        for batch in filter(batch_ok, args.batches):
+            for bench in benches:
+                out.add(bench(model, batch, dev, args.quick))

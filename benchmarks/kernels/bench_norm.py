@@ -6,7 +6,7 @@ Legend: N tokens, D hidden, H heads, Dh head dim.
 """
 import torch
 
-from bench_common import BLOCK, LLADA_8B, LLADA_MOE, Report, parse_args, require_cuda, row, time_ms
+from bench_common import BLOCK, LLADA_MOE, row, run_models, time_ms
 from unmask.kernels.torch_ref import norm as ref
 from unmask.kernels.torch_ref import rope as rope_ref
 from unmask.kernels.triton_ops import norm as tri
@@ -50,12 +50,7 @@ def bench(model, batch, dev, quick, dtype=torch.bfloat16):
 
 
 def main():
-    args = parse_args(__doc__)
-    dev = require_cuda()
-    out = Report(args.json)
-    for model in (LLADA_8B, LLADA_MOE):
-        for batch in args.batches:
-            out.add(bench(model, batch, dev, args.quick))
+    run_models(__doc__, bench)
 
 
 if __name__ == "__main__":

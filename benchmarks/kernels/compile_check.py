@@ -86,7 +86,7 @@ def _describe(kernels) -> tuple[list[str], int]:
 
 def cases(small: bool):
     """(name, thunk) pairs covering every kernel and the config branches (dtype, cache, splits, MoE table)."""
-    from unmask.kernels.triton_ops import act, attention, moe, norm, remask, rope, select
+    from unmask.kernels.triton_ops import act, attention, linear, moe, norm, remask, rope, select
 
     e = lambda *s, dt=torch.bfloat16: torch.zeros(*s, dtype=dt)  # noqa: E731
     i32 = lambda *v: torch.tensor(v, dtype=torch.int32)  # noqa: E731
@@ -101,6 +101,8 @@ def cases(small: bool):
             (f"add_rms_norm {dt}", lambda dt=dt: norm.add_rms_norm(e(8, 2048, dt=dt), e(8, 2048, dt=dt),
                                                                     e(2048, dt=dt), 1e-5)),
             (f"silu_mul {dt}", lambda dt=dt: act.silu_mul(e(8, 2 * 12288, dt=dt))),
+            (f"linear skinny {dt}", lambda dt=dt: [linear.linear_fwd(e(32, 4096, dt=dt), e(n_out, 4096, dt=dt),
+                                                                     splits=s) for n_out, s in ((4096, 4), (12288, 1))]),
             (f"rope {dt}", lambda dt=dt: [rope.rope(e(4, 32, 128, dt=dt), e(4, 8, 128, dt=dt),
                                                     torch.arange(4), 1e4, f) for f in (True, False)]),
             (f"qk_norm_rope {dt}", lambda dt=dt: rope.qk_norm_rope(e(4, 16, 128, dt=dt), e(4, 16, 128, dt=dt),

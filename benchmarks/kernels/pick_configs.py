@@ -1,6 +1,7 @@
 """Read one ``gpu_check.sh`` result folder and say, per decision, which measured option is fastest: the cached
 attention key loop (``UNMASK_ATTN_LOOP``) and its tiles, the no-cache attention tiles, the fused-MoE tile config
-per batch, and the whole graphed step per key loop. Only CUDA-graph timings (``@graph`` rows, graph step rows)
+per batch, cuBLAS or the skinny GEMM (``UNMASK_GEMM``) per projection, and the whole graphed step per key loop
+(and with the skinny GEMM). Only CUDA-graph timings (``@graph`` rows, graph step rows)
 are compared, since they are what the engine runs. Prints Markdown; changes nothing.
     python benchmarks/kernels/pick_configs.py benchmarks/results/<gpu>
 """
@@ -9,16 +10,18 @@ import json
 import math
 from pathlib import Path
 
-DEFAULTS = {"attn_cached": "triton@graph", "attn_full": "triton@graph", "moe": "triton_fused@graph"}
+DEFAULTS = {"attn_cached": "triton@graph", "attn_full": "triton@graph", "moe": "triton_fused@graph",
+            "gemm": "torch@graph"}
 """The row each decision's current default produced (the table's own pick)."""
 
 
-def _graph_rows(rows: list, bench: str, prefix: str) -> dict:
-    """shape -> {provider: ms} for ``bench``'s finite @graph rows whose provider starts with ``prefix``."""
+def _graph_rows(rows: list, bench: str) -> dict:
+    """shape -> {provider: ms} for ``bench``'s finite @graph rows of Triton providers and of the default."""
     out: dict = {}
     for r in rows:
         p = r["provider"]
-        if r["bench"] == bench and p.startswith(prefix) and p.endswith("@graph") and math.isfinite(r["ms"]):
+        engine_option = p.startswith("triton") or p == DEFAULTS[bench]
+        if r["bench"] == bench and engine_option and p.endswith("@graph") and math.isfinite(r["ms"]):
             out.setdefault(r["shape"], {})[p] = r["ms"]
     return out
 
@@ -26,9 +29,9 @@ def _graph_rows(rows: list, bench: str, prefix: str) -> dict:
 def op_choices(benches: dict) -> list[dict]:
     """One entry per (bench, shape): the fastest Triton @graph option and its speedup over the default's row."""
     picks = []
-    for bench, key in (("attn_cached", "attention"), ("attn_full", "attention"), ("moe", "moe")):
+    for bench, key in (("attn_cached", "attention"), ("attn_full", "attention"), ("moe", "moe"), ("gemm", "gemm")):
         rows = benches.get(key, {}).get("rows", [])
-        for shape, options in _graph_rows(rows, bench, "triton").items():
+        for shape, options in _graph_rows(rows, bench).items():
             best = min(options, key=options.get)
             default_ms = options.get(DEFAULTS[bench])
             picks.append({"bench": bench, "shape": shape, "best": best, "best_ms": options[best],
@@ -45,6 +48,7 @@ def step_choices(folder: Path) -> list[dict]:
         res = json.loads(path.read_text())
         # files written before step_table.py recorded the loop all used the only one there was then: merged
         loop = res.get("attn_loop") or (path.stem.removeprefix("step_table_") if path.stem != "step_table" else "merged")
+        loop += "+skinny-gemm" if res.get("gemm") == "triton" else ""
         for r in res.get("rows", []):
             if r.get("cuda_graph"):
                 by_loop.setdefault((r["shape"], r["batch"]), {})[loop] = (r["ms_full_depth_est"], r.get("x_floor_peak"))

@@ -49,7 +49,7 @@ class Attention(nn.Module):
         """x [N, D], rope = (cos, sin) [N, Dh] each from ``ops.rope_cos_sin`` of the positions -> [N, D]."""
         cfg, n = self.cfg, x.shape[0]
         hq, hk = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-        qkv = x @ self.qkv_proj.t()  # [N, (H + 2Hk)·Dh]; the views below keep its row stride
+        qkv = ops.linear(x, self.qkv_proj)  # [N, (H + 2Hk)·Dh]; the views below keep its row stride
         q = qkv[:, :hq].view(n, cfg.num_heads, cfg.head_dim)  # [N, H, Dh]
         k = qkv[:, hq:hq + hk].view(n, cfg.num_kv_heads, cfg.head_dim)  # [N, Hk, Dh]
         v = qkv[:, hq + hk:].view(n, cfg.num_kv_heads, cfg.head_dim)  # [N, Hk, Dh]
@@ -66,7 +66,7 @@ class Attention(nn.Module):
                               cache[0], cache[1], meta.block_table, meta.kv_lens, meta.new_offsets)
         else:
             o = ops.attention(q, k, v, meta.cu_seqlens_q, meta.max_seqlen_q, cfg.head_dim ** -0.5)
-        return o.reshape(n, -1) @ self.o_proj.t()  # [N, D]
+        return ops.linear(o.reshape(n, -1), self.o_proj)  # [N, D]
 
 
 class SwiGLU(nn.Module):
@@ -79,7 +79,7 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [N, D] -> [N, D]."""
-        return ops.silu_mul(x @ self.gate_up_proj.t()) @ self.down_proj.t()  # [N, 2I] -> [N, I] -> [N, D]
+        return ops.linear(ops.silu_mul(ops.linear(x, self.gate_up_proj)), self.down_proj)  # [N, 2I] -> [N, I] -> [N, D]
 
 
 class SparseMoE(nn.Module):
@@ -98,7 +98,7 @@ class SparseMoE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [N, D] -> [N, D]."""
-        weights, ids = ops.moe_route(x @ self.gate.t(), self.top_k, x.dtype)  # [N, K], [N, K]
+        weights, ids = ops.moe_route(ops.linear(x, self.gate), self.top_k, x.dtype)  # [N, K], [N, K]
         return ops.fused_moe(x, self.w_gate_up, self.w_down, weights, ids)
 
 

@@ -40,7 +40,7 @@ class LLaDAModelLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [M, D] -> logits [M, V] in the model dtype (no upcast, as the reference)."""
-        return hidden @ self.lm_head.t()
+        return ops.linear(hidden, self.lm_head)
 
     @staticmethod
     def hf_names(cfg: ModelConfig) -> dict[str, str]:

@@ -32,8 +32,16 @@ def _cases(seed: int, n: int):
                         cfg_scale=rng.choice([0.0, 1.0])) for _ in range(n)]
 
 
-@pytest.mark.parametrize("family", ["dense", "moe"])
-def test_exact_parity_and_batch_invariance_on_triton(small_ckpts, family, monkeypatch):
+@pytest.mark.parametrize("family, skinny", [("dense", False), ("moe", False), ("dense", True)],
+                         ids=["dense", "moe", "dense-skinny-gemm"])
+def test_exact_parity_and_batch_invariance_on_triton(small_ckpts, family, skinny, monkeypatch):
+    """``skinny``: every GEMM of at most 64 rows on the skinny kernel too (UNMASK_GEMM=triton)."""
+    from unmask.kernels.triton_ops import linear
+
+    monkeypatch.setattr(linear, "SKINNY_DEFAULT", skinny)
+    skinny_calls = []
+    kernel = linear.linear_fwd
+    monkeypatch.setattr(linear, "linear_fwd", lambda *a, **k: skinny_calls.append(1) or kernel(*a, **k))
     cases = _cases(31 if family == "dense" else 32, 6)
     monkeypatch.setenv("UNMASK_KERNELS", "torch")
     ref_llm = LLM(str(small_ckpts[family]), device="cpu", dtype="float32")
@@ -46,6 +54,7 @@ def test_exact_parity_and_batch_invariance_on_triton(small_ckpts, family, monkey
     assert together == want
     staggered = run_staggered(llm.engine, cases, random.Random(5), prefix=f"tri-{family}-")
     assert staggered == want
+    assert bool(skinny_calls) == skinny
 
 
 @pytest.mark.parametrize("loop", ["merged", "segmented", "prefetch"])
