@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One GPU check, no downloads: kernel tests on CUDA (bf16 included), CUDA-engine tests, the whole-step table
-# and the op benches, in that order of importance. ≤ 8 minutes. Results under $OUT (default
+# and the op benches, in that order of importance. ≤ 8 minutes: BUDGET (470 s) caps the whole script, steps
+# that no longer fit are skipped and say so. Results under $OUT (default
 # benchmarks/results/gpu-latest): check.log (everything printed), step_table.{json,md}, benches.json,
 # step_table_{segmented,prefetch}.json (the step with UNMASK_ATTN_LOOP=segmented / prefetch),
 # step_table_skinny.json (batch 1 with UNMASK_GEMM=triton), picks.md (the
@@ -26,9 +27,12 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the checkout imports with
   python -c "import pytest_timeout" 2>/dev/null || pip install -q pytest-timeout 2>&1 | tail -n 1
 } >>"$LOG" 2>&1
 
+BUDGET="${BUDGET:-470}"  # seconds for the whole script: each step's timeout is cut to what is left of it
 run() {  # name, timeout seconds, command...
   local name=$1 t=$2; shift 2
-  local start=$SECONDS
+  local start=$SECONDS left=$((BUDGET - SECONDS))
+  if ((left < 15)); then echo "=== $name rc=skipped (budget of ${BUDGET}s spent)" | tee -a "$LOG"; return; fi
+  ((t > left)) && t=$left
   echo "=== $name: $*" >>"$LOG"
   timeout "$t" "$@" >>"$LOG" 2>&1
   echo "=== $name rc=$? $((SECONDS - start))s" | tee -a "$LOG"
@@ -38,17 +42,22 @@ run() {  # name, timeout seconds, command...
   run kernel_tests 200 python -m pytest -q -p no:cacheprovider tests/kernels tests/gpu --timeout 190 --continue-on-collection-errors
 [[ " $PHASES " == *" timings "* ]] || { rm -rf "$TMP"; exit 0; }
 run step_table 160 python benchmarks/step_table.py --iters 5 --json "$OUT/step_table.json" --markdown "$OUT/step_table.md"
-for b in attention moe remask norm gemm; do
-  [ -f "benchmarks/kernels/bench_$b.py" ] && run "bench_$b" 90 python "benchmarks/kernels/bench_$b.py" --quick --json "$TMP/$b.json"
-done
-# the whole step with the other cached-attention key loops (UNMASK_ATTN_LOOP), graphs only, for the A/B
-for loop in prefetch segmented; do
-  UNMASK_ATTN_LOOP=$loop run "step_table_$loop" 90 python benchmarks/step_table.py --shapes llada-8b,llada-moe \
-    --graphs on --batches 1,32 --iters 5 --json "$OUT/step_table_$loop.json"
-done
-# and with the skinny GEMM kernel for the batch-1 step's 32-row projections (UNMASK_GEMM)
-UNMASK_GEMM=triton run step_table_skinny 60 python benchmarks/step_table.py --shapes llada-8b,llada-moe \
-  --graphs on --batches 1 --iters 5 --json "$OUT/step_table_skinny.json"
+bench() {  # op name
+  run "bench_$1" 90 python "benchmarks/kernels/bench_$1.py" --quick --json "$TMP/$1.json"
+}
+step_ab() {  # name, batches; the environment names the variant: the graphed step for the A/B against step_table
+  run "step_table_$1" 90 python benchmarks/step_table.py --shapes llada-8b,llada-moe --graphs on --batches "$2" \
+    --iters 5 --json "$OUT/step_table_$1.json"
+}
+# most informative first: what the budget cuts at the end matters least
+bench attention
+UNMASK_ATTN_LOOP=prefetch step_ab prefetch 1,32  # the cached-attention key loops (UNMASK_ATTN_LOOP)
+bench gemm
+UNMASK_GEMM=triton step_ab skinny 1  # the skinny GEMM at the batch-1 step's 32 rows (UNMASK_GEMM)
+bench moe
+UNMASK_ATTN_LOOP=segmented step_ab segmented 1,32
+bench remask
+bench norm
 python - "$TMP" "$OUT/benches.json" <<'PY'
 import json, pathlib, sys
 tmp, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
