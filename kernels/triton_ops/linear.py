@@ -7,8 +7,9 @@ GEMM leaves much of the bandwidth unused at such M on an H100 (a 16-row fp16 GEM
 it, NVIDIA/cutlass#1176). Here each program owns an (N tile, K split) pair and streams its W slice exactly
 once through Triton's cp.async pipeline; the operands are swapped (the [BN, BM] tile Wₙ·xᵀ is accumulated) so
 that W's 64-row tile fills the MMA's M side while x supplies only BM columns. When N/BN tiles alone cannot
-fill the GPU, K is split: each split writes fp32 partials [SK, M, N] and a second kernel sums them in split
-order (deterministic, no atomics) and rounds once. ``UNMASK_GEMM=triton`` routes M <= 64 GEMMs on CUDA here;
+fill the GPU, K is split: each split writes fp32 partials [SK, M, N]; the last split of an N tile to finish
+(an arrival counter per tile) adds them in split order and rounds once, so the result does not depend on
+which program arrives last (deterministic); without counters a second kernel does the same sum. ``UNMASK_GEMM=triton`` routes M <= 64 GEMMs on CUDA here;
 the default (``cublas``) keeps torch's GEMM until a GPU run has timed both (``bench_gemm.py``).
 """
 import os
@@ -59,9 +60,10 @@ def _k_slice(acc, x_ptr, w_ptr, k0, k_hi, m, m_ok, n, n_ok, stride_xm, stride_wn
 
 
 @triton.jit
-def _skinny_kernel(x_ptr, w_ptr, y_ptr, n_rows, n_out, n_in, k_chunk, stride_xm, stride_wn, stride_ym,
-                   SPLITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                   EVEN_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr, WHILE_LOOP: tl.constexpr):
+def _skinny_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, n_rows, n_out, n_in, k_chunk, stride_xm, stride_wn,
+                   stride_ym, SPLITS: tl.constexpr, SERIAL: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, UPCAST: tl.constexpr,
+                   IEEE: tl.constexpr, WHILE_LOOP: tl.constexpr):
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN] output features
     n_ok = n < n_out
     m = tl.arange(0, BLOCK_M)  # [BM] rows
@@ -81,12 +83,21 @@ def _skinny_kernel(x_ptr, w_ptr, y_ptr, n_rows, n_out, n_in, k_chunk, stride_xm,
             acc = _k_slice(acc, x_ptr, w_ptr, k0, hi, m, m_ok, n, n_ok, stride_xm, stride_wn, BLOCK_K, EVEN_K,
                            UPCAST, IEEE)
     mask = n_ok[:, None] & m_ok[None, :]  # [BN, BM]
-    if SPLITS == 1:  # y[m, n] = acc[n, m], rounded once
-        out = y_ptr + m[None, :].to(tl.int64) * stride_ym + n[:, None]
+    out = y_ptr + m[None, :].to(tl.int64) * stride_ym + n[:, None]  # y[m, n] = acc[n, m]
+    if SPLITS == 1:
         tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=mask)
     else:  # fp32 partials [SK, M, N]
-        out = y_ptr + (split * n_rows + m[None, :]).to(tl.int64) * n_out + n[:, None]
-        tl.store(out, acc, mask=mask)
+        tl.store(part_ptr + (split * n_rows + m[None, :]).to(tl.int64) * n_out + n[:, None], acc, mask=mask)
+        if SERIAL:  # the last of this N tile's splits to finish sums all of them in split order
+            tl.debug_barrier()  # every thread's partial store precedes the release below
+            done = tl.atomic_add(count_ptr + tl.program_id(0), 1, sem="acq_rel", scope="gpu")
+            if done == SPLITS - 1:
+                total = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+                for s in tl.static_range(SPLITS):  # L2 reads (.cg): other SMs wrote them
+                    total += tl.load(part_ptr + (s * n_rows + m[None, :]).to(tl.int64) * n_out + n[:, None],
+                                     mask=mask, other=0.0, cache_modifier=".cg")
+                tl.store(out, total.to(y_ptr.dtype.element_ty), mask=mask)
+                tl.store(count_ptr + tl.program_id(0), 0)  # back to zero for the next call (graph replays too)
 
 
 @triton.jit
@@ -136,9 +147,30 @@ def _config(n_rows: int, n_out: int, n_in: int, elem_bytes: int, device: torch.d
     return block_m, block_n, block_k, warps, stages, splits
 
 
-def linear_fwd(x: torch.Tensor, weight: torch.Tensor, splits: int | None = None) -> torch.Tensor:
+MAX_COUNTERS = 4096
+"""Per-device int32 arrival counters for the split sum inside the GEMM kernel, one per N tile; GEMMs with more
+split tiles (none of the LLaDA shapes: at most 384) use the separate split-sum kernel."""
+
+_counters: dict = {}
+
+
+def _tile_counters(device: torch.device, tiles: int) -> torch.Tensor | None:
+    """The device's zeroed counters, allocated on first use outside CUDA-graph capture (each kernel returns
+    the counters it used to zero, so they stay zero between calls); None when they cannot be used."""
+    key = (device.type, device.index)
+    if key not in _counters:
+        if tiles > MAX_COUNTERS or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+            return None
+        _counters[key] = torch.zeros(MAX_COUNTERS, dtype=torch.int32, device=device)
+    return _counters[key] if tiles <= MAX_COUNTERS else None
+
+
+def linear_fwd(x: torch.Tensor, weight: torch.Tensor, splits: int | None = None,
+               serial: bool | None = None) -> torch.Tensor:
     """The skinny kernel itself for x [M, K] (M <= MAX_ROWS), weight [N, K] -> [M, N] x.dtype, with an explicit
-    K-split count (None: chosen from the GPU's SM count)."""
+    K-split count (None: chosen from the GPU's SM count) and, when split, the sum of the fp32 partials either
+    inside the GEMM kernel by the last split of each N tile to arrive (``serial``; one launch; the default
+    when counters are available) or by a second kernel. Both add the splits in the same order: same bits."""
     n_rows, n_in = x.shape
     n_out = weight.shape[0]
     if n_rows > MAX_ROWS:
@@ -154,15 +186,21 @@ def linear_fwd(x: torch.Tensor, weight: torch.Tensor, splits: int | None = None)
     splits = auto if splits is None else max(1, splits)
     k_chunk = triton.cdiv(triton.cdiv(n_in, splits), block_k) * block_k  # whole BK slices per split
     splits = triton.cdiv(n_in, k_chunk)
-    dst = y if splits == 1 else torch.empty((splits, n_rows, n_out), dtype=torch.float32, device=x.device)
-    _skinny_kernel[(triton.cdiv(n_out, block_n), splits)](
-        x, weight, dst, n_rows, n_out, n_in, k_chunk, x.stride(0), weight.stride(0), y.stride(0),
-        SPLITS=splits, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, EVEN_K=n_in % block_k == 0,
-        UPCAST=upcast(x.dtype), IEEE=x.dtype == torch.float32 and not interpreting(), WHILE_LOOP=interpreting(),
-        num_warps=warps, num_stages=stages)
-    if splits > 1:
+    tiles = triton.cdiv(n_out, block_n)
+    part = y if splits == 1 else torch.empty((splits, n_rows, n_out), dtype=torch.float32, device=x.device)
+    counters = _tile_counters(x.device, tiles) if splits > 1 and serial is not False else None
+    if serial and splits > 1 and counters is None:
+        raise ValueError(f"no in-kernel split sum for {tiles} N tiles here (more than {MAX_COUNTERS}, or the "
+                         "counters were first needed inside CUDA-graph capture)")
+    _skinny_kernel[(tiles, splits)](
+        x, weight, y, part, counters if counters is not None else part, n_rows, n_out, n_in, k_chunk, x.stride(0),
+        weight.stride(0), y.stride(0), SPLITS=splits, SERIAL=counters is not None, BLOCK_M=block_m,
+        BLOCK_N=block_n, BLOCK_K=block_k, EVEN_K=n_in % block_k == 0, UPCAST=upcast(x.dtype),
+        IEEE=x.dtype == torch.float32 and not interpreting(), WHILE_LOOP=interpreting(), num_warps=warps,
+        num_stages=stages)
+    if splits > 1 and counters is None:
         block = 1024
-        _split_sum_kernel[(triton.cdiv(n_rows * n_out, block),)](dst, y, n_rows, n_out, y.stride(0),
+        _split_sum_kernel[(triton.cdiv(n_rows * n_out, block),)](part, y, n_rows, n_out, y.stride(0),
                                                                  SPLITS=splits, BLOCK=block, num_warps=4)
     return y
 
