@@ -156,7 +156,9 @@ _counters: dict = {}
 
 def _tile_counters(device: torch.device, tiles: int) -> torch.Tensor | None:
     """The device's zeroed counters, allocated on first use outside CUDA-graph capture (each kernel returns
-    the counters it used to zero, so they stay zero between calls); None when they cannot be used."""
+    the counters it used to zero, so they stay zero between calls); None when they cannot be used. Shared by
+    every skinny GEMM on the device: kernels in one stream order (the engine's) never overlap, GEMMs issued
+    concurrently from several streams would have to pass ``serial=False``."""
     key = (device.type, device.index)
     if key not in _counters:
         if tiles > MAX_COUNTERS or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
