@@ -101,8 +101,9 @@ def cases(small: bool):
             (f"add_rms_norm {dt}", lambda dt=dt: norm.add_rms_norm(e(8, 2048, dt=dt), e(8, 2048, dt=dt),
                                                                     e(2048, dt=dt), 1e-5)),
             (f"silu_mul {dt}", lambda dt=dt: act.silu_mul(e(8, 2 * 12288, dt=dt))),
-            (f"linear skinny {dt}", lambda dt=dt: [linear.linear_fwd(e(32, 4096, dt=dt), e(n_out, 4096, dt=dt),
-                                                                     splits=s) for n_out, s in ((4096, 4), (12288, 1))]),
+            (f"linear skinny {dt}", lambda dt=dt: [
+                linear.linear_fwd(e(32, 4096, dt=dt), e(n_out, 4096, dt=dt), splits=s)
+                for n_out, s in ((4096, 4), (12288, 1))]),
             (f"rope {dt}", lambda dt=dt: [rope.rope(e(4, 32, 128, dt=dt), e(4, 8, 128, dt=dt),
                                                     torch.arange(4), 1e4, f) for f in (True, False)]),
             (f"qk_norm_rope {dt}", lambda dt=dt: rope.qk_norm_rope(e(4, 16, 128, dt=dt), e(4, 16, 128, dt=dt),

@@ -47,7 +47,8 @@ def step_choices(folder: Path) -> list[dict]:
     for path in sorted(folder.glob("step_table*.json")):
         res = json.loads(path.read_text())
         # files written before step_table.py recorded the loop all used the only one there was then: merged
-        loop = res.get("attn_loop") or (path.stem.removeprefix("step_table_") if path.stem != "step_table" else "merged")
+        stem_loop = "merged" if path.stem == "step_table" else path.stem.removeprefix("step_table_")
+        loop = res.get("attn_loop") or stem_loop
         loop += "+skinny-gemm" if res.get("gemm") == "triton" else ""
         for r in res.get("rows", []):
             if r.get("cuda_graph"):

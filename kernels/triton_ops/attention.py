@@ -49,8 +49,8 @@ def _attn_loop_setting() -> str:
 
 LOOP_DEFAULT = _attn_loop_setting()
 """The engine's cached key loop, picked at import from ``UNMASK_ATTN_LOOP``. ``merged`` is the one timed on an
-H100 so far (35-39% of HBM bandwidth at LLaDA-8B batch 8-64); the other two are explained in
-``_config`` and timed beside it by ``benchmarks/kernels/bench_attention.py``."""
+H100 so far (35-39% of HBM bandwidth at LLaDA-8B batch 8-64); ``benchmarks/kernels/bench_attention.py`` times
+the other two (``LOOPS``) beside it."""
 
 
 @triton.jit
@@ -395,8 +395,9 @@ def attention_fwd(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_ca
         scale * _LOG2E, heads, heads // k.shape[1], head_dim, page_size,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
         *cache_strides, stride_bt,
-        HAS_CACHE=has_cache, SOURCE=_SRC_MIXED if has_cache else _SRC_NEW, SEGMENTS=3 if has_cache and loop != "merged" else 1,
-        PREFETCH=has_cache and loop == "prefetch", SPLITS=num_splits, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+        HAS_CACHE=has_cache, SOURCE=_SRC_MIXED if has_cache else _SRC_NEW,
+        SEGMENTS=3 if has_cache and loop != "merged" else 1, PREFETCH=has_cache and loop == "prefetch",
+        SPLITS=num_splits, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         UPCAST=upcast(q.dtype), IEEE=q.dtype == torch.float32 and not interpreting(), WHILE_LOOP=interpreting(),
         num_warps=warps, num_stages=stages,
     )

@@ -9,8 +9,9 @@ once through Triton's cp.async pipeline; the operands are swapped (the [BN, BM] 
 that W's 64-row tile fills the MMA's M side while x supplies only BM columns. When N/BN tiles alone cannot
 fill the GPU, K is split: each split writes fp32 partials [SK, M, N]; the last split of an N tile to finish
 (an arrival counter per tile) adds them in split order and rounds once, so the result does not depend on
-which program arrives last (deterministic); without counters a second kernel does the same sum. ``UNMASK_GEMM=triton`` routes M <= 64 GEMMs on CUDA here;
-the default (``cublas``) keeps torch's GEMM until a GPU run has timed both (``bench_gemm.py``).
+which program arrives last (deterministic); without counters a second kernel does the same sum.
+``UNMASK_GEMM=triton`` routes M <= 64 GEMMs on CUDA here; the default (``cublas``) keeps torch's GEMM until a
+GPU run has timed both (``bench_gemm.py``).
 """
 import os
 
