@@ -21,7 +21,7 @@ import triton.language as tl
 
 from unmask.kernels.backend import KernelBackendError
 from unmask.kernels.torch_ref import linear as _ref
-from unmask.kernels.triton_ops._common import interpreting, mma, next_pow2, num_sms, upcast
+from unmask.kernels.triton_ops._common import interpreting, mma, next_pow2, num_sms, row_major, upcast
 
 __all__ = ["linear"]
 
@@ -183,8 +183,7 @@ def linear_fwd(x: torch.Tensor, weight: torch.Tensor, splits: int | None = None,
         return y
     if n_in == 0:
         return y.zero_()
-    x = x if x.stride(1) == 1 else x.contiguous()
-    weight = weight if weight.stride(1) == 1 else weight.contiguous()
+    x, weight = row_major(x), row_major(weight)
     block_m, block_n, block_k, warps, stages, auto = _config(n_rows, n_out, n_in, x.element_size(), x.device)
     splits = auto if splits is None else max(1, splits)
     k_chunk = triton.cdiv(triton.cdiv(n_in, splits), block_k) * block_k  # whole BK slices per split

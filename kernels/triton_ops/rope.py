@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from unmask.kernels.torch_ref import rope as _ref
-from unmask.kernels.triton_ops._common import next_pow2
+from unmask.kernels.triton_ops._common import next_pow2, row_major
 
 __all__ = ["rope", "rope_apply", "qk_norm_rope"]
 
@@ -92,10 +92,6 @@ def _launch(q, k, cos, sin, rotate_fp32, q_weight=None, k_weight=None, eps=0.0):
     return qo, ko
 
 
-def _unit_stride(*ts):
-    return (t if t.stride(-1) == 1 else t.contiguous() for t in ts)
-
-
 def rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, theta: float, rotate_fp32: bool):
     """q [N, H, D], k [N, Hk, D], positions [N] int -> (q, k) rotated copies, same dtypes.
 
@@ -112,7 +108,7 @@ def rope_apply(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.T
     fp64 inputs are served by the PyTorch reference."""
     if q.dtype == torch.float64 or k.dtype == torch.float64:
         return _ref.rope_apply(q, k, cos, sin, rotate_fp32)
-    return _launch(*_unit_stride(q, k), cos, sin, rotate_fp32)
+    return _launch(row_major(q), row_major(k), cos, sin, rotate_fp32)
 
 
 def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotate_fp32: bool,
@@ -122,4 +118,5 @@ def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch
     q's, are served by the PyTorch reference."""
     if q.dtype == torch.float64 or k.dtype != q.dtype or q_weight.dtype != q.dtype or k_weight.dtype != q.dtype:
         return _ref.qk_norm_rope(q, k, cos, sin, rotate_fp32, q_weight, k_weight, eps)
-    return _launch(*_unit_stride(q, k), cos, sin, rotate_fp32, q_weight.contiguous(), k_weight.contiguous(), eps)
+    return _launch(row_major(q), row_major(k), cos, sin, rotate_fp32, q_weight.contiguous(), k_weight.contiguous(),
+                   eps)
