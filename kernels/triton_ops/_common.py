@@ -39,6 +39,28 @@ def num_sms(device: torch.device) -> int:
     return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
+MAX_COUNTERS = 4096
+"""Arrival counters per device (int32) for kernels whose last-finishing program of a group finishes the group's
+work in the same launch (the skinny GEMM's split-K sum, split-KV attention's combine)."""
+
+_counters: dict = {}
+
+
+def arrival_counters(device: torch.device, needed: int) -> torch.Tensor | None:
+    """The device's zeroed counters, allocated on first use outside CUDA-graph capture; None when ``needed``
+    exceeds MAX_COUNTERS or they would first be allocated inside a capture. Every kernel that uses them returns
+    the ones it touched to zero before it ends, so kernels in one stream order (the engine's) can share them;
+    work issued concurrently from several streams must take the separate-kernel path instead."""
+    key = (device.type, device.index)
+    if needed > MAX_COUNTERS:
+        return None
+    if key not in _counters:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return None
+        _counters[key] = torch.zeros(MAX_COUNTERS, dtype=torch.int32, device=device)
+    return _counters[key]
+
+
 def row_major(t: torch.Tensor) -> torch.Tensor:
     """``t`` itself if its last dimension is contiguous (stride 1), else a contiguous copy."""
     return t if t.stride(-1) == 1 else t.contiguous()

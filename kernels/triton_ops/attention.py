@@ -11,7 +11,8 @@ the new rows when ``new_offsets[b] <= p < new_offsets[b] + n_b`` and from page
 ``block_table[b, p // S]`` otherwise: either one loop choosing per position (merged) or three loops, cached
 prefix / new rows / cached suffix, each reading one source (segmented, or prefetch: see ``LOOPS``). When
 B·H·q-tiles is too small to fill the GPU, the key range is split (flash-decoding): each split writes fp32
-partials (acc, m, l) and a combine kernel merges them. Rows without any key produce 0 (as SDPA for a fully
+partials (acc, m, l) and the last split of its group to finish merges them in split order (arrival counters;
+a separate combine kernel where counters are unavailable). Rows without any key produce 0 (as SDPA for a fully
 masked row), never NaN. No host syncs.
 """
 import os
@@ -22,7 +23,8 @@ import triton.language as tl
 
 from unmask.kernels.backend import KernelBackendError
 from unmask.kernels.torch_ref import attention as _ref
-from unmask.kernels.triton_ops._common import interpreting, mma, next_pow2, num_sms, upcast
+from unmask.kernels.triton_ops._common import (MAX_COUNTERS, arrival_counters, interpreting, mma, next_pow2,
+                                                num_sms, upcast)
 
 __all__ = ["attention", "kv_cache_write"]
 
@@ -212,12 +214,39 @@ def _attn_range_prefetch(q, m_i, l_i, acc, lo, hi, k_ptr, v_ptr, kc_ptr, vc_ptr,
 
 
 @triton.jit
-def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, ml_ptr, cu_q_ptr, kc_ptr, vc_ptr, bt_ptr, kvlen_ptr, off_ptr,
-                     qk_scale, heads, group, head_dim, page_size,
+def _combine_rows(part_ptr, ml_ptr, o_ptr, r64, r_ok, heads, head_dim, stride_on, stride_oh, SPLITS: tl.constexpr,
+                  ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Merge the SP partials of R (token, head) rows r64 [R] (flat token·H + head): o = Σ acc_s 2^(m_s - m*) /
+    Σ l_s 2^(m_s - m*), splits in order. Partials are read from L2 (.cg): other programs wrote them."""
+    d = tl.arange(0, BLOCK_D)
+    mask = r_ok[:, None] & (d < head_dim)[None, :]  # [R, BD]
+    m_star = tl.full([ROWS], float("-inf"), tl.float32)
+    for s in tl.static_range(SPLITS):
+        m_star = tl.maximum(m_star, tl.load(ml_ptr + (r64 * SPLITS + s) * 2, mask=r_ok, other=float("-inf"),
+                                            cache_modifier=".cg"))
+    m_use = tl.where(m_star == float("-inf"), 0.0, m_star)
+    l_sum = tl.zeros([ROWS], tl.float32)
+    acc = tl.zeros([ROWS, BLOCK_D], tl.float32)
+    for s in tl.static_range(SPLITS):
+        slot = r64 * SPLITS + s  # [R]
+        w = tl.exp2(tl.load(ml_ptr + slot * 2, mask=r_ok, other=float("-inf"), cache_modifier=".cg") - m_use)
+        l_sum += w * tl.load(ml_ptr + slot * 2 + 1, mask=r_ok, other=0.0, cache_modifier=".cg")
+        part = tl.load(part_ptr + slot[:, None] * head_dim + d[None, :], mask=mask, other=0.0,
+                       cache_modifier=".cg")  # [R, BD]
+        acc += w[:, None] * part
+    acc = acc / tl.where(l_sum > 0, l_sum, 1.0)[:, None]
+    tok = r64 // heads
+    out = o_ptr + (tok * stride_on + (r64 % heads) * stride_oh)[:, None] + d[None, :]
+    tl.store(out, acc.to(o_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, part_ptr, ml_ptr, count_ptr, cu_q_ptr, kc_ptr, vc_ptr, bt_ptr,
+                     kvlen_ptr, off_ptr, qk_scale, heads, group, head_dim, page_size,
                      stride_qn, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_on, stride_oh,
                      stride_cp, stride_cs, stride_ch, stride_vcp, stride_vcs, stride_vch, stride_bt,
                      HAS_CACHE: tl.constexpr, SOURCE: tl.constexpr, SEGMENTS: tl.constexpr, PREFETCH: tl.constexpr,
-                     SPLITS: tl.constexpr,
+                     SPLITS: tl.constexpr, SERIAL: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
                      IEEE: tl.constexpr, WHILE_LOOP: tl.constexpr):
     pid_m = tl.program_id(0)
@@ -287,36 +316,26 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, ml_ptr, cu_q_ptr, kc_ptr, vc_pt
         tl.store(out, acc.to(o_ptr.dtype.element_ty), mask=q_mask)
     else:  # fp32 partials: acc [N, H, SP, D], (m, l) [N, H, SP, 2]
         slot = (tok * heads + h) * SPLITS + split  # [BM]
-        tl.store(o_ptr + slot[:, None] * head_dim + d[None, :], acc, mask=q_mask)
+        tl.store(part_ptr + slot[:, None] * head_dim + d[None, :], acc, mask=q_mask)
         tl.store(ml_ptr + slot * 2, m_i, mask=row_ok)
         tl.store(ml_ptr + slot * 2 + 1, l_i, mask=row_ok)
+        if SERIAL:  # the last of this (query tile, sequence·head)'s splits to finish merges them all
+            tl.debug_barrier()  # every thread's partial store precedes the release below
+            group_id = pid_m * tl.num_programs(1) + bh
+            done = tl.atomic_add(count_ptr + group_id, 1, sem="acq_rel", scope="gpu")
+            if done == SPLITS - 1:
+                _combine_rows(part_ptr, ml_ptr, o_ptr, tok * heads + h, row_ok, heads, head_dim, stride_on,
+                              stride_oh, SPLITS, BLOCK_M, BLOCK_D)
+                tl.store(count_ptr + group_id, 0)  # back to zero for the next call (graph replays too)
 
 
 @triton.jit
 def _attn_combine_kernel(part_ptr, ml_ptr, o_ptr, n_rows, heads, head_dim, stride_on, stride_oh,
                          SPLITS: tl.constexpr, ROWS: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Merge SP partials of R (token, head) rows: o = Σ acc_s 2^(m_s - m*) / Σ l_s 2^(m_s - m*)."""
+    """Merge SP partials of R (token, head) rows per program (when the attention kernel did not)."""
     r = tl.program_id(0) * ROWS + tl.arange(0, ROWS)  # [R] flat token·H + head
-    r_ok = r < n_rows
-    r64 = r.to(tl.int64)
-    d = tl.arange(0, BLOCK_D)
-    mask = r_ok[:, None] & (d < head_dim)[None, :]  # [R, BD]
-    m_star = tl.full([ROWS], float("-inf"), tl.float32)
-    for s in tl.static_range(SPLITS):
-        m_star = tl.maximum(m_star, tl.load(ml_ptr + (r64 * SPLITS + s) * 2, mask=r_ok, other=float("-inf")))
-    m_use = tl.where(m_star == float("-inf"), 0.0, m_star)
-    l_sum = tl.zeros([ROWS], tl.float32)
-    acc = tl.zeros([ROWS, BLOCK_D], tl.float32)
-    for s in tl.static_range(SPLITS):
-        slot = r64 * SPLITS + s  # [R]
-        w = tl.exp2(tl.load(ml_ptr + slot * 2, mask=r_ok, other=float("-inf")) - m_use)  # [R]
-        l_sum += w * tl.load(ml_ptr + slot * 2 + 1, mask=r_ok, other=0.0)
-        part = tl.load(part_ptr + slot[:, None] * head_dim + d[None, :], mask=mask, other=0.0)  # [R, BD]
-        acc += w[:, None] * part
-    acc = acc / tl.where(l_sum > 0, l_sum, 1.0)[:, None]
-    tok = r64 // heads
-    out = o_ptr + (tok * stride_on + (r64 % heads) * stride_oh)[:, None] + d[None, :]
-    tl.store(out, acc.to(o_ptr.dtype.element_ty), mask=mask)
+    _combine_rows(part_ptr, ml_ptr, o_ptr, r.to(tl.int64), r < n_rows, heads, head_dim, stride_on, stride_oh,
+                  SPLITS, ROWS, BLOCK_D)
 
 
 # bf16/fp16 GPU tiles at head dim > 64: (largest BM, BN, num_warps, num_stages), per cached key loop and
@@ -357,9 +376,12 @@ def _num_splits(work: int, device: torch.device, key_tiles_bound: int | None) ->
 
 def attention_fwd(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_cache=None, block_table=None,
                   kv_lens=None, new_offsets=None, num_splits: int | None = None,
-                  loop: str | None = None) -> torch.Tensor:
+                  loop: str | None = None, serial_combine: bool | None = None) -> torch.Tensor:
     """``attention`` with an explicit key-split count (None: chosen from the GPU's SM count) and, with a cache,
-    an explicit key loop, one of ``LOOPS`` (None: ``LOOP_DEFAULT``); without a cache ``loop`` is ignored."""
+    an explicit key loop, one of ``LOOPS`` (None: ``LOOP_DEFAULT``); without a cache ``loop`` is ignored.
+    With key splits the partials are merged inside the attention kernel by the last split of each (query tile,
+    sequence·head) to finish (``serial_combine``; one launch; the default when arrival counters are available)
+    or by a second kernel; both merge in split order, so the results have the same bits."""
     n, heads, head_dim = q.shape
     out = torch.empty_like(q)  # [N, H, D]
     batch = cu_seqlens_q.numel() - 1
@@ -383,25 +405,29 @@ def attention_fwd(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_ca
     else:
         kc, vc, bt, kvl, off = k, v, cu_seqlens_q, cu_seqlens_q, cu_seqlens_q  # unused placeholders
         cache_strides, page_size, stride_bt = (0,) * 6, 1, 0
+    counters = None
     if num_splits > 1:
         part = torch.empty((n, heads, num_splits, head_dim), dtype=torch.float32, device=q.device)
         ml = torch.empty((n, heads, num_splits, 2), dtype=torch.float32, device=q.device)
-        dst = part
+        counters = arrival_counters(q.device, q_tiles * batch * heads) if serial_combine is not False else None
+        if serial_combine and counters is None:
+            raise ValueError(f"no in-kernel split combine for {q_tiles * batch * heads} groups here (more than "
+                             f"{MAX_COUNTERS}, or the counters were first needed inside CUDA-graph capture)")
     else:
-        dst, ml = out, out
+        part, ml = out, out
     grid = (q_tiles, batch * heads, num_splits)
     _attn_fwd_kernel[grid](
-        q, k, v, dst, ml, cu_seqlens_q, kc, vc, bt, kvl, off,
+        q, k, v, out, part, ml, counters if counters is not None else ml, cu_seqlens_q, kc, vc, bt, kvl, off,
         scale * _LOG2E, heads, heads // k.shape[1], head_dim, page_size,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
         *cache_strides, stride_bt,
         HAS_CACHE=has_cache, SOURCE=_SRC_MIXED if has_cache else _SRC_NEW,
         SEGMENTS=3 if has_cache and loop != "merged" else 1, PREFETCH=has_cache and loop == "prefetch",
-        SPLITS=num_splits, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+        SPLITS=num_splits, SERIAL=counters is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         UPCAST=upcast(q.dtype), IEEE=q.dtype == torch.float32 and not interpreting(), WHILE_LOOP=interpreting(),
         num_warps=warps, num_stages=stages,
     )
-    if num_splits > 1:
+    if num_splits > 1 and counters is None:
         rows = max(1, 2048 // block_d)
         _attn_combine_kernel[(triton.cdiv(n * heads, rows),)](
             part, ml, out, n * heads, heads, head_dim, out.stride(0), out.stride(1),

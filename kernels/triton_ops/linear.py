@@ -21,7 +21,8 @@ import triton.language as tl
 
 from unmask.kernels.backend import KernelBackendError
 from unmask.kernels.torch_ref import linear as _ref
-from unmask.kernels.triton_ops._common import interpreting, mma, next_pow2, num_sms, row_major, upcast
+from unmask.kernels.triton_ops._common import (MAX_COUNTERS, arrival_counters, interpreting, mma, next_pow2,
+                                                num_sms, row_major, upcast)
 
 __all__ = ["linear"]
 
@@ -148,26 +149,6 @@ def _config(n_rows: int, n_out: int, n_in: int, elem_bytes: int, device: torch.d
     return block_m, block_n, block_k, warps, stages, splits
 
 
-MAX_COUNTERS = 4096
-"""Per-device int32 arrival counters for the split sum inside the GEMM kernel, one per N tile; GEMMs with more
-split tiles (none of the LLaDA shapes: at most 384) use the separate split-sum kernel."""
-
-_counters: dict = {}
-
-
-def _tile_counters(device: torch.device, tiles: int) -> torch.Tensor | None:
-    """The device's zeroed counters, allocated on first use outside CUDA-graph capture (each kernel returns
-    the counters it used to zero, so they stay zero between calls); None when they cannot be used. Shared by
-    every skinny GEMM on the device: kernels in one stream order (the engine's) never overlap, GEMMs issued
-    concurrently from several streams would have to pass ``serial=False``."""
-    key = (device.type, device.index)
-    if key not in _counters:
-        if tiles > MAX_COUNTERS or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
-            return None
-        _counters[key] = torch.zeros(MAX_COUNTERS, dtype=torch.int32, device=device)
-    return _counters[key] if tiles <= MAX_COUNTERS else None
-
-
 def linear_fwd(x: torch.Tensor, weight: torch.Tensor, splits: int | None = None,
                serial: bool | None = None) -> torch.Tensor:
     """The skinny kernel itself for x [M, K] (M <= MAX_ROWS), weight [N, K] -> [M, N] x.dtype, with an explicit
@@ -190,7 +171,7 @@ def linear_fwd(x: torch.Tensor, weight: torch.Tensor, splits: int | None = None,
     splits = triton.cdiv(n_in, k_chunk)
     tiles = triton.cdiv(n_out, block_n)
     part = y if splits == 1 else torch.empty((splits, n_rows, n_out), dtype=torch.float32, device=x.device)
-    counters = _tile_counters(x.device, tiles) if splits > 1 and serial is not False else None
+    counters = arrival_counters(x.device, tiles) if splits > 1 and serial is not False else None
     if serial and splits > 1 and counters is None:
         raise ValueError(f"no in-kernel split sum for {tiles} N tiles here (more than {MAX_COUNTERS}, or the "
                          "counters were first needed inside CUDA-graph capture)")

@@ -81,6 +81,22 @@ def test_attention_paged_cache(dtype, splits, case, loop):
     check(q, k, v, cu, max(lens), d ** -0.5, cache, splits, dtype, f"cache {case} {loop}", loop)
 
 
+@pytest.mark.parametrize("loop", tri.LOOPS)
+def test_in_kernel_split_combine_equals_combine_kernel(loop):
+    """The last-arriving split's merge and the combine kernel merge the same partials in the same order: equal
+    bits, with and without a cache; the arrival counters are back to zero afterwards."""
+    from unmask.kernels.triton_ops import _common
+
+    q, k, v, cu = packed([5, 2, 9], 2, 1, 32, torch.float32, seed=16)
+    kc, vc, table = paged_cache([40, 7, 30], 1, 32, torch.float32, 16, seed=17)
+    cache = (kc, vc, table, torch.tensor([40, 7, 30], **I32), torch.tensor([35, 5, 10], **I32))
+    for c in ((None,) * 5, cache):
+        a = tri.attention_fwd(q, k, v, cu, 9, 0.2, *c, num_splits=3, loop=loop, serial_combine=True)
+        b = tri.attention_fwd(q, k, v, cu, 9, 0.2, *c, num_splits=3, loop=loop, serial_combine=False)
+        assert torch.equal(a, b)
+    assert not _common._counters[(q.device.type, q.device.index)].any()
+
+
 def test_public_attention_matches_explicit_split():
     q, k, v, cu = packed([2, 6], 2, 2, 32, torch.float32, seed=9)
     a = tri.attention(q, k, v, cu, 6, 0.2)
