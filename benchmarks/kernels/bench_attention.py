@@ -84,6 +84,10 @@ def bench_cached(model, batch, dev, quick):
         out.append(row("attn_cached", shape, name, time_ms(fn, quick), nbytes, flops))
     for name, fn in [("sdpa_dense_kv", sdpa)] + loops:  # launch cost removed
         out.append(row("attn_cached", shape, name + "@graph", time_graph_ms(fn, quick), nbytes, flops))
+    if tri._num_splits(batch * model["heads"], args[0].device, None) > 1:  # key splits: also merge in-kernel
+        serial = lambda: tri.attention_fwd(*args, serial_combine=True)  # noqa: E731
+        out.append(row("attn_cached", shape, "triton_serial_combine@graph", time_graph_ms(serial, quick), nbytes,
+                       flops))
     if batch >= 8:
         out += candidate_rows("attn_cached", shape, lambda loop: lambda: tri.attention_fwd(*args, loop=loop), nbytes,
                               flops, quick, ("segmented", "prefetch"))

@@ -11,8 +11,8 @@ the new rows when ``new_offsets[b] <= p < new_offsets[b] + n_b`` and from page
 ``block_table[b, p // S]`` otherwise: either one loop choosing per position (merged) or three loops, cached
 prefix / new rows / cached suffix, each reading one source (segmented, or prefetch: see ``LOOPS``). When
 B·H·q-tiles is too small to fill the GPU, the key range is split (flash-decoding): each split writes fp32
-partials (acc, m, l) and the last split of its group to finish merges them in split order (arrival counters;
-a separate combine kernel where counters are unavailable). Rows without any key produce 0 (as SDPA for a fully
+partials (acc, m, l) merged in split order by a combine kernel or, with ``SERIAL_COMBINE``, inside the same
+launch by the last split of each group to finish (arrival counters). Rows without any key produce 0 (as SDPA for a fully
 masked row), never NaN. No host syncs.
 """
 import os
@@ -365,6 +365,12 @@ def _config(max_seqlen_q: int, head_dim: int, elem_bytes: int, loop: str = "full
     return block_m, block_n, block_d, warps, stages
 
 
+SERIAL_COMBINE = False
+"""Merge split-KV partials inside the attention launch (True) or with the separate combine kernel (False, the
+path timed on an H100 so far). ``bench_attention.py`` times both (``triton_serial_combine@graph`` rows); the
+in-kernel merge is tested for equal bits under the interpreter and, on a GPU, under contention."""
+
+
 def _num_splits(work: int, device: torch.device, key_tiles_bound: int | None) -> int:
     """Key splits so that B·H·q-tiles·splits covers every SM (flash-decoding); 1 when already full."""
     sms = num_sms(device)
@@ -380,8 +386,8 @@ def attention_fwd(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_ca
     """``attention`` with an explicit key-split count (None: chosen from the GPU's SM count) and, with a cache,
     an explicit key loop, one of ``LOOPS`` (None: ``LOOP_DEFAULT``); without a cache ``loop`` is ignored.
     With key splits the partials are merged inside the attention kernel by the last split of each (query tile,
-    sequence·head) to finish (``serial_combine``; one launch; the default when arrival counters are available)
-    or by a second kernel; both merge in split order, so the results have the same bits."""
+    sequence·head) to finish (``serial_combine``; one launch) or by a second kernel (None: ``SERIAL_COMBINE``);
+    both merge in split order, so the results have the same bits."""
     n, heads, head_dim = q.shape
     out = torch.empty_like(q)  # [N, H, D]
     batch = cu_seqlens_q.numel() - 1
@@ -409,7 +415,8 @@ def attention_fwd(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_ca
     if num_splits > 1:
         part = torch.empty((n, heads, num_splits, head_dim), dtype=torch.float32, device=q.device)
         ml = torch.empty((n, heads, num_splits, 2), dtype=torch.float32, device=q.device)
-        counters = arrival_counters(q.device, q_tiles * batch * heads) if serial_combine is not False else None
+        serial = SERIAL_COMBINE if serial_combine is None else serial_combine
+        counters = arrival_counters(q.device, q_tiles * batch * heads) if serial else None
         if serial_combine and counters is None:
             raise ValueError(f"no in-kernel split combine for {q_tiles * batch * heads} groups here (more than "
                              f"{MAX_COUNTERS}, or the counters were first needed inside CUDA-graph capture)")

@@ -47,11 +47,12 @@ def test_triton_backend_matches_torch_backend(ckpt, preset, monkeypatch):
 
 
 @cuda
-@pytest.mark.parametrize("loop, skinny", [("prefetch", False), ("segmented", False), ("merged", True)],
-                         ids=["prefetch-loop", "segmented-loop", "skinny-gemm"])
-def test_alternative_kernels_match_torch_backend(ckpt, loop, skinny, monkeypatch):
-    """The cached-attention loops of UNMASK_ATTN_LOOP and the skinny GEMM of UNMASK_GEMM, inside the graphed
-    dual-cache step, give the torch backend's greedy outputs."""
+@pytest.mark.parametrize("loop, skinny, serial", [("prefetch", False, False), ("segmented", False, False),
+                                                  ("merged", True, False), ("merged", False, True)],
+                         ids=["prefetch-loop", "segmented-loop", "skinny-gemm", "in-kernel-split-combine"])
+def test_alternative_kernels_match_torch_backend(ckpt, loop, skinny, serial, monkeypatch):
+    """The cached-attention loops of UNMASK_ATTN_LOOP, the skinny GEMM of UNMASK_GEMM and the in-kernel
+    split-KV merge, inside the graphed dual-cache step, give the torch backend's greedy outputs."""
     from unmask.kernels.triton_ops import attention, linear
 
     params = DiffusionParams(max_tokens=32, block_length=16, cache="dual", threshold=0.5, seed=1)
@@ -60,6 +61,7 @@ def test_alternative_kernels_match_torch_backend(ckpt, loop, skinny, monkeypatch
     monkeypatch.setenv("UNMASK_KERNELS", "triton")
     monkeypatch.setattr(attention, "LOOP_DEFAULT", loop)
     monkeypatch.setattr(linear, "SKINNY_DEFAULT", skinny)
+    monkeypatch.setattr(attention, "SERIAL_COMBINE", serial)
     llm = LLM(str(ckpt), device="cuda", dtype="float32")
     assert llm.engine.runner.graphed is not None
     assert [o.token_ids for o in llm.generate(_prompts(), params)] == ref

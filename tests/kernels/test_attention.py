@@ -97,6 +97,23 @@ def test_in_kernel_split_combine_equals_combine_kernel(loop):
     assert not _common._counters[(q.device.type, q.device.index)].any()
 
 
+def test_in_kernel_split_combine_under_contention():
+    """LLaDA-8B's batch-1 cached step (32 heads, 32 queries over 544 keys, 5 splits) call after call: the
+    in-kernel merge equals the combine kernel's. On a GPU the splits race for each group (a missing
+    release/acquire would show as stale partials); the interpreter runs programs one by one, so there it checks
+    the bookkeeping on a smaller shape."""
+    gpu = DEVICE.type == "cuda"
+    heads, keys, d, repeats = (32, 544, 128, 20) if gpu else (2, 80, 16, 2)
+    dtype = torch.bfloat16 if gpu else torch.float32
+    q, k, v, cu = packed([32], heads, heads, d, dtype, seed=18)
+    kc, vc, table = paged_cache([keys], heads, d, dtype, 16, seed=19)
+    cache = (kc, vc, table, torch.tensor([keys], **I32), torch.tensor([keys - 64], **I32))
+    want = tri.attention_fwd(q, k, v, cu, 32, d ** -0.5, *cache, num_splits=5, serial_combine=False)
+    for _ in range(repeats):
+        assert torch.equal(tri.attention_fwd(q, k, v, cu, 32, d ** -0.5, *cache, num_splits=5, serial_combine=True),
+                           want)
+
+
 def test_public_attention_matches_explicit_split():
     q, k, v, cu = packed([2, 6], 2, 2, 32, torch.float32, seed=9)
     a = tri.attention(q, k, v, cu, 6, 0.2)
