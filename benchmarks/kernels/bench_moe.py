@@ -1,5 +1,6 @@
 """MoE benchmark at LLaDA-MoE shapes (D=2048, E=64, K=8, I=1024), T = 32·B tokens (one block per sequence):
-the per-expert torch loop (torch_ref), routing + Triton fused MoE, and the alignment alone.
+the per-expert torch loop (torch_ref), routing + Triton fused MoE, and the alignment alone (``@graph`` rows
+for its four-kernel and, up to 256 assignments, one-program paths).
 
 Legend: T tokens, D hidden, E experts, I expert width, K experts per token.
 Bytes = weights of the experts actually hit (3·D·I each) + x, out; FLOPs = 2·T·K·3·D·I.
@@ -11,7 +12,7 @@ import torch
 from bench_common import BLOCK, LLADA_MOE, Report, parse_args, require_cuda, row, time_graph_ms, time_ms
 from unmask.kernels.torch_ref import moe as ref
 from unmask.kernels.triton_ops import moe as tri
-from unmask.kernels.triton_ops.moe_align import moe_align
+from unmask.kernels.triton_ops.moe_align import ONE_PROGRAM_MAX, moe_align
 
 
 CANDIDATES = [  # (BM, BN gate/up, BN down, BK, warps, stages); each compiles for sm_90 without spills
@@ -58,6 +59,11 @@ def bench(batch, dev, quick):
     if tokens >= 256:
         rows += candidate_rows(shape, fused, nbytes, flops, quick)
     rows.append(row("moe_align", shape, "triton", time_ms(lambda: moe_align(ids, e, 16), quick)))
+    paths = [("triton_four_kernels", False)]
+    if ids.numel() <= ONE_PROGRAM_MAX:  # the default path up to 256 assignments
+        paths.append(("triton_one_program", True))
+    rows += [row("moe_align", shape, f"{name}@graph", time_graph_ms(lambda one=one: moe_align(ids, e, 16, one), quick))
+             for name, one in paths]
     rows.append(row("moe_route", shape, "torch_ref", time_ms(lambda: ref.moe_route(router, k, x.dtype), quick)))
     rows.append(row("moe_route", shape, "triton", time_ms(lambda: tri.moe_route(router, k, x.dtype), quick)))
     return rows

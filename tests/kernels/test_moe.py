@@ -43,13 +43,16 @@ def routed(tokens, experts, top_k, seed, allowed=None, hot=None):
     return weights, ids
 
 
+@pytest.mark.parametrize("tokens, one_program", [(70, True), (70, False), (300, False)],
+                         ids=["one-program", "four-kernels", "four-kernels-3-chunks"])
 @pytest.mark.parametrize("block_m", [16, 32])
-def test_align_invariants(block_m):
+def test_align_invariants(block_m, tokens, one_program):
     """A permutation of all assignments, grouped by expert in ascending order, padded with the sentinel,
-    experts without tokens get no block, one expert with every token spans several blocks."""
-    _, ids = routed(70, 6, 2, seed=1, allowed=[0, 1, 3, 4], hot=3)  # experts 2 and 5 empty, 3 gets all 70
+    experts without tokens get no block, one expert with every token spans several blocks; the same from the
+    one-program path (up to 256 assignments) and the four kernels (one chunk of 256, or several)."""
+    _, ids = routed(tokens, 6, 2, seed=1, allowed=[0, 1, 3, 4], hot=3)  # experts 2 and 5 empty, 3 gets every token
     n_assign = ids.numel()
-    sorted_ids, block_expert = moe_align(ids, 6, block_m)
+    sorted_ids, block_expert = moe_align(ids, 6, block_m, one_program=one_program)
     assert block_expert.numel() == max_blocks(n_assign, 6, block_m)
     used = int((block_expert >= 0).sum())
     assert (block_expert[:used] >= 0).all() and (block_expert[used:] == -1).all()
@@ -65,6 +68,16 @@ def test_align_invariants(block_m):
         assert (flat[blk[blk < n_assign].long()] == block_expert[i].cpu()).all()
     counts = torch.bincount(flat, minlength=6)
     assert used == int(((counts + block_m - 1) // block_m).sum())
+
+
+def test_align_paths_agree_and_one_program_has_a_limit():
+    _, ids = routed(32, 64, 8, seed=2)  # a LLaDA-MoE batch-1 step: 256 assignments over 64 experts
+    one, four = moe_align(ids, 64, 16, one_program=True), moe_align(ids, 64, 16, one_program=False)
+    used = int((one[1] >= 0).sum())
+    assert torch.equal(one[1], four[1]) and torch.equal(one[0][:used * 16], four[0][:used * 16])
+    _, many = routed(33, 64, 8, seed=3)
+    with pytest.raises(ValueError, match="at most 256 assignments"):
+        moe_align(many, 64, 16, one_program=True)
 
 
 MOE_CASES = [  # (T, D, E, I, K, routing)
