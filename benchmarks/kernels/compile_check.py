@@ -3,7 +3,8 @@ target, launches become compile-only warmups, and Triton's bundled ptxas must ac
 
 Catches what the interpreter cannot: GPU lowering errors (dtype support, tl.dot shape rules, control flow)
 and resource problems: per kernel it prints shared memory (fails above the H100's 227 KiB), registers and
-spills (from ptxas -v). Numbers computed here are meaningless (nothing runs).
+spills (from ptxas -v), the MMA instructions used and the cp.async wait_group depths in the PTX (only 0: no
+loop overlaps its loads with its compute). Numbers computed here are meaningless (nothing runs).
     TRITON_INTERPRET= python benchmarks/kernels/compile_check.py [--small]
 """
 import argparse
@@ -75,12 +76,16 @@ def _describe(kernels) -> tuple[list[str], int]:
         if key in seen:
             continue
         seen.add(key)
-        regs, spill = _ptxas_report(k.asm["ptx"])
+        ptx = k.asm["ptx"]
+        regs, spill = _ptxas_report(ptx)
         smem = k.metadata.shared
         flag = "SMEM>H100 " if smem > H100_SMEM else ("spills " if spill > 0 else "")
         bad += smem > H100_SMEM
+        # cp.async groups a loop may leave in flight while it computes (0 only: no load/compute overlap)
+        waits = ",".join(sorted(set(re.findall(r"cp\.async\.wait_group\s+(\d+)", ptx)), key=int)) or "-"
+        mma = "wgmma" if "wgmma.mma_async" in ptx else ("mma" if "mma.sync" in ptx else "-")
         lines.append(f"        {flag}{k.name}: warps {k.metadata.num_warps} stages {k.metadata.num_stages} "
-                     f"smem {smem} regs {regs} spill {spill}")
+                     f"smem {smem} regs {regs} spill {spill} mma {mma} wait_group {waits}")
     return lines, bad
 
 
