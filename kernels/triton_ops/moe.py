@@ -75,11 +75,15 @@ def moe_route(router_logits: torch.Tensor, top_k: int, out_dtype: torch.dtype):
 
 @triton.jit
 def _block_rows(sorted_ptr, block_expert_ptr, n_assign, BLOCK_M: tl.constexpr):
-    """(expert, assignment ids [BM], valid [BM]) of this program's M-block; expert −1: nothing to do."""
+    """(expert, assignment ids [BM], valid [BM]) of this program's M-block; expert −1: nothing to do.
+
+    The masks are built as [BM] comparisons: a scalar comparison broadcast into a mask is rejected by the
+    interpreter of Triton 3.9 ("mask has unsupported dtype": it splats the comparison as an int32)."""
     pid_m = tl.program_id(0)
     expert = tl.load(block_expert_ptr + pid_m)
-    a = tl.load(sorted_ptr + pid_m * BLOCK_M + tl.arange(0, BLOCK_M), mask=expert >= 0, other=0)  # [BM]
-    return expert, a, (a < n_assign) & (expert >= 0)
+    live = (tl.zeros([BLOCK_M], tl.int32) + expert) >= 0  # [BM] expert >= 0 on every row
+    a = tl.load(sorted_ptr + pid_m * BLOCK_M + tl.arange(0, BLOCK_M), mask=live, other=0)  # [BM]
+    return expert, a, (a < n_assign) & live
 
 
 @triton.jit
