@@ -66,6 +66,30 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                      help="seconds SIGTERM waits for in-flight requests before aborting them (default 30)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--disable-access-log", action="store_true")
+    add_scale_out_args(p)
+
+
+def add_scale_out_args(p: argparse.ArgumentParser) -> None:
+    """Ray Serve replicas (``pip install -e ".[ray]"``; see server/deploy/ray_serve.py)."""
+    ray = p.add_argument_group("scale-out with Ray Serve (the [ray] extra)")
+    ray.add_argument("--replicas", type=_positive, default=None,
+                     help="serve N replicas (one engine each) behind Ray Serve's HTTP proxy on --host/--port; "
+                          "with --max-replicas, the initial count (default: one process, no Ray)")
+    ray.add_argument("--ray-address", default="local",
+                     help="'local' starts a private Ray cluster, 'auto' joins the running one (`ray start`), "
+                          "or a cluster address (default local)")
+    ray.add_argument("--ray-num-cpus", type=int, default=None, help="CPUs of a local Ray cluster (default all)")
+    ray.add_argument("--num-cpus-per-replica", type=float, default=1.0, help="Ray CPUs per replica (default 1)")
+    ray.add_argument("--num-gpus-per-replica", type=float, default=None,
+                     help="Ray GPUs per replica (default 1 if --device is cuda or auto finds cluster GPUs, else 0)")
+    ray.add_argument("--min-replicas", type=int, default=None, help="autoscaling floor (default 1)")
+    ray.add_argument("--max-replicas", type=_positive, default=None,
+                     help="autoscale between --min-replicas and this on ongoing requests per replica")
+    ray.add_argument("--target-ongoing-requests", type=float, default=None,
+                     help="autoscaling target per replica (default --max-num-seqs: a full batch)")
+    ray.add_argument("--max-ongoing-requests", type=_positive, default=None,
+                     help="requests the proxy sends one replica at once (default --max-num-seqs + --max-queue "
+                          "(or --max-num-seqs when unbounded) + 8, so overload meets the engine's own 503)")
 
 
 def build_configs(args: argparse.Namespace) -> tuple[EngineConfig, ServerSettings]:
@@ -87,6 +111,9 @@ def build_configs(args: argparse.Namespace) -> tuple[EngineConfig, ServerSetting
 
 
 def run_server(args: argparse.Namespace) -> int:
+    if getattr(args, "replicas", None) is not None or getattr(args, "max_replicas", None) is not None:
+        from unmask.server.deploy.launch import run_replicas
+        return run_replicas(args)
     import uvicorn
 
     from unmask.server.api.app import create_app
