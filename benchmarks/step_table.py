@@ -17,8 +17,10 @@ from pathlib import Path
 import torch
 
 from unmask.server.config import from_dict
+from unmask.server.engine.commit_policy import LogitRules
 from unmask.server.engine.cuda_graph import GraphedBlockStep
 from unmask.server.engine.kv_cache import KVCacheManager
+from unmask.server.models.attention_meta import AttentionMetadata
 from unmask.server.models.registry import build_model
 
 SHAPES = {
@@ -74,10 +76,12 @@ def time_step(shape: str, layers: int, batches: list[int], graphs: bool, iters: 
         table = torch.tensor(pages, dtype=torch.int32, device=dev)
         ids = torch.randint(0, min(1000, cfg.vocab_size - 2), (b * BLOCK,), device=dev)
         pos = torch.arange(PREFIX, canvas, device=dev).repeat(b)
-        lens = torch.full((b,), canvas, dtype=torch.int32, device=dev)
-        offs = torch.full((b,), PREFIX, dtype=torch.int32, device=dev)
+        meta = AttentionMetadata(cu_seqlens_q=torch.arange(0, b * BLOCK + 1, BLOCK, dtype=torch.int32, device=dev),
+                                 max_seqlen_q=BLOCK, block_table=table, kv_caches=kv.layers,
+                                 kv_lens=torch.full((b,), canvas, dtype=torch.int32, device=dev),
+                                 new_offsets=torch.full((b,), PREFIX, dtype=torch.int32, device=dev))
         zf, zi = torch.zeros(b * BLOCK, device=dev), torch.arange(b * BLOCK, device=dev)
-        args = (ids, pos, table, lens, offs, zf, zi, zf, BLOCK)
+        args = (ids, pos, meta, LogitRules(zf, zi, zf, zf), BLOCK)
         for _ in range(3):
             step.run(*args)
         out[b] = _timed(lambda: step.run(*args), iters, dev)

@@ -4,17 +4,19 @@ Legend: B sequences (padded to the bucket), W block width, N = B·W tokens, P pa
 
 A dual-cache block step has static shapes once B and W are fixed: every sequence feeds exactly its W
 block tokens and reads the rest of its canvas from the paged cache. The whole step — model forward,
-LM head on all N rows, mask-token and EOS biases, ``remask_confidence`` — is captured once per
-(bucket, W) and replayed after copying the iteration's inputs into static buffers, so the ~10 kernel
+LM head on all N rows, then ``commit_policy.propose`` (the logit rules and ``remask_confidence``, the
+same call as the eager path) — is captured once per (bucket, W) and replayed after copying the packer's
+inputs (``forward_inputs.build_inputs(..., all_block_rows=True)``) into static buffers, so the ~10 kernel
 launches per layer cost one graph launch (KERNELS.md §4: un-graphed launches eat 1.5-3.5 ms of a 4.6 ms
 floor). Padding sequences attend only to their own tokens (kv_len = W, offset 0) and are discarded.
-Only used on CUDA; the kernels it runs perform no host synchronisation.
+The commit selection (``commit_policy.select``) runs after the replay on the returned logits and
+proposals. Only used on CUDA; the kernels it runs perform no host synchronisation.
 """
 from __future__ import annotations
 
 import torch
 
-from unmask.kernels import ops
+from unmask.server.engine.commit_policy import LogitRules, propose
 from unmask.server.models.attention_meta import AttentionMetadata
 
 BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
@@ -45,6 +47,7 @@ class GraphedBlockStep:
                 "offsets": torch.zeros(b, dtype=torch.int32, device=device),
                 "temp": torch.zeros(n, dtype=torch.float32, device=device),
                 "seeds": torch.zeros(n, dtype=torch.int64, device=device),
+                "mask_bias": torch.zeros(n, dtype=torch.float32, device=device),
                 "eos_bias": torch.zeros(n, dtype=torch.float32, device=device)}
 
     def _step(self, buf: dict, w: int):
@@ -52,9 +55,9 @@ class GraphedBlockStep:
                                  kv_lens=buf["kv_lens"], new_offsets=buf["offsets"], kv_caches=self.kv_layers)
         hidden = self.model(buf["ids"], buf["pos"], meta)  # [N, D]
         logits = self.model.compute_logits(hidden)  # [N, V]
-        logits[:, self.mask_id] = float("-inf")  # fast modes never propose the mask token
-        logits[:, self.eos_id] += buf["eos_bias"].to(logits.dtype)
-        return ops.remask_confidence(logits, buf["temp"], buf["seeds"])  # x0 [N], conf [N]
+        rules = LogitRules(buf["temp"], buf["seeds"], buf["mask_bias"], buf["eos_bias"])
+        x0, conf = propose(logits, rules, self.mask_id, self.eos_id)  # [N], [N]
+        return logits, x0, conf
 
     def _capture(self, b: int, w: int, device):
         buf = self._buffers(b, w, device)
@@ -71,29 +74,41 @@ class GraphedBlockStep:
         self.graphs[(b, w)] = (graph, buf, out)
 
     @torch.inference_mode()
-    def run(self, ids, pos, table, kv_lens, offsets, temp, seeds, eos_bias, w: int):
-        """Inputs for B real sequences (tensors on the model's device; ids/pos/temp/seeds/eos_bias [B·W],
-        table [B, ≤P], kv_lens/offsets [B]) -> (x0 [B·W] int64, conf [B·W] float32)."""
-        b = kv_lens.shape[0]
+    def run(self, input_ids, positions, meta: AttentionMetadata, rules: LogitRules, w: int):
+        """B real sequences' block step, as packed by ``build_inputs(..., all_block_rows=True)`` (tensors on the
+        model's device: input_ids/positions [B·W], meta with block_table [B, ≤P], kv_lens/new_offsets [B],
+        rules per row [B·W]) -> (logits [B·W, V], x0 [B·W] int64, conf [B·W] float32), views of static
+        buffers valid until the next run."""
+        b = meta.kv_lens.shape[0]
         bucket = bucket_for(b)
         if (bucket, w) not in self.graphs:
             if self.capture:
-                self._capture(bucket, w, ids.device)
+                self._capture(bucket, w, input_ids.device)
             else:  # same static buffers and padding, run eagerly (CPU tests of this path)
-                self.graphs[(bucket, w)] = (None, self._buffers(bucket, w, ids.device), None)
+                self.graphs[(bucket, w)] = (None, self._buffers(bucket, w, input_ids.device), None)
         graph, buf, out = self.graphs[(bucket, w)]
-        n = b * w
-        buf["ids"][:n].copy_(ids), buf["pos"][:n].copy_(pos)
-        buf["table"].zero_()
-        buf["table"][:b, :table.shape[1]].copy_(table)
-        buf["kv_lens"].fill_(w), buf["offsets"].zero_()
-        buf["kv_lens"][:b].copy_(kv_lens), buf["offsets"][:b].copy_(offsets)
-        buf["temp"][:n].copy_(temp), buf["seeds"][:n].copy_(seeds), buf["eos_bias"][:n].copy_(eos_bias)
-        if n < buf["ids"].shape[0]:  # padding sequences: their own positions 0..W-1, no cache reads
-            buf["ids"][n:].zero_()
-            buf["pos"][n:].copy_(torch.arange(w, device=ids.device).repeat(bucket - b))
+        self._fill(buf, input_ids, positions, meta, rules, b, bucket, w)
         if graph is None:
             out = self._step(buf, w)
         else:
             graph.replay()
-        return out[0][:n], out[1][:n]
+        n = b * w
+        return out[0][:n], out[1][:n], out[2][:n]
+
+    @staticmethod
+    def _fill(buf: dict, input_ids, positions, meta: AttentionMetadata, rules: LogitRules, b: int, bucket: int,
+              w: int) -> None:
+        """Copy the packed inputs into the static buffers; padding sequences get positions 0..W-1, no cache."""
+        n = b * w
+        buf["ids"][:n].copy_(input_ids), buf["pos"][:n].copy_(positions)
+        table = meta.block_table
+        buf["table"].zero_()
+        buf["table"][:b, :table.shape[1]].copy_(table)
+        buf["kv_lens"].fill_(w), buf["offsets"].zero_()
+        buf["kv_lens"][:b].copy_(meta.kv_lens), buf["offsets"][:b].copy_(meta.new_offsets)
+        for name, src in (("temp", rules.temperature), ("seeds", rules.seeds), ("mask_bias", rules.mask_bias),
+                          ("eos_bias", rules.eos_bias)):
+            buf[name][:n].copy_(src)
+        if n < buf["ids"].shape[0]:
+            buf["ids"][n:].zero_()
+            buf["pos"][n:].copy_(torch.arange(w, device=input_ids.device).repeat(bucket - b))

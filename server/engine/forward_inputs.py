@@ -1,10 +1,15 @@
-"""Packing one iteration's sequences into the tensors of one forward.
+"""The one packer: one iteration's sequences -> the tensors of one forward, for the eager and graphed paths.
 
 Legend: B sequences (+ unconditional copies for CFG), N packed tokens, M logit rows, P pages per row.
 Per sequence and step kind: refresh = the whole canvas (positions 0..L−1; with a cache its K/V are
 written); block step = canvas[block_start:] (prefix cache) or the block alone (dual cache), reading
 the rest of the keys from the cache. CFG adds the unconditional canvas (prompt masked, generated
 tokens kept: SMDM / LLaDA) as another sequence; its logit rows follow all conditional rows.
+
+Logit rows are a sequence's commit candidates (eager path), or every position of its block
+(``all_block_rows``: the graphed dual-cache step, whose shapes must not depend on the canvas); the
+commit policy's per-row rules and per-sequence plan are built here too, so both paths get the same
+inputs and the graph path only pads them to its bucket.
 """
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ import dataclasses
 
 import torch
 
+from unmask.server.engine import commit_policy
+from unmask.server.engine.commit_policy import CommitPlan, LogitRules
 from unmask.server.engine.kv_cache import KVCacheManager
 from unmask.server.engine.sequence import Sequence, StepKind
 from unmask.server.models.attention_meta import AttentionMetadata
@@ -24,13 +31,10 @@ class ForwardInputs:
     positions: torch.Tensor  # [N] int64
     meta: AttentionMetadata
     logit_rows: torch.Tensor  # [M + M_cfg] int64 packed rows whose logits are needed
-    rows_per_seq: list[int]  # masked block positions per conditional sequence
     num_cond_rows: int  # M
     cfg_rows: list[tuple[torch.Tensor, float]]  # per guided sequence: (its conditional row indices, w)
-    temperature: torch.Tensor  # [M] float32
-    seeds: torch.Tensor  # [M] int64
-    eos_inf_rows: torch.Tensor | None  # [*] rows whose EOS logit is −inf (logits_eos_inf)
-    no_mask_rows: torch.Tensor | None  # [*] rows of non-exact requests: the mask token is never proposed
+    rules: LogitRules  # per conditional row: temperature, noise seed, logit biases
+    plan: CommitPlan  # per sequence: slots, candidates, k / threshold / factor
 
 
 def _segment(seq: Sequence, kind: StepKind) -> tuple[int, int]:
@@ -40,14 +44,6 @@ def _segment(seq: Sequence, kind: StepKind) -> tuple[int, int]:
     if seq.params.cache == "dual":
         return seq.block_start, seq.block_end
     return seq.block_start, seq.length
-
-
-_SEED_MASK = (1 << 63) - 1
-
-
-def row_seed(seed: int, step: int, position: int) -> int:
-    """Per-(request, step, position) noise seed: independent of what else is in the batch."""
-    return ((seed * 0x9E3779B97F4A7C15 + step) * 0xBF58476D1CE4E5B9 + position) & _SEED_MASK
 
 
 def _slots(pages: list[int], lo: int, n: int, page_size: int) -> torch.Tensor:
@@ -62,8 +58,7 @@ class _Packer:
     def __init__(self, kv: KVCacheManager | None, cached_write: bool):
         self.kv, self.cached_write = kv, cached_write
         self.ids, self.pos, self.lens, self.offsets, self.kv_lens, self.tables, self.slots = [], [], [], [], [], [], []
-        self.rows, self.un_rows, self.rows_per_seq, self.cfg_rows = [], [], [], []
-        self.temps, self.seeds, self.eos_rows, self.no_mask_rows = [], [], [], []
+        self.rows, self.un_rows, self.row_pos, self.cfg_rows = [], [], [], []
         self.num_tokens = 0
 
     def segment(self, tokens: torch.Tensor, lo: int, seq: Sequence, write: bool, read: bool) -> int:
@@ -77,18 +72,12 @@ class _Packer:
         start, self.num_tokens = self.num_tokens, self.num_tokens + n
         return start
 
-    def logit_rows(self, seq: Sequence, packed: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
-        """Register the conditional rows of one sequence; returns their indices among all logit rows."""
-        m0, n = sum(self.rows_per_seq), cand.numel()
-        self.rows.append(packed), self.rows_per_seq.append(n)
-        self.temps += [seq.params.temperature] * n
-        self.seeds += [row_seed(seq.seed, seq.num_steps, int(p)) for p in cand]
-        idx = torch.arange(m0, m0 + n)
-        if seq.params.logits_eos_inf:
-            self.eos_rows.append(idx)
-        if not seq.params.is_exact:
-            self.no_mask_rows.append(idx)
-        return idx
+    def logit_rows(self, packed: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Register one sequence's conditional rows (packed indices [n], canvas positions [n]); returns
+        their indices among all conditional logit rows."""
+        m0 = sum(p.numel() for p in self.row_pos)
+        self.rows.append(packed), self.row_pos.append(positions)
+        return torch.arange(m0, m0 + positions.numel())
 
     def metadata(self, device: torch.device) -> AttentionMetadata:
         cu = torch.zeros(len(self.lens) + 1, dtype=torch.int32)
@@ -113,26 +102,26 @@ class _Packer:
 
         return ForwardInputs(
             seqs=seqs, input_ids=cat(self.ids), positions=cat(self.pos), meta=self.metadata(device),
-            logit_rows=cat(self.rows + self.un_rows), rows_per_seq=self.rows_per_seq,
-            num_cond_rows=sum(self.rows_per_seq), cfg_rows=self.cfg_rows,
-            temperature=torch.tensor(self.temps, dtype=torch.float32, device=device),
-            seeds=torch.tensor(self.seeds, dtype=torch.int64, device=device),
-            eos_inf_rows=cat(self.eos_rows), no_mask_rows=cat(self.no_mask_rows))
+            logit_rows=cat(self.rows + self.un_rows), num_cond_rows=sum(p.numel() for p in self.row_pos),
+            cfg_rows=self.cfg_rows, rules=commit_policy.build_rules(seqs, self.row_pos, device),
+            plan=commit_policy.build_plan(seqs, self.row_pos, device))
 
 
 def build_inputs(seqs: list[Sequence], kinds: list[StepKind], kv: KVCacheManager | None,
-                 device: torch.device) -> ForwardInputs:
-    """Pack ``seqs`` (each with its step kind) into one forward's inputs."""
+                 device: torch.device, all_block_rows: bool = False) -> ForwardInputs:
+    """Pack ``seqs`` (each with its step kind) into one forward's inputs. Logit rows: each sequence's commit
+    candidates, or with ``all_block_rows`` every position of its current block (the graphed step)."""
     packer = _Packer(kv, any(s.uses_cache and k is StepKind.REFRESH for s, k in zip(seqs, kinds)))
     for seq, kind in zip(seqs, kinds):
         lo, hi = _segment(seq, kind)
         start = packer.segment(seq.canvas[lo:hi], lo, seq, seq.uses_cache and kind is StepKind.REFRESH,
                                kind is StepKind.BLOCK)
-        cand = seq.candidates()  # [n] canvas positions
-        idx = packer.logit_rows(seq, start + cand - lo, cand)
+        rows = (torch.arange(seq.block_start, seq.block_end) if all_block_rows
+                else commit_policy.candidates(seq))  # [n] canvas positions
+        idx = packer.logit_rows(start + rows - lo, rows)
         if seq.params.cfg_scale > 0:
             un = seq.canvas.clone()
             un[:seq.prompt_len] = seq.mask_id
-            packer.un_rows.append(packer.segment(un, 0, seq, False, False) + cand)
+            packer.un_rows.append(packer.segment(un, 0, seq, False, False) + rows)
             packer.cfg_rows.append((idx.to(device), seq.params.cfg_scale))
     return packer.finish(seqs, device)

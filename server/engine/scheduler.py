@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import collections
 
+import torch
+
 from unmask.server.config import SchedulerConfig
 from unmask.server.engine.batch import Batch, StepOutput, StepResult
 from unmask.server.engine.kv_cache import KVCacheManager
-from unmask.server.engine.sequence import Sequence, SeqStatus, StepKind, commit_schedule
+from unmask.server.engine.commit_policy import block_finished, commit_schedule, finishes_on_stop
+from unmask.server.engine.sequence import Sequence, SeqStatus, StepKind
 
 
 def step_cost(seq: Sequence, kind: StepKind) -> int:
@@ -106,8 +109,8 @@ class Scheduler:
         for seq, kind, (positions, tokens), ran in zip(batch.seqs, batch.kinds, result.commits, result.ran_forward):
             if seq.status is SeqStatus.FINISHED:  # aborted while the step ran
                 continue
-            for p, t in zip(positions, tokens):
-                seq.canvas[p] = t
+            if positions:
+                seq.canvas[positions] = torch.tensor(tokens, dtype=seq.canvas.dtype)
             seq.nfe += int(ran)
             seq.num_steps += 1
             if kind is StepKind.REFRESH and seq.uses_cache:
@@ -128,13 +131,7 @@ class Scheduler:
 
     def _advance(self, seq: Sequence) -> None:
         seq.step_in_block += 1
-        masked = int(seq.masked_in_block().sum())
-        # A fixed schedule ends the block after steps_per_block steps (the plan sums to its masks). Once
-        # nothing is masked the remaining steps commit nothing; they are skipped unless random remasking
-        # must still draw its noise in the reference's order.
-        done = masked == 0 and (seq.params.parallel or seq.params.remasking != "random")
-        done = done or (not seq.params.parallel and seq.step_in_block >= seq.params.steps_per_block)
-        if not done:
+        if not block_finished(seq, int(seq.masked_in_block().sum())):
             return
         seq.block_idx += 1
         seq.step_in_block = 0
@@ -150,7 +147,7 @@ class Scheduler:
         new = tuple(out_ids[seq.num_emitted:])
         seq.num_emitted = len(out_ids)
         hit_stop = len(out_ids) < prefix  # a stop token sits in the final prefix
-        if hit_stop and (seq.params.early_stop or done):
+        if finishes_on_stop(seq.params, hit_stop, done):
             self._finish(seq, "stop")
         elif done:
             self._finish(seq, "length")

@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from unmask.server.engine.commit_policy import commit_schedule
 from unmask.server.engine.params import DiffusionParams
 
 
@@ -36,12 +37,6 @@ class Request:
     arrival_time: float = dataclasses.field(default_factory=time.monotonic)
     stream_canvas: bool = False
     """Attach the generation region (masks included) to every StepOutput (the ``denoise`` stream)."""
-
-
-def commit_schedule(num_masked: int, steps: int) -> list[int]:
-    """LLaDA ``get_num_transfer_tokens``: n // s per step, plus one for the first n % s steps."""
-    base, rem = divmod(num_masked, steps)
-    return [base + (1 if i < rem else 0) for i in range(steps)]
 
 
 class Sequence:
@@ -93,15 +88,6 @@ class Sequence:
         if not self.uses_cache or not self.cache_valid:
             return StepKind.REFRESH
         return StepKind.BLOCK
-
-    def candidates(self) -> torch.Tensor:
-        """[C] int64 canvas positions that may be committed this step (ascending).
-
-        Exact mode follows the reference: every masked generation position up to the block end, so a
-        position that received the mask token itself as its prediction stays eligible later. Other modes
-        consider the current block only (Fast-dLLM)."""
-        lo = self.prompt_len if self.params.is_exact else self.block_start
-        return (self.canvas[lo:self.block_end] == self.mask_id).nonzero(as_tuple=True)[0] + lo
 
     def masked_in_block(self) -> torch.Tensor:
         """[W] bool over the current block's positions: still masked."""

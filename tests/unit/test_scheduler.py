@@ -6,6 +6,7 @@ import torch
 from unmask import DiffusionParams
 from unmask.server.config import SchedulerConfig
 from unmask.server.engine.batch import StepResult
+from unmask.server.engine.commit_policy import candidates, step_k
 from unmask.server.engine.kv_cache import KVCacheManager
 from unmask.server.engine.scheduler import Scheduler
 from unmask.server.engine.sequence import Request, Sequence, SeqStatus, StepKind
@@ -27,8 +28,8 @@ class FakeRunner:
         self.calls.append([s.request_id for s in batch.seqs])
         commits = []
         for seq in batch.seqs:
-            cand = seq.candidates().tolist()
-            k = len(cand) if seq.params.parallel else seq.plan[seq.step_in_block]
+            cand = candidates(seq).tolist()
+            k = len(cand) if seq.params.parallel else step_k(seq)
             pos = cand[:k]
             toks = [EOS if p - seq.prompt_len in self.eos_at.get(seq.request_id, ()) else 7 for p in pos]
             commits.append((pos, toks))

@@ -1,0 +1,265 @@
+"""Commit policy: every rule that decides what a denoising step commits, for the eager and graphed paths.
+
+Legend: B sequences of the step, W commit slots per sequence, M logit rows, V vocab, L canvas length.
+
+A step's rows are packed by ``forward_inputs.build_inputs`` (one packer for both paths); then, on either
+path, the same two calls:
+
+    propose(logits [M, V], rules)      apply_logit_rules, then ops.remask_confidence -> x0 [M], conf [M]
+                                       (inside the captured CUDA graph on the graphed path)
+    select(plan, logits, x0, conf)     confidence rules, k rule, ops.select_commits on [B, W]; one
+                                       device -> host copy of the picked tokens -> per-sequence commits
+
+Where each rule runs, and why:
+
+- Which positions may commit (``candidates``) and the LLaDA k schedule (``commit_schedule``, ``step_k``):
+  host ints from the sequence's state, shipped with the step's inputs (k [B], threshold [B], factor [B]).
+- Logit rules (``apply_logit_rules``): the mask token −inf for non-exact requests (fast modes never
+  propose it, so blocks progress), EOS −inf for ``logits_eos_inf``. Per-row bias vectors, so the same code
+  runs inside a CUDA graph. This is the one batched logits stage before the commit policy: sampling
+  controls (top-p/top-k/min-p, penalties, logit bias) and logprobs plug in here, as further per-row
+  tensors of ``LogitRules``; a grammar constraint adds its allowed-token mask here and, as a commit rule,
+  narrows ``CommitPlan.cand``.
+- Fixed schedule (top k) and threshold (conf ≥ τ plus the best): on device, ``ops.select_commits`` (the
+  Triton kernel on CUDA, its torch spec on CPU), one call for the whole batch.
+- Factor (accept the n best while c_n ≥ 1 − f/(n+1)): on device, vectorised: sort, first failing rank,
+  then the same top-k selection with that k.
+- ``confidence_eos_eot_inf``: on device, vectorised over the rows of such requests (one softmax over those
+  rows of the logits, which both paths keep).
+- ``random`` remasking: its confidences are drawn on the host. The reference draws
+  ``torch.rand(L, generator=seq.generator)`` from the request's CPU generator at every step (forward-free
+  ones included); a device generator would give other numbers and break exact parity. The draw is one
+  call per such sequence, at packing time; only its [W] values travel to the device with the inputs.
+
+Ties: ``ops.select_commits`` orders equal confidences by position (lower first); the reference's 1-D
+``torch.topk`` order among ties is implementation-defined (it depends on row length and device). Exact
+parity holds wherever the k-th and (k+1)-th best differ, always in the float64 tests; see
+``benchmarks/README.md`` for the embedded fp32 model.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+import torch
+
+from unmask.kernels import ops
+
+if TYPE_CHECKING:
+    from unmask.server.engine.params import DiffusionParams
+    from unmask.server.engine.sequence import Sequence
+
+NEG_INF = float("-inf")
+_SEED_MASK = (1 << 63) - 1
+
+
+def commit_schedule(num_masked: int, steps: int) -> list[int]:
+    """LLaDA ``get_num_transfer_tokens``: n // s per step, plus one for the first n % s steps."""
+    base, rem = divmod(num_masked, steps)
+    return [base + (1 if i < rem else 0) for i in range(steps)]
+
+
+def step_k(seq: Sequence) -> int:
+    """Tokens the fixed schedule commits at this step of the current block."""
+    return seq.plan[seq.step_in_block] if seq.step_in_block < len(seq.plan) else 0
+
+
+def candidates(seq: Sequence) -> torch.Tensor:
+    """[C] int64 canvas positions that may be committed this step (ascending).
+
+    Exact mode follows the reference: every masked generation position up to the block end, so a position
+    that received the mask token itself as its prediction stays eligible later. Other modes consider the
+    current block only (Fast-dLLM)."""
+    lo = seq.prompt_len if seq.params.is_exact else seq.block_start
+    return (seq.canvas[lo:seq.block_end] == seq.mask_id).nonzero(as_tuple=True)[0] + lo
+
+
+def needs_forward(seq: Sequence) -> bool:
+    """A fixed-schedule step that commits nothing changes nothing at any temperature: skip its forward."""
+    return seq.params.parallel or step_k(seq) > 0
+
+
+def skip_step(seq: Sequence) -> None:
+    """A forward-free step still draws random remasking's noise, in the reference's order."""
+    if seq.params.remasking == "random":
+        torch.rand(seq.length, generator=seq.generator)
+
+
+def block_finished(seq: Sequence, masked_left: int) -> bool:
+    """After a step: does the current block end? A fixed schedule ends it after steps_per_block steps (the
+    plan sums to its masks). Once nothing is masked the remaining steps commit nothing; they are skipped
+    unless random remasking must still draw its noise in the reference's order."""
+    p = seq.params
+    if masked_left == 0 and (p.parallel or p.remasking != "random"):
+        return True
+    return not p.parallel and seq.step_in_block >= p.steps_per_block
+
+
+def finishes_on_stop(params: DiffusionParams, stop_in_final_prefix: bool, all_blocks_done: bool) -> bool:
+    """EOS/EoT in the final prefix finishes the request at once with early stop, else at the end."""
+    return stop_in_final_prefix and (params.early_stop or all_blocks_done)
+
+
+def row_seed(seed: int, step: int, position: int) -> int:
+    """Per-(request, step, position) noise seed: independent of what else is in the batch."""
+    return ((seed * 0x9E3779B97F4A7C15 + step) * 0xBF58476D1CE4E5B9 + position) & _SEED_MASK
+
+
+@dataclasses.dataclass
+class LogitRules:
+    """Per logit row, on the model's device: what the batched logits stage applies before proposing."""
+    temperature: torch.Tensor  # [M] float32: 0 = argmax, else Gumbel-max at T
+    seeds: torch.Tensor  # [M] int64: counter-based noise seed of the row (``row_seed``)
+    mask_bias: torch.Tensor  # [M] float32: −inf on rows that may not propose the mask token, else 0
+    eos_bias: torch.Tensor  # [M] float32: −inf on rows of logits_eos_inf requests, else 0
+
+
+@dataclasses.dataclass
+class CommitPlan:
+    """What ``select`` needs besides the proposals. Slot j of sequence b is its j-th row's canvas position."""
+    slot_pos: torch.Tensor  # [B, W] int64 host: canvas position of each slot (−1 = padding)
+    canvas_len: list[int]  # [B] host: each sequence's canvas length L
+    row_slot: torch.Tensor  # [M] int64 device: flat slot b·W + j of each logit row
+    cand: torch.Tensor  # [B, W] bool device: the slot is still masked and may commit
+    k: torch.Tensor  # [B] int32 device: fixed-schedule count (ignored where threshold > 0 or factor > 0)
+    threshold: torch.Tensor  # [B] float64 device: Fast-dLLM threshold τ, 0 = none
+    factor: torch.Tensor  # [B] float64 device: Fast-dLLM factor f, 0 = none
+    random_conf: torch.Tensor | None  # [B, W] float32 device: host-drawn confidences (random remasking)
+    is_random: torch.Tensor | None  # [B] bool device: the sequence uses random remasking
+    eos_eot_rows: torch.Tensor | None  # [R] int64 device: logit rows of confidence_eos_eot_inf requests
+    eos_eot_greedy: torch.Tensor | None  # [R] bool device: that row's request runs at T = 0 (EOS blocked too)
+
+
+def build_rules(seqs: list[Sequence], slots: list[torch.Tensor], device: torch.device) -> LogitRules:
+    """seqs with their row positions slots[b] [n_b] int64 (rows are concatenated in this order) -> rules."""
+    counts = torch.tensor([s.numel() for s in slots])  # [B]
+
+    def per_row(values, dtype):
+        return torch.repeat_interleave(torch.tensor(values, dtype=dtype), counts).to(device)  # [M]
+
+    seeds = []
+    for seq, pos in zip(seqs, slots):
+        seeds += [row_seed(seq.seed, seq.num_steps, p) for p in pos.tolist()]
+    return LogitRules(
+        temperature=per_row([s.params.temperature for s in seqs], torch.float32),
+        seeds=torch.tensor(seeds, dtype=torch.int64, device=device),
+        mask_bias=per_row([0.0 if s.params.is_exact else NEG_INF for s in seqs], torch.float32),
+        eos_bias=per_row([NEG_INF if s.params.logits_eos_inf else 0.0 for s in seqs], torch.float32))
+
+
+def build_plan(seqs: list[Sequence], slots: list[torch.Tensor], device: torch.device) -> CommitPlan:
+    """seqs with their row positions slots[b] [n_b] (ascending) -> the step's CommitPlan. Draws random
+    remasking's confidences from each such sequence's generator (one draw per step, as the reference)."""
+    slot_pos = torch.nn.utils.rnn.pad_sequence(slots, batch_first=True, padding_value=-1)  # [B, W]
+    masked = [s.canvas[pos] == s.mask_id for s, pos in zip(seqs, slots)]
+    cand = torch.nn.utils.rnn.pad_sequence(masked, batch_first=True, padding_value=False)  # [B, W]
+    row_slot = (slot_pos.view(-1) >= 0).nonzero(as_tuple=True)[0]  # [M], rows are slot-major per sequence
+    rand = [torch.rand(s.length, generator=s.generator)[pos] if s.params.remasking == "random" else
+            torch.zeros(pos.numel()) for s, pos in zip(seqs, slots)]
+    is_random = [s.params.remasking == "random" for s in seqs]
+    counts = [pos.numel() for pos in slots]
+    starts = torch.cumsum(torch.tensor([0] + counts[:-1]), 0).tolist()
+    eos_eot = [(torch.arange(a, a + n), s.params.temperature == 0) for s, a, n in zip(seqs, starts, counts)
+               if s.params.confidence_eos_eot_inf]
+    return CommitPlan(
+        slot_pos=slot_pos, canvas_len=[s.length for s in seqs], row_slot=row_slot.to(device), cand=cand.to(device),
+        k=torch.tensor([step_k(s) for s in seqs], dtype=torch.int32, device=device),
+        threshold=torch.tensor([s.params.threshold or 0.0 for s in seqs], dtype=torch.float64, device=device),
+        factor=torch.tensor([s.params.factor or 0.0 for s in seqs], dtype=torch.float64, device=device),
+        random_conf=torch.nn.utils.rnn.pad_sequence(rand, batch_first=True).to(device) if any(is_random) else None,
+        is_random=torch.tensor(is_random, device=device) if any(is_random) else None,
+        eos_eot_rows=torch.cat([r for r, _ in eos_eot]).to(device) if eos_eot else None,
+        eos_eot_greedy=torch.cat([torch.full((r.numel(),), g) for r, g in eos_eot]).to(device) if eos_eot else None)
+
+
+def apply_logit_rules(logits: torch.Tensor, rules: LogitRules, mask_id: int, eos_id: int) -> torch.Tensor:
+    """logits [M, V] (modified in place and returned): the batched logits stage before the commit policy.
+    Elementwise on per-row tensors only, so it can be captured in a CUDA graph."""
+    logits[:, mask_id] += rules.mask_bias.to(logits.dtype)
+    logits[:, eos_id] += rules.eos_bias.to(logits.dtype)
+    return logits
+
+
+def propose(logits: torch.Tensor, rules: LogitRules, mask_id: int, eos_id: int):
+    """logits [M, V] -> (x0 [M] int64 proposed tokens, conf [M] fp32/fp64 their confidences), after the
+    logit rules (``logits`` is modified in place). The same call on the eager and the graphed path."""
+    apply_logit_rules(logits, rules, mask_id, eos_id)
+    return ops.remask_confidence(logits, rules.temperature, rules.seeds)
+
+
+def eos_eot_confidence(plan: CommitPlan, logits: torch.Tensor, x0: torch.Tensor, conf: torch.Tensor,
+                       eos_id: int, eot_id: int | None) -> torch.Tensor:
+    """The reference's ``confidence_eos_eot_inf`` as it behaves (LLADA-SPEC.md §1.5): the confidence is
+    softmax(logits)[x0] with the EoT logit −inf, and the EOS logit too at T = 0. conf [M] -> [M] (a copy)."""
+    rows = plan.eos_eot_rows
+    lf = logits[rows].to(torch.promote_types(logits.dtype, torch.float32))  # [R, V] a copy
+    if eot_id is not None:
+        lf[:, eot_id] = NEG_INF
+    lf[:, eos_id] = torch.where(plan.eos_eot_greedy, NEG_INF, lf[:, eos_id])
+    c = torch.softmax(lf, dim=-1).gather(1, x0[rows, None])[:, 0].to(logits.dtype)  # [R], rounded as remask
+    conf = conf.clone()
+    conf[rows] = c.to(conf.dtype)
+    return conf
+
+
+def ranked_counts(conf: torch.Tensor, cand: torch.Tensor, plan: CommitPlan):
+    """conf [B, W] (−inf off candidates), cand [B, W] -> (k [B] int64: how many best candidates each sequence
+    commits, fixed schedule or factor rule; tied [B] bool: a fixed-schedule k-th best equals the next one,
+    so which of them commits is the reference's ``torch.topk`` order, not ours)."""
+    sorted_c = torch.sort(conf.double(), dim=1, descending=True).values  # [B, W], candidates first
+    n = cand.sum(1)  # [B]
+    k = torch.where(plan.factor > 0, factor_k(sorted_c, n, plan.factor), plan.k.long())  # [B]
+    fixed = (plan.factor == 0) & (plan.threshold == 0) & (k > 0) & (k < n)
+    last = sorted_c.gather(1, (k - 1).clamp(min=0)[:, None])[:, 0]  # [B] the k-th best
+    nxt = sorted_c.gather(1, k.clamp(max=conf.shape[1] - 1)[:, None])[:, 0]  # [B] the (k+1)-th
+    return k, fixed & (last == nxt)
+
+
+def factor_k(sorted_c: torch.Tensor, n: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Fast-dLLM's factor rule as a count. sorted_c [B, W] float64 candidates' confidences c_0 ≥ c_1 ≥ …
+    (then −inf), n [B] candidates, factor [B] -> k [B] int64: the first i ≥ 1 with c_i < 1 − f/(i+2), else
+    all n; Fast-dLLM's quirk kept: a break at the last index accepts all."""
+    i = torch.arange(sorted_c.shape[1], device=sorted_c.device)  # [W]
+    limit = 1.0 - factor[:, None] / (i + 2).double()  # [B, W]
+    fails = (i >= 1) & (i < n[:, None]) & (sorted_c < limit)  # [B, W]
+    first = torch.where(fails.any(1), fails.int().argmax(1), n)  # [B]
+    return torch.where(first == n - 1, n, first)
+
+
+def select(plan: CommitPlan, logits: torch.Tensor, x0: torch.Tensor, conf: torch.Tensor, eos_id: int,
+           eot_id: int | None) -> list[tuple[list[int], list[int]]]:
+    """The step's commits. logits [M, V] (after the logit rules), x0/conf [M] from ``propose``, rows in the
+    plan's slot order -> per sequence (canvas positions, tokens). Runs on the proposals' device; one
+    device -> host copy for the whole batch (two when a fixed-schedule tie needs ``reference_topk``)."""
+    b, w = plan.slot_pos.shape
+    if plan.eos_eot_rows is not None:
+        conf = eos_eot_confidence(plan, logits, x0, conf, eos_id, eot_id)
+    conf_bw = conf.new_full((b * w,), NEG_INF).index_copy_(0, plan.row_slot, conf).view(b, w)  # [B, W]
+    x0_bw = x0.new_zeros(b * w).index_copy_(0, plan.row_slot, x0).view(b, w)  # [B, W]
+    if plan.random_conf is not None:
+        conf_bw = torch.where(plan.is_random[:, None], plan.random_conf.to(conf_bw.dtype), conf_bw)
+    conf_bw = torch.where(plan.cand, conf_bw, NEG_INF)
+    k, tied = ranked_counts(conf_bw, plan.cand, plan)  # [B], [B]
+    commit = ops.select_commits(conf_bw, plan.cand, k.to(torch.int32), plan.threshold.to(conf_bw.dtype))
+    picked = torch.cat([torch.where(commit, x0_bw, -1), tied[:, None].long()], 1).cpu()  # [B, W + 1] one copy
+    out = []
+    for pos, tok in zip(plan.slot_pos, picked[:, :w]):
+        hit = tok >= 0
+        out.append((pos[hit].tolist(), tok[hit].tolist()))
+    for i in picked[:, w].nonzero(as_tuple=True)[0].tolist():
+        out[i] = reference_topk(plan, i, conf_bw[i], x0_bw[i], int(k[i]))
+    return out
+
+
+def reference_topk(plan: CommitPlan, i: int, conf: torch.Tensor, x0: torch.Tensor, k: int):
+    """Sequence i's fixed-schedule commits exactly as the reference picks them: 1-D ``torch.topk`` on the host
+    over its canvas row [L] (−inf off candidates), whose order among equal confidences is topk's own.
+    conf/x0 [W] its slots -> (canvas positions, tokens)."""
+    conf, x0, cand = conf.cpu(), x0.cpu(), plan.cand[i].cpu()  # [W]
+    pos = plan.slot_pos[i]
+    row = torch.full((plan.canvas_len[i],), NEG_INF, dtype=conf.dtype)  # [L]
+    row[pos[cand]] = conf[cand]
+    chosen = torch.topk(row, k).indices  # [k] canvas positions
+    tokens = torch.zeros(plan.canvas_len[i], dtype=torch.int64)
+    tokens[pos[cand]] = x0[cand]
+    return chosen.tolist(), tokens[chosen].tolist()

@@ -1,0 +1,89 @@
+"""The commit policy: the engine selects commits through ``ops.select_commits`` on either backend, the
+vectorised factor rule equals Fast-dLLM's loop, and fixed-schedule ties follow the reference's topk."""
+import os
+
+import pytest
+import torch
+
+from unmask import LLM, DiffusionParams
+from unmask.server.engine import commit_policy
+from unmask.server.engine.sequence import Request, Sequence
+
+if not torch.cuda.is_available():  # Triton reads it when its kernels are defined (as tests/kernels/conftest.py)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+PARAMS = [DiffusionParams(max_tokens=4, block_length=2, steps=4),
+          DiffusionParams(max_tokens=4, block_length=2, threshold=0.5, cache="dual", seed=1),
+          DiffusionParams(max_tokens=4, block_length=2, factor=1.0, cache="prefix", seed=2)]
+
+
+def _count_select_calls(llm: LLM, table: dict, name: str, monkeypatch) -> tuple[int, int]:
+    """Run PARAMS through ``llm`` counting calls of table[name]; -> (calls, engine iterations)."""
+    calls = []
+    inner = table[name]
+    monkeypatch.setitem(table, name, lambda *a: calls.append(1) or inner(*a))
+    it0 = llm.engine.stats.iterations
+    llm.generate([[1, 2, 3], [4, 5], [6]], PARAMS)
+    return len(calls), llm.engine.stats.iterations - it0
+
+
+@pytest.mark.interpret
+@pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter test on CPU tensors")
+def test_engine_selects_commits_with_the_triton_kernel(ckpts, monkeypatch):
+    """UNMASK_KERNELS=triton (the interpreter on CPU): every engine iteration with a forward calls the
+    Triton select_commits once for its whole batch."""
+    pytest.importorskip("triton")
+    from unmask.kernels.backend import triton_table
+
+    monkeypatch.setenv("UNMASK_KERNELS", "triton")
+    llm = LLM(str(ckpts["dense"]), device="cpu", dtype="float32")
+    calls, iterations = _count_select_calls(llm, triton_table(), "select_commits", monkeypatch)
+    assert iterations > 0 and calls == iterations
+
+
+def test_engine_selects_commits_with_the_torch_spec(ckpts, monkeypatch):
+    from unmask.kernels.torch_ref import select
+
+    monkeypatch.setenv("UNMASK_KERNELS", "torch")
+    llm = LLM(str(ckpts["dense"]), device="cpu", dtype="float64")
+    calls, iterations = _count_select_calls(llm, vars(select), "select_commits", monkeypatch)
+    assert iterations > 0 and calls == iterations
+
+
+def _factor_loop(conf: list[float], f: float) -> int:
+    """Fast-dLLM's factor rule as written there (sorted descending; a break at the last index accepts all)."""
+    c, n = sorted(conf, reverse=True), len(conf)
+    top = n
+    for i in range(1, n):
+        if c[i] < 1.0 - f / (i + 2):
+            top = i
+            break
+    return n if top == n - 1 else top
+
+
+def test_factor_count_equals_fast_dllm_loop():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        w = int(torch.randint(1, 9, (1,), generator=g))
+        conf = (1 - torch.rand(w, generator=g, dtype=torch.float64) ** 3).tolist()
+        n = int(torch.randint(0, w + 1, (1,), generator=g))
+        f = float(torch.rand(1, generator=g)) * 2
+        row = torch.tensor(conf[:n] + [float("-inf")] * (w - n), dtype=torch.float64)
+        k = commit_policy.factor_k(row.sort(descending=True).values[None], torch.tensor([n]),
+                                   torch.tensor([f], dtype=torch.float64))
+        assert int(k) == _factor_loop(conf[:n], f)
+
+
+def test_fixed_schedule_ties_follow_reference_topk():
+    """Equal confidences at the k-th place: the committed set is 1-D topk's over the canvas row, as in the
+    reference, not the lower positions."""
+    seq = Sequence(Request("t", (1, 2, 3), DiffusionParams(max_tokens=8, block_length=8, steps=4)), 95, (94,), 0)
+    slots = [commit_policy.candidates(seq)]
+    plan = commit_policy.build_plan([seq], slots, torch.device("cpu"))
+    conf = torch.tensor([0.1, 0.9, 0.5, 0.9, 0.9, 0.2, 0.9, 0.3], dtype=torch.float64)  # four tied at 0.9
+    x0 = torch.arange(10, 18)
+    row = torch.full((seq.length,), float("-inf"), dtype=torch.float64)
+    row[slots[0]] = conf
+    want = sorted(torch.topk(row, 2).indices.tolist())
+    (pos, tok), = commit_policy.select(plan, torch.zeros(8, 96, dtype=torch.float64), x0, conf, 94, 93)
+    assert sorted(pos) == want and tok == [10 + p - 3 for p in pos]
