@@ -1,7 +1,8 @@
 """ModelConfig: everything the model code and engine need from a checkpoint's config.json and tokenizer.
 
 Both LLaDA families say ``model_type: "llada"``, so the family is chosen from ``architectures``
-(LLADA-SPEC.md §3-4). Every dimension is read from config.json; switches we do not implement raise
+(LLADA-SPEC.md §3-4) through ``ARCHITECTURES``, the one architecture table (``models/registry.py`` maps
+each family to its model class). Every dimension is read from config.json; switches we do not implement raise
 ``UnsupportedConfigError`` naming the key.
 """
 from __future__ import annotations
@@ -10,8 +11,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-DENSE_ARCHS = ("LLaDAModelLM",)
-MOE_ARCHS = ("LLaDAMoEModelLM", "LLaDAMoEModel")
+ARCHITECTURES = {"LLaDAModelLM": "llada", "LLaDAMoEModelLM": "llada_moe", "LLaDAMoEModel": "llada_moe"}
+"""HF ``architectures[0]`` -> model family ('llada' dense, 'llada_moe'): every architecture we serve."""
 
 # (key, required value) pairs for dense LLaDA: switches whose other values change the math.
 _DENSE_SWITCHES = (
@@ -128,12 +129,11 @@ def from_dict(raw: dict, specials: dict[str, int]) -> ModelConfig:
     """Build a ModelConfig from a parsed config.json and the tokenizer's special-token ids."""
     archs = raw.get("architectures") or []
     arch = archs[0] if archs else None
-    if arch in DENSE_ARCHS:
-        return _dense(raw, specials, arch)
-    if arch in MOE_ARCHS:
-        return _moe(raw, specials, arch)
-    raise UnsupportedConfigError(
-        f"config.json: architectures={archs!r} is not supported (expected one of {DENSE_ARCHS + MOE_ARCHS})")
+    family = ARCHITECTURES.get(arch)
+    if family is None:
+        raise UnsupportedConfigError(
+            f"config.json: architectures={archs!r} is not supported (expected one of {tuple(ARCHITECTURES)})")
+    return (_dense if family == "llada" else _moe)(raw, specials, arch)
 
 
 def _dense(raw: dict, specials: dict[str, int], arch: str) -> ModelConfig:

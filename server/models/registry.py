@@ -1,4 +1,6 @@
-"""HF ``architectures`` name -> model class. Never dispatch on ``model_type`` (both families say "llada")."""
+"""Model family -> model class. The architecture names live in one table, ``config.ARCHITECTURES`` (HF
+``architectures`` -> family, resolved into ``ModelConfig.family``); never dispatch on ``model_type`` (both
+families say "llada")."""
 from __future__ import annotations
 
 import torch
@@ -7,15 +9,16 @@ from unmask.server.config import ModelConfig, UnsupportedConfigError
 from unmask.server.models.llada import LLaDAModelLM
 from unmask.server.models.llada_moe import LLaDAMoEModelLM
 
-_REGISTRY = {"LLaDAModelLM": LLaDAModelLM, "LLaDAMoEModelLM": LLaDAMoEModelLM, "LLaDAMoEModel": LLaDAMoEModelLM}
+_FAMILY_CLASSES = {"llada": LLaDAModelLM, "llada_moe": LLaDAMoEModelLM}
 
 
 def model_class(cfg: ModelConfig) -> type[LLaDAModelLM]:
-    """The nn.Module class serving ``cfg.architecture``."""
+    """The nn.Module class serving ``cfg.family`` (the family of ``cfg.architecture``)."""
     try:
-        return _REGISTRY[cfg.architecture]
+        return _FAMILY_CLASSES[cfg.family]
     except KeyError:
-        raise UnsupportedConfigError(f"architectures={cfg.architecture!r} has no model class") from None
+        raise UnsupportedConfigError(f"architectures={cfg.architecture!r} (family {cfg.family!r}) has no model "
+                                     "class") from None
 
 
 def build_model(cfg: ModelConfig, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
