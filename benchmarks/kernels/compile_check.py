@@ -5,17 +5,28 @@ Catches what the interpreter cannot: GPU lowering errors (dtype support, tl.dot 
 and resource problems: per kernel it prints shared memory (fails above the H100's 227 KiB), registers and
 spills (from ptxas -v), the MMA instructions used and the cp.async wait_group depths in the PTX (only 0: no
 loop overlaps its loads with its compute). Numbers computed here are meaningless (nothing runs).
+Registers and spills are read from the log of the ptxas run Triton itself makes (its own ptxas and flags, which
+differ between versions: 3.9 compiles sm_90 with its CUDA 13 ptxas), so every kernel is compiled afresh in a
+temporary cache. Outputs per Triton version: benchmarks/results/sm90-compile*/compile_check.txt.
     TRITON_INTERPRET= python benchmarks/kernels/compile_check.py [--small]
 """
 import argparse
+import atexit
+import contextlib
+import io
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import traceback
 
 os.environ.pop("TRITON_INTERPRET", None)
+os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"  # Triton prints its ptxas -v log after each compile
+_CACHE = tempfile.mkdtemp(prefix="compile_check-")
+os.environ["TRITON_CACHE_DIR"] = _CACHE  # empty: every kernel compiles (and logs) here
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 import torch  # noqa: E402
 import triton  # noqa: E402
@@ -42,6 +53,7 @@ class _FakeDriver:
 
 H100_SMEM = 232448  # max dynamic shared memory per block on an H100 (227 KiB)
 _compiled: list = []
+_ptxas_logs: dict = {}  # (name, hash) -> the ptxas -v log Triton printed when it compiled that kernel
 
 
 def _install_fake_driver():
@@ -49,22 +61,34 @@ def _install_fake_driver():
     run = JITFunction.run
 
     def compile_only(self, *a, grid, warmup, **kw):
-        kernel = run(self, *a, grid=grid, warmup=True, **kw)
+        log = io.StringIO()
+        with contextlib.redirect_stdout(log):
+            kernel = run(self, *a, grid=grid, warmup=True, **kw)
+        if "ptxas" in log.getvalue():
+            _ptxas_logs.setdefault((kernel.name, kernel.hash), log.getvalue())
         _compiled.append(kernel)
         return kernel
 
     JITFunction.run = compile_only
 
 
-def _ptxas_report(ptx: str) -> tuple[int, int]:
-    """(registers, spill-store bytes) from Triton's bundled ptxas for sm_90a."""
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-        f.write(ptx)
-    out = subprocess.run([ptxas, "-arch=sm_90a", "-v", f.name, "-o", os.devnull], capture_output=True, text=True)
-    os.unlink(f.name)
-    regs = re.search(r"Used (\d+) registers", out.stderr)
-    spill = re.search(r"(\d+) bytes spill stores", out.stderr)
+def _ptxas_report(kernel) -> tuple[int, int]:
+    """(registers, spill-store bytes) of ``kernel`` from Triton's own ptxas log; without one (a Triton that does
+    not print it), from running the ptxas Triton uses for sm_90 on the PTX (-1: not found)."""
+    log = _ptxas_logs.get((kernel.name, kernel.hash))
+    if log is None:
+        try:
+            from triton.backends.nvidia.compiler import get_ptxas
+            ptxas = get_ptxas(90).path
+        except (ImportError, AttributeError, RuntimeError):
+            ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+        with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+            f.write(kernel.asm["ptx"])
+        out = subprocess.run([ptxas, "-arch=sm_90a", "-v", f.name, "-o", os.devnull], capture_output=True, text=True)
+        os.unlink(f.name)
+        log = out.stderr
+    regs = re.search(r"Used (\d+) registers", log)
+    spill = re.search(r"(\d+) bytes spill stores", log)
     return int(regs.group(1)) if regs else -1, int(spill.group(1)) if spill else -1
 
 
@@ -77,7 +101,7 @@ def _describe(kernels) -> tuple[list[str], int]:
             continue
         seen.add(key)
         ptx = k.asm["ptx"]
-        regs, spill = _ptxas_report(ptx)
+        regs, spill = _ptxas_report(k)
         smem = k.metadata.shared
         flag = "SMEM>H100 " if smem > H100_SMEM else ("spills " if spill > 0 else "")
         bad += smem > H100_SMEM
@@ -146,6 +170,7 @@ def main():
     p.add_argument("--small", action="store_true", help="bf16 only, one MoE size")
     args = p.parse_args()
     _install_fake_driver()
+    print(f"triton {triton.__version__}, sm_90 ({'--small' if args.small else 'all cases'})", flush=True)
     failed = 0
     for name, thunk in cases(args.small):
         _compiled.clear()

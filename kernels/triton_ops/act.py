@@ -10,6 +10,7 @@ import triton
 import triton.language as tl
 
 from unmask.kernels.torch_ref import act as _ref
+from unmask.kernels.triton_ops._common import FP_FUSION
 
 __all__ = ["silu_mul"]
 
@@ -40,5 +41,6 @@ def silu_mul(x: torch.Tensor) -> torch.Tensor:
     if x.stride(1) != 1:
         x = x.contiguous()
     grid = (n, triton.cdiv(inter, _BLOCK_I))
-    _silu_mul_kernel[grid](x, y, inter, x.stride(0), y.stride(0), BLOCK_I=_BLOCK_I, num_warps=4)
+    _silu_mul_kernel[grid](x, y, inter, x.stride(0), y.stride(0), BLOCK_I=_BLOCK_I, enable_fp_fusion=FP_FUSION,
+                           num_warps=4)
     return y

@@ -23,7 +23,8 @@ import triton.language as tl
 
 from unmask.kernels.backend import KernelBackendError
 from unmask.kernels.torch_ref import attention as _ref
-from unmask.kernels.triton_ops._common import MAX_COUNTERS, arrival_counters, interpreting, next_pow2, num_sms, upcast
+from unmask.kernels.triton_ops._common import (FP_FUSION, MAX_COUNTERS, arrival_counters, interpreting, next_pow2,
+                                                num_sms, upcast)
 from unmask.kernels.triton_ops.attention_loops import SRC_MIXED, SRC_NEW, attn_range, attn_range_prefetch
 
 __all__ = ["attention", "kv_cache_write"]
@@ -271,13 +272,13 @@ def attention_fwd(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_ca
         SEGMENTS=3 if has_cache and loop != "merged" else 1, PREFETCH=has_cache and loop == "prefetch",
         SPLITS=num_splits, SERIAL=counters is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         UPCAST=upcast(q.dtype), IEEE=q.dtype == torch.float32 and not interpreting(), WHILE_LOOP=interpreting(),
-        num_warps=warps, num_stages=stages,
+        enable_fp_fusion=FP_FUSION, num_warps=warps, num_stages=stages,
     )
     if num_splits > 1 and counters is None:
         rows = max(1, 2048 // block_d)
         _attn_combine_kernel[(triton.cdiv(n * heads, rows),)](
             part, ml, out, n * heads, heads, head_dim, out.stride(0), out.stride(1),
-            SPLITS=num_splits, ROWS=rows, BLOCK_D=block_d, num_warps=4)
+            SPLITS=num_splits, ROWS=rows, BLOCK_D=block_d, enable_fp_fusion=FP_FUSION, num_warps=4)
     return out
 
 
@@ -333,4 +334,4 @@ def kv_cache_write(k_cache, v_cache, k, v, slot_mapping) -> None:
         k, v, k_cache, v_cache, slot_mapping, n, head_dim, hk * head_dim, k_cache.shape[1],
         k.stride(0), k.stride(1), v.stride(0), v.stride(1), k_cache.stride(0), k_cache.stride(1),
         k_cache.stride(2), v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        ROWS=rows, BLOCK_F=block_f, num_warps=4)
+        ROWS=rows, BLOCK_F=block_f, enable_fp_fusion=FP_FUSION, num_warps=4)

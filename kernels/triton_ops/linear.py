@@ -21,7 +21,7 @@ import triton.language as tl
 
 from unmask.kernels.backend import KernelBackendError
 from unmask.kernels.torch_ref import linear as _ref
-from unmask.kernels.triton_ops._common import (MAX_COUNTERS, arrival_counters, interpreting, mma, next_pow2,
+from unmask.kernels.triton_ops._common import (FP_FUSION, MAX_COUNTERS, arrival_counters, interpreting, mma, next_pow2,
                                                 num_sms, row_major, upcast)
 
 __all__ = ["linear"]
@@ -179,12 +179,13 @@ def linear_fwd(x: torch.Tensor, weight: torch.Tensor, splits: int | None = None,
         x, weight, y, part, counters if counters is not None else part, n_rows, n_out, n_in, k_chunk, x.stride(0),
         weight.stride(0), y.stride(0), SPLITS=splits, SERIAL=counters is not None, BLOCK_M=block_m,
         BLOCK_N=block_n, BLOCK_K=block_k, EVEN_K=n_in % block_k == 0, UPCAST=upcast(x.dtype),
-        IEEE=x.dtype == torch.float32 and not interpreting(), WHILE_LOOP=interpreting(), num_warps=warps,
-        num_stages=stages)
+        IEEE=x.dtype == torch.float32 and not interpreting(), WHILE_LOOP=interpreting(), enable_fp_fusion=FP_FUSION,
+        num_warps=warps, num_stages=stages)
     if splits > 1 and counters is None:
         block = 1024
         _split_sum_kernel[(triton.cdiv(n_rows * n_out, block),)](part, y, n_rows, n_out, y.stride(0),
-                                                                 SPLITS=splits, BLOCK=block, num_warps=4)
+                                                                 SPLITS=splits, BLOCK=block, enable_fp_fusion=FP_FUSION,
+                                                                 num_warps=4)
     return y
 
 

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from unmask.kernels.torch_ref import moe as _ref
-from unmask.kernels.triton_ops._common import interpreting, mma, next_pow2, upcast
+from unmask.kernels.triton_ops._common import FP_FUSION, interpreting, mma, next_pow2, upcast
 from unmask.kernels.triton_ops.moe_align import moe_align
 
 __all__ = ["moe_route", "fused_moe"]
@@ -69,7 +69,7 @@ def moe_route(router_logits: torch.Tensor, top_k: int, out_dtype: torch.dtype):
         block_e = next_pow2(n_exp)
         rows = max(1, min(32, 2048 // block_e))
         _route_kernel[(triton.cdiv(n_tok, rows),)](logits, w, ids, n_tok, n_exp, logits.stride(0), TOPK=top_k,
-                                                   ROWS=rows, BLOCK_E=block_e, num_warps=4)
+                                                   ROWS=rows, BLOCK_E=block_e, enable_fp_fusion=FP_FUSION, num_warps=4)
     return w, ids
 
 
@@ -198,7 +198,7 @@ def fused_moe(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, to
     h = torch.empty((n_assign, inter), dtype=x.dtype, device=x.device)  # [A, I]
     y = torch.empty((n_assign, dim), dtype=x.dtype, device=x.device)  # [A, D]
     common = dict(BLOCK_M=bm, BLOCK_K=bk, UPCAST=upcast(x.dtype), IEEE=x.dtype == torch.float32 and not interpreting(),
-                  num_warps=warps, num_stages=stages)
+                  enable_fp_fusion=FP_FUSION, num_warps=warps, num_stages=stages)
     _gate_up_kernel[(n_blocks, triton.cdiv(inter, bn_up))](
         x, w_gate_up, h, sorted_ids, block_expert, n_assign, x.stride(0), w_gate_up.stride(0),
         w_gate_up.stride(1), TOPK=top_k, DIM=dim, INTER=inter, BLOCK_N=bn_up, **common)
@@ -208,5 +208,6 @@ def fused_moe(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, to
     block_d = min(1024, next_pow2(dim))
     rows = max(1, 2048 // block_d)
     _topk_sum_kernel[(triton.cdiv(n_tok, rows), triton.cdiv(dim, block_d))](
-        y, out, n_tok, out.stride(0), TOPK=top_k, DIM=dim, ROWS=rows, BLOCK_D=block_d, num_warps=4)
+        y, out, n_tok, out.stride(0), TOPK=top_k, DIM=dim, ROWS=rows, BLOCK_D=block_d, enable_fp_fusion=FP_FUSION,
+        num_warps=4)
     return out

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from unmask.kernels.triton_ops._common import next_pow2
+from unmask.kernels.triton_ops._common import FP_FUSION, next_pow2
 
 
 @triton.jit
@@ -150,17 +150,20 @@ def moe_align(topk_ids: torch.Tensor, n_experts: int, block_m: int, one_program:
         if n_assign > ONE_PROGRAM_MAX:
             raise ValueError(f"one-program alignment takes at most {ONE_PROGRAM_MAX} assignments, got {n_assign}")
         _align_one_kernel[(1,)](ids, sorted_ids, block_expert, n_assign, n_experts, nb * block_m, BLOCK_M=block_m,
-                                BLOCK_E=block_e, BLOCK_A=block_a, BLOCK_S=block_s, num_warps=8)
+                                BLOCK_E=block_e, BLOCK_A=block_a, BLOCK_S=block_s, enable_fp_fusion=FP_FUSION,
+                                num_warps=8)
         return sorted_ids, block_expert
     n_chunks = triton.cdiv(n_assign, block_a)
     hist = torch.empty((n_chunks, n_experts), dtype=torch.int32, device=dev)  # [C, E]
     base = torch.empty_like(hist)  # [C, E]
     meta = torch.empty((3, n_experts), dtype=torch.int32, device=dev)  # counts, first slot, end block
-    _hist_kernel[(n_chunks,)](ids, hist, n_assign, n_experts, BLOCK_E=block_e, BLOCK_A=block_a, num_warps=8)
-    _offsets_kernel[(1,)](hist, base, meta, n_chunks, n_experts, BLOCK_M=block_m, BLOCK_E=block_e, num_warps=1)
+    _hist_kernel[(n_chunks,)](ids, hist, n_assign, n_experts, BLOCK_E=block_e, BLOCK_A=block_a,
+                              enable_fp_fusion=FP_FUSION, num_warps=8)
+    _offsets_kernel[(1,)](hist, base, meta, n_chunks, n_experts, BLOCK_M=block_m, BLOCK_E=block_e,
+                          enable_fp_fusion=FP_FUSION, num_warps=1)
     _scatter_kernel[(n_chunks,)](ids, base, meta, sorted_ids, n_assign, n_experts, BLOCK_E=block_e,
-                                 BLOCK_A=block_a, num_warps=8)
+                                 BLOCK_A=block_a, enable_fp_fusion=FP_FUSION, num_warps=8)
     _blocks_kernel[(triton.cdiv(nb * block_m, block_s),)](meta, sorted_ids, block_expert, n_assign, n_experts,
                                                           nb * block_m, BLOCK_M=block_m, BLOCK_E=block_e,
-                                                          BLOCK_S=block_s, num_warps=8)
+                                                          BLOCK_S=block_s, enable_fp_fusion=FP_FUSION, num_warps=8)
     return sorted_ids, block_expert

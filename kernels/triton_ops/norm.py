@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from unmask.kernels.torch_ref import norm as _ref
-from unmask.kernels.triton_ops._common import next_pow2
+from unmask.kernels.triton_ops._common import FP_FUSION, next_pow2
 
 __all__ = ["rms_norm", "add_rms_norm"]
 
@@ -49,7 +49,8 @@ def _launch(x2, r2, weight, y2, s2, eps):
     grid = (triton.cdiv(n, rows),)
     _rms_norm_kernel[grid](
         x2, r_arg, weight, y2, s_arg, n, d, x2.stride(0), r_arg.stride(0), y2.stride(0), s_arg.stride(0), eps,
-        HAS_RES=has_res, ROWS=rows, BLOCK_D=block_d, num_warps=4 if rows * block_d <= 2048 else 8,
+        HAS_RES=has_res, ROWS=rows, BLOCK_D=block_d, enable_fp_fusion=FP_FUSION,
+        num_warps=4 if rows * block_d <= 2048 else 8,
     )
 
 

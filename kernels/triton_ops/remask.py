@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from unmask.kernels.torch_ref import remask as _ref
-from unmask.kernels.triton_ops._common import interpreting, next_pow2, num_sms
+from unmask.kernels.triton_ops._common import FP_FUSION, interpreting, next_pow2, num_sms
 
 __all__ = ["remask_confidence"]
 
@@ -142,10 +142,11 @@ def remask_fwd(logits: torch.Tensor, temperature: torch.Tensor, seeds: torch.Ten
     final = n_split == 1
     part = conf if final else torch.empty((rows, n_split, _NPART), dtype=torch.float64, device=logits.device)
     _vocab_pass_kernel[(rows, n_split)](logits, temp, seeds, part, x0, conf, vocab, logits.stride(0),
-                                        SPLITS=n_split, TILES=per, BLOCK_V=block_v, FINAL=final, num_warps=warps)
+                                        SPLITS=n_split, TILES=per, BLOCK_V=block_v, FINAL=final,
+                                        enable_fp_fusion=FP_FUSION, num_warps=warps)
     if not final:
         _merge_kernel[(rows,)](logits, temp, part, x0, conf, logits.stride(0), SPLITS=n_split,
-                               BLOCK_S=next_pow2(n_split), num_warps=1)
+                               BLOCK_S=next_pow2(n_split), enable_fp_fusion=FP_FUSION, num_warps=1)
     return x0, conf
 
 

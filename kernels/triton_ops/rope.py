@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from unmask.kernels.torch_ref import rope as _ref
-from unmask.kernels.triton_ops._common import next_pow2, row_major
+from unmask.kernels.triton_ops._common import FP_FUSION, next_pow2, row_major
 
 __all__ = ["rope", "rope_apply", "qk_norm_rope"]
 
@@ -88,7 +88,7 @@ def _launch(q, k, cos, sin, rotate_fp32, q_weight=None, k_weight=None, eps=0.0):
     _qk_rope_kernel[grid](q, k, qo, ko, qw, kw, cos, sin, n, heads_q, heads_k, half, q_blocks,
                           q.stride(0), q.stride(1), k.stride(0), k.stride(1), qo.stride(0), qo.stride(1),
                           ko.stride(0), ko.stride(1), cos.stride(0), eps, NORM=norm, FP32=rotate_fp32, ROWS=rows,
-                          BLOCK_H=block_h, num_warps=4)
+                          BLOCK_H=block_h, enable_fp_fusion=FP_FUSION, num_warps=4)
     return qo, ko
 
 

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from unmask.kernels.triton_ops._common import next_pow2
+from unmask.kernels.triton_ops._common import FP_FUSION, next_pow2
 
 __all__ = ["select_commits"]
 
@@ -51,5 +51,6 @@ def select_commits(conf: torch.Tensor, cand: torch.Tensor, k: torch.Tensor, thre
     thr = threshold if threshold.dtype == torch.float64 else threshold.to(torch.float32)
     half = conf.dtype in (torch.float16, torch.bfloat16)
     _select_kernel[(batch,)](conf, cand, k.contiguous(), thr.contiguous(), out, width, conf.stride(0),
-                             cand.stride(0), out.stride(0), HALF=half, BLOCK_W=next_pow2(width), num_warps=4)
+                             cand.stride(0), out.stride(0), HALF=half, BLOCK_W=next_pow2(width),
+                             enable_fp_fusion=FP_FUSION, num_warps=4)
     return out.view(torch.bool)

@@ -18,3 +18,5 @@ def test_kernels_compile_for_h100():
     proc = subprocess.run([sys.executable, str(SCRIPT), "--small"], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    # every launch sets enable_fp_fusion (kernels/triton_ops/_common.FP_FUSION): no Triton default decides it
+    assert "TRITON_DEFAULT_FP_FUSION" not in proc.stderr, proc.stderr[-4000:]
