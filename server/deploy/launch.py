@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 
+from unmask.server.deploy.options import ABORT_GRACE_S, APP_NAME
 from unmask.server.deploy.proxy import CALLBACK_ENV, CALLBACK_PATH
 
 log = logging.getLogger("unmask.deploy")
@@ -58,7 +59,7 @@ def run_replicas(args: argparse.Namespace) -> int:
         import ray
         from ray import serve
 
-        from unmask.server.deploy.ray_serve import ABORT_GRACE_S, APP_NAME, build_app
+        from unmask.server.deploy.ray_serve import build_app
     except ImportError as exc:
         print(f"unmask: error: --replicas needs Ray Serve ({exc}); install it with: pip install -e \".[ray]\"",
               file=sys.stderr)
@@ -78,6 +79,10 @@ def run_replicas(args: argparse.Namespace) -> int:
         serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
         log.info("serving %s on http://%s:%d through Ray Serve (%s)", APP_NAME, args.host, args.port,
                  "local Ray cluster" if local else f"Ray cluster {args.ray_address}")
+        for node in ray.nodes():  # where Prometheus finds every replica's metrics (ray_vllm_*, ray_serve_*)
+            if node.get("Alive"):
+                log.info("Ray metrics: http://%s:%s/metrics", node.get("NodeManagerAddress"),
+                         node.get("MetricsExportPort"))
         while not stop.wait(0.5):
             pass
         budget = args.drain_timeout + ABORT_GRACE_S + 15.0

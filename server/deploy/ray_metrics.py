@@ -56,8 +56,9 @@ class RayMetricsMirror:
 
     current: ClassVar["RayMetricsMirror | None"] = None
 
-    def __init__(self, registry, tags: dict[str, str]):
-        self.registry, self.tags = registry, tags
+    def __init__(self, registry, tags: dict[str, str], metrics_module=None):
+        """``metrics_module``: ``ray.util.metrics`` (the default) or a stand-in with the same classes."""
+        self.registry, self.tags, self._module = registry, tags, metrics_module
         self._metrics: dict[str, object] = {}
         self._last: dict[tuple, float] = {}
         self._task: asyncio.Task | None = None
@@ -97,10 +98,12 @@ class RayMetricsMirror:
         return n
 
     def _metric(self, kind: str, name: str, doc: str, keys: tuple[str, ...], **kw):
-        from ray.util import metrics
-
+        if self._module is None:
+            from ray.util import metrics
+            self._module = metrics
         if name not in self._metrics:
-            cls = {"counter": metrics.Counter, "gauge": metrics.Gauge, "histogram": metrics.Histogram}[kind]
+            mod = self._module
+            cls = {"counter": mod.Counter, "gauge": mod.Gauge, "histogram": mod.Histogram}[kind]
             self._metrics[name] = cls(ray_name(name), description=doc or name, tag_keys=(*keys, *self.tags), **kw)
         return self._metrics[name]
 

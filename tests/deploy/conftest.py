@@ -12,6 +12,7 @@ HAVE_RAY = importlib.util.find_spec("ray") is not None and importlib.util.find_s
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "ray: starts a local Ray cluster (2 CPUs) and Ray Serve; needs the [ray] extra")
+    config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:ray")  # Ray's own pydantic usage
 
 
 def process_tree(root: int) -> set[int]:

@@ -18,8 +18,7 @@ from tests.deploy import load
 from tests.deploy.conftest import HAVE_RAY, RAY_MISSING
 from tests.e2e.remote import RemoteServer, free_port
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(240), pytest.mark.skipif(not HAVE_RAY, reason=RAY_MISSING),
-              pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(240), pytest.mark.skipif(not HAVE_RAY, reason=RAY_MISSING)]
 
 SERVE_ARGS = {"device": "cpu", "dtype": "float32", "kv_cache_memory": "32M", "max_num_seqs": 32, "max_queue": 96,
               "disable_access_log": True, "replicas": 2, "drain_timeout": 10}
@@ -40,7 +39,8 @@ def cluster(expected):
     from ray import serve
 
     from unmask.server.deploy.proxy import CALLBACK_ENV, CALLBACK_PATH
-    from unmask.server.deploy.ray_serve import APP_NAME, build_app
+    from unmask.server.deploy.options import APP_NAME
+    from unmask.server.deploy.ray_serve import build_app
 
     saved = os.environ.get(CALLBACK_ENV)
     os.environ[CALLBACK_ENV] = CALLBACK_PATH  # the cluster's proxy inherits it
