@@ -1,7 +1,7 @@
 """Disconnect storm: hundreds of clients vanish at random points; the server must come back clean.
 
-    python benchmarks/disconnect_storm.py --spawn --clients 400 --max-num-seqs 4 --json out.json
-    python benchmarks/disconnect_storm.py --base-url http://127.0.0.1:8000 --clients 200
+    python -m benchmarks.disconnect_storm --spawn --clients 400 --max-num-seqs 4 --json out.json
+    python -m benchmarks.disconnect_storm --base-url http://127.0.0.1:8000 --clients 200
 
 Each client sends a long generation (prefix cache on, so cache pages are really taken) and then goes
 away in one of four ways: before the first byte (cancelled right after sending), while queued (a small
@@ -23,11 +23,7 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.load.report import save  # noqa: E402
+from benchmarks.load.report import save
 
 MODES = ("before_first_byte", "queued", "mid_stream", "non_stream_timeout", "complete")
 LONG = {"max_tokens": 96, "block_length": 8, "steps": 96, "cache": "prefix", "temperature": 0}

@@ -41,12 +41,12 @@ run() {  # name, timeout seconds, command...
 [[ " $PHASES " == *" tests "* ]] &&
   run kernel_tests 200 python -m pytest -q -p no:cacheprovider tests/kernels tests/gpu --timeout 190 --continue-on-collection-errors
 [[ " $PHASES " == *" timings "* ]] || { rm -rf "$TMP"; exit 0; }
-run step_table 160 python benchmarks/step_table.py --iters 5 --json "$OUT/step_table.json" --markdown "$OUT/step_table.md"
+run step_table 160 python -m benchmarks.step_table --iters 5 --json "$OUT/step_table.json" --markdown "$OUT/step_table.md"
 bench() {  # op name
   run "bench_$1" 90 python "benchmarks/kernels/bench_$1.py" --quick --json "$TMP/$1.json"
 }
 step_ab() {  # name, batches; the environment names the variant: the graphed step for the A/B against step_table
-  run "step_table_$1" 90 python benchmarks/step_table.py --shapes llada-8b,llada-moe --graphs on --batches "$2" \
+  run "step_table_$1" 90 python -m benchmarks.step_table --shapes llada-8b,llada-moe --graphs on --batches "$2" \
     --iters 5 --json "$OUT/step_table_$1.json"
 }
 # most informative first: what the budget cuts at the end matters least

@@ -1,7 +1,7 @@
 """HTTP overhead: output tokens/s through ``unmask serve`` at concurrency C vs the offline engine at the
 same concurrency, in one run, on the same requests.
 
-    python benchmarks/http_overhead.py --concurrency 32 --json benchmarks/results/http_overhead.json
+    python -m benchmarks.http_overhead --concurrency 32 --json benchmarks/results/http_overhead.json
 
 Offline: one Engine with ``max_num_seqs=C`` and every request queued at once (C run, the rest wait: a
 closed loop with instant refill), stepped on a worker thread like the server's engine loop. Server: a real ``unmask serve --max-num-seqs C`` subprocess and C
@@ -32,14 +32,12 @@ from pathlib import Path
 import httpx
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.e2e.remote import free_port  # noqa: E402
-from unmask.server.config import EngineConfig, SchedulerConfig  # noqa: E402
-from unmask.server.engine.engine import Engine  # noqa: E402
-from unmask.server.engine.params import DiffusionParams  # noqa: E402
-from unmask.server.engine.sequence import Request  # noqa: E402
+from benchmarks.load.launch import free_port
+from benchmarks.reference.checkpoints import write_checkpoint
+from unmask.server.config import EngineConfig, SchedulerConfig
+from unmask.server.engine.engine import Engine
+from unmask.server.engine.params import DiffusionParams
+from unmask.server.engine.sequence import Request
 
 
 def model_path(args) -> str:
@@ -47,7 +45,6 @@ def model_path(args) -> str:
     its outputs fill the canvas, so both sides count the same, non-trivial number of tokens."""
     if args.model:
         return args.model
-    from tests.helpers import write_checkpoint
     d = Path(tempfile.mkdtemp(prefix="unmask-http-bench-"))
     write_checkpoint(d, "dense", seed=0, d=args.hidden, layers=args.layers, heads=max(args.hidden // 64, 1),
                      inter=int(args.hidden * 2.75), vocab=4096)

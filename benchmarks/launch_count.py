@@ -3,7 +3,7 @@ under ``TRITON_INTERPRET=1`` inside a dispatch mode that counts every aten compu
 metadata ops excluded) and every Triton kernel launch. On a GPU each counted item is one kernel launch (a
 GEMM may be one cuBLAS kernel or a few), so the per-layer figure is what the step's CUDA graph replays.
 
-    TRITON_INTERPRET=1 python benchmarks/launch_count.py --family dense --layers 2 4
+    TRITON_INTERPRET=1 python -m benchmarks.launch_count --family dense --layers 2 4
 
 Prints the counts at each depth and the per-layer difference, by op.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -19,12 +18,9 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.helpers import write_checkpoint  # noqa: E402
-from unmask.server.models.attention_meta import AttentionMetadata, packed_positions  # noqa: E402
-from unmask.server.models.loader import load_model  # noqa: E402
+from benchmarks.reference.checkpoints import write_checkpoint
+from unmask.server.models.attention_meta import AttentionMetadata, packed_positions
+from unmask.server.models.loader import load_model
 
 NOT_KERNELS = {"view", "view_as", "_unsafe_view", "slice", "t", "transpose", "select", "expand", "reshape", "unsqueeze",
                "squeeze", "detach", "detach_", "alias", "as_strided", "empty", "empty_like", "empty_strided", "split",

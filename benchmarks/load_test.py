@@ -1,7 +1,7 @@
 """Reliability load test: many mixed requests, every answer checked, streamed == non-streamed.
 
-    python benchmarks/load_test.py --spawn --requests 2000 --concurrency 64 --seed 0 --json out.json
-    python benchmarks/load_test.py --base-url http://127.0.0.1:8000 --requests 200
+    python -m benchmarks.load_test --spawn --requests 2000 --concurrency 64 --seed 0 --json out.json
+    python -m benchmarks.load_test --base-url http://127.0.0.1:8000 --requests 200
 
 Each case (route, preset, max_tokens, block_length, prompt) is sent twice at temperature 0, once
 streamed and once not, with a unique ``X-Request-Id``. The run passes when there are zero transport or
@@ -23,11 +23,7 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.load.report import save  # noqa: E402
+from benchmarks.load.report import save
 
 FINISH = {"stop", "length"}
 WORDS = ["ALPHA", "BETA", "GAMMA", "DELTA", "ONE", "TWO", "THREE", "SKY", "SEA", "RED", "BLUE", "SUM", "2+2="]
@@ -165,10 +161,9 @@ async def run_load(base_url: str, requests: int, concurrency: int, seed: int = 0
 
 
 def tiny_checkpoint(root: Path) -> Path:
-    """A tiny random checkpoint with a chat template (the test helpers' one)."""
-    from tests.e2e.remote import add_chat_template
-    from tests.helpers import write_checkpoint
-    return add_chat_template(write_checkpoint(root / "tiny", "dense", seed=5))
+    """A tiny random checkpoint (with its LLaDA-style chat template)."""
+    from benchmarks.reference.checkpoints import write_checkpoint
+    return write_checkpoint(root / "tiny", "dense", seed=5)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             flags = [*args.server_args.split(), "--max-num-seqs", str(args.concurrency), "--disable-access-log"]
             with ServerProcess(model, flags, Path(tmp) / "server.log") as srv:
                 result = asyncio.run(run_load(srv.base_url, args.requests, args.concurrency, args.seed))
-        result["model"] = args.spawn or "tiny random (tests/helpers.py, seed 5)"
+        result["model"] = args.spawn or "tiny random (benchmarks/reference/checkpoints.py, seed 5)"
     summary = {k: v for k, v in result.items() if not k.endswith("_samples")}
     print(json.dumps(summary, indent=1))
     for e in result["error_samples"]:

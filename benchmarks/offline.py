@@ -1,6 +1,6 @@
 """Offline throughput: the reference port one request at a time vs the engine at concurrency C, in one run.
 
-    python benchmarks/offline.py --model tiny-llada-instruct --preset exact --concurrency 32 --json out.json
+    python -m benchmarks.offline --model tiny-llada-instruct --preset exact --concurrency 32 --json out.json
 
 Part 1 (embedded model, task-suite prompts through the chat template): useful tokens/s (generated tokens
 before the first EOS/EoT), NFE, TPF, per-step latency and held-out accuracy for both; the ratio
@@ -13,20 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from recipes.tasks import check, heldout_set  # noqa: E402
-from tests.reference.llada_generate import generate as reference_generate  # noqa: E402
-from unmask import LLM, DiffusionParams  # noqa: E402
-from unmask.server.models.attention_meta import AttentionMetadata, packed_positions  # noqa: E402
+from benchmarks.reference.checkpoints import write_checkpoint
+from benchmarks.reference.llada_generate import generate as reference_generate
+from recipes.tasks import check, heldout_set
+from unmask import LLM, DiffusionParams
+from unmask.server.models.attention_meta import AttentionMetadata, packed_positions
 
 
 def reference_run(llm: LLM, prompts: list[list[int]], p: DiffusionParams) -> dict:
@@ -96,8 +93,6 @@ def embedded_part(args) -> dict:
 
 def compute_bound_part(args) -> dict:
     """A random-weight LLaDA-shaped model large enough that the forward dominates (CPU-sized)."""
-    from tests.helpers import write_checkpoint
-
     d = Path(tempfile.mkdtemp(prefix="unmask-bench-"))
     write_checkpoint(d, "dense", seed=0, d=args.cb_hidden, layers=args.cb_layers, heads=args.cb_hidden // 64,
                      inter=int(args.cb_hidden * 2.75), vocab=4096)

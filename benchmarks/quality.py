@@ -1,8 +1,8 @@
 """Exact-match accuracy of a model on the held-out synthetic suite (``recipes/tasks.py``), per task and
 overall, through the offline engine (``unmask.LLM``) or a running server's OpenAI chat API.
 
-    python benchmarks/quality.py --model tiny-llada-instruct --preset exact --n 50 --seed 0 --json q.json
-    python benchmarks/quality.py --model tiny-llada-instruct --url http://127.0.0.1:8000 --preset fast
+    python -m benchmarks.quality --model tiny-llada-instruct --preset exact --n 50 --seed 0 --json q.json
+    python -m benchmarks.quality --model tiny-llada-instruct --url http://127.0.0.1:8000 --preset fast
 
 Forward and reversal directions of the lookup and couplet tasks are separate rows (and a ``directions``
 block in the JSON), as in the LLaDA paper's poem table. Prints a table; ``--json`` writes the numbers
@@ -14,13 +14,10 @@ import argparse
 import collections
 import concurrent.futures
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `recipes` lives at the repo root
-
-from recipes.tasks import TASKS, Example, check, heldout_set  # noqa: E402
+from recipes.tasks import TASKS, Example, check, heldout_set
 
 DEFAULT_MAX_TOKENS = 64
 """Generation length the model cards report (the engine's default)."""

@@ -1,6 +1,6 @@
 """HTTP load generator for any OpenAI-compatible server, following ``vllm bench serve`` (SERVING.md §5).
 
-    python benchmarks/serving.py --base-url http://127.0.0.1:8000 --dataset tasks --num-prompts 200 \\
+    python -m benchmarks.serving --base-url http://127.0.0.1:8000 --dataset tasks --num-prompts 200 \\
         --request-rate 8 --max-concurrency 16 --extra-body '{"preset": "fast"}' --save-result
 
 Requests arrive with gamma-distributed gaps (``--burstiness`` 1 = Poisson; ``--request-rate inf`` sends
@@ -23,12 +23,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.load import datasets, report, stats  # noqa: E402
-from benchmarks.load.request import RequestOutput, RequestSpec, send  # noqa: E402
+from benchmarks.load import datasets, report, stats
+from benchmarks.load.request import RequestOutput, RequestSpec, send
 
 
 def _target_args(p: argparse.ArgumentParser) -> None:

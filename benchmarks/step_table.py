@@ -1,7 +1,7 @@
 """Whole block-step time on a GPU for LLaDA-8B- and LLaDA-MoE-shaped random-weight models, next to the
 roofline floors of KERNELS.md §4.
 
-    python benchmarks/step_table.py --json out.json --markdown out.md
+    python -m benchmarks.step_table --json out.json --markdown out.md
 
 The step is the dual-cache block step the engine runs (block of 32 queries per sequence over a 544-token
 canvas: 512 cached + 32 new; LM head on the block rows; remask), captured in a CUDA graph and replayed.

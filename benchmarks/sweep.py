@@ -1,8 +1,8 @@
 """Run benchmarks/serving.py across concurrency levels and presets; write JSON, a Markdown table and plots.
 
-    python benchmarks/sweep.py                                  # embedded model, CPU, 1 4 16 64 × exact fast
-    python benchmarks/sweep.py --machine h100 --server-args "--device cuda --max-num-seqs 64"
-    python benchmarks/sweep.py --base-url http://127.0.0.1:8000 --machine my-box   # an already running server
+    python -m benchmarks.sweep                                  # embedded model, CPU, 1 4 16 64 × exact fast
+    python -m benchmarks.sweep --machine h100 --server-args "--device cuda --max-num-seqs 64"
+    python -m benchmarks.sweep --base-url http://127.0.0.1:8000 --machine my-box   # an already running server
 
 Without ``--base-url`` it starts ``unmask serve [--model]`` itself (``--max-num-seqs`` = the highest
 concurrency unless ``--server-args`` sets it). Each level runs closed-loop: ``--request-rate inf`` with
@@ -25,12 +25,8 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks import serving  # noqa: E402
-from benchmarks.load import launch, markdown, plots, report  # noqa: E402
+from benchmarks import serving
+from benchmarks.load import launch, markdown, plots, report
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--serving-args", default="",
                    help="extra serving.py flags for every run (write --serving-args=\"--flag ...\")")
     p.add_argument("--machine", default=None, help="results folder name (default: from the CPU model and cores)")
-    p.add_argument("--results-root", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--results-root", default=str(Path(__file__).resolve().parent / "results"))
     return p.parse_args(argv)
 
 
@@ -74,7 +70,7 @@ def machine_info(args: argparse.Namespace, server_cmd: list[str] | None) -> dict
     return {"machine": args.machine, "node": platform.node(), "platform": platform.platform(),
             "python": platform.python_version(), "torch": torch.__version__, "cpus": len(os.sched_getaffinity(0)),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "date": datetime.now().isoformat(timespec="seconds"), "sweep_command": "python " + shlex.join(sys.argv),
+            "date": datetime.now().isoformat(timespec="seconds"), "sweep_command": "python -m benchmarks.sweep " + shlex.join(sys.argv[1:]),
             "server_command": shlex.join(server_cmd) if server_cmd else None}
 
 
@@ -89,7 +85,7 @@ def run_level(base_url: str, preset: str, conc: int, args: argparse.Namespace, o
     before = launch.scrape(base_url)
     res = asyncio.run(serving.benchmark(sargs))
     res.update(launch.server_side(before, launch.scrape(base_url)), preset=preset, concurrency=conc,
-               serving_command="python benchmarks/serving.py " + shlex.join(argv))
+               serving_command="python -m benchmarks.serving " + shlex.join(argv))
     for key in ("nfe", "tpf"):
         if res[f"mean_{key}"] is None:
             res[f"mean_{key}"] = res[f"server_mean_{key}"]

@@ -11,7 +11,6 @@ import itertools
 import json
 import random
 import string
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,8 +64,6 @@ def find_tokenizer(spec: str | None, model: str | None) -> TextTokenizer | None:
 
 def task_requests(num: int, seed: int, output_len: int, tok: TextTokenizer | None) -> list[SampleRequest]:
     """Held-out prompts of the task suite (``recipes/tasks.py``), all tasks interleaved, ``num`` of them."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
     from recipes.tasks import TASKS, heldout_set
 
     per_task = max(1, -(-num // len(TASKS)))

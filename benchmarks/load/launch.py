@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -27,7 +27,7 @@ class ServerProcess:
     """``with ServerProcess(model, flags, log) as srv: srv.base_url``."""
 
     def __init__(self, model: str | None, flags: list[str], log_path: Path, ready_timeout: float = 300.0):
-        self.port = _free_port()
+        self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(log_path)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

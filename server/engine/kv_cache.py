@@ -52,7 +52,3 @@ class KVCacheManager:
     def free(self, pages: list[int]) -> None:
         self._free.extend(reversed(pages))
         pages.clear()
-
-    def used_bytes(self) -> int:
-        per = self.layers[0][0][0].numel() * self.layers[0][0].element_size() * 2 * len(self.layers) if self.layers else 0
-        return (self.num_pages - self.num_free) * per

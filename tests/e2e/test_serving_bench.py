@@ -14,7 +14,6 @@ from tests.e2e.remote import RemoteServer
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
-SERVING = ROOT / "benchmarks" / "serving.py"
 PERCENTILES = ("90", "99")
 VLLM_KEYS = ("date", "endpoint_type", "backend", "label", "model_id", "tokenizer_id", "num_prompts", "request_rate",
              "burstiness", "max_concurrency", "duration", "completed", "failed", "total_input_tokens",
@@ -39,7 +38,7 @@ def bench_server(chat_ckpt, tmp_path_factory):
 
 def _bench(srv, tmp_path: Path, *args: str) -> dict:
     out = tmp_path / "result.json"
-    cmd = [sys.executable, str(SERVING), "--base-url", srv.base_url, "--disable-tqdm", "--save-result",
+    cmd = [sys.executable, "-m", "benchmarks.serving", "--base-url", srv.base_url, "--disable-tqdm", "--save-result",
            "--save-detailed", "--result-dir", str(tmp_path), "--result-filename", out.name,
            "--metric-percentiles", ",".join(PERCENTILES), "--ready-check-timeout-sec", "30", *args]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)

@@ -6,7 +6,7 @@ import random
 import torch
 
 from tests.helpers import EOS_ID, EOT_ID, MASK_ID
-from tests.reference.llada_generate import generate
+from benchmarks.reference.llada_generate import generate
 from unmask import DiffusionParams
 from unmask.server.models.attention_meta import AttentionMetadata, packed_positions
 

@@ -1,14 +1,9 @@
 """The model's GPU path issues few kernels per layer: fused projections, RoPE tables built once per forward, no
 elementwise torch op between kernels (counted through the interpreter by ``benchmarks/launch_count.py``)."""
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-
-from launch_count import count_forward  # noqa: E402
+from benchmarks.launch_count import count_forward
 
 pytestmark = pytest.mark.skipif(  # CI (no GPU) runs it; a structural count needs no GPU
     torch.cuda.is_available(), reason="kernel launches are counted through Triton's CPU interpreter, which a CUDA "

@@ -3,20 +3,17 @@ they really answer held-out prompts (a floor well below the accuracy in their mo
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from recipes.tasks import TASKS, check, heldout_set
+from unmask.server.config import ModelConfig
+from unmask.server.models.loader import load_model
+from unmask.server.tokenizer import Tokenizer
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))  # `recipes` lives at the repo root
-
-from recipes.tasks import TASKS, check, heldout_set  # noqa: E402
-from unmask.server.config import ModelConfig  # noqa: E402
-from unmask.server.models.loader import load_model  # noqa: E402
-from unmask.server.tokenizer import Tokenizer  # noqa: E402
-
 ASSETS = ROOT / "server" / "assets"
 DENSE, MOE = ASSETS / "tiny-llada-instruct", ASSETS / "tiny-llada-moe-instruct"
 FLOOR = 0.75

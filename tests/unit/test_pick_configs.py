@@ -2,12 +2,7 @@
 the current default; plain (non-graph), NaN and non-Triton rows never win."""
 import json
 import math
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks" / "kernels"))
-
-import pick_configs  # noqa: E402
+from benchmarks.kernels import pick_configs
 
 
 def _row(bench, shape, provider, ms):

@@ -3,15 +3,12 @@ from __future__ import annotations
 
 import itertools
 import random
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `recipes` lives at the repo root
-
-from recipes import tasks  # noqa: E402
-from recipes.lexicon import COUPLETS, FACTS  # noqa: E402
+from recipes import tasks
+from recipes.lexicon import COUPLETS, FACTS
 
 
 def _instance(ex: tasks.Example) -> str:
