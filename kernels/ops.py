@@ -50,29 +50,35 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: to
 
 
 def rope_apply(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotate_fp32: bool):
-    """q [N, H, D], k [N, Hk, D], cos/sin [N, D] from ``rope_cos_sin`` -> (q, k) NeoX-rotated.
-    Spec: ``torch_ref.rope.rope_apply``."""
-    return backend.pick("rope_apply", _rope.rope_apply, q.device)(q, k, cos, sin, rotate_fp32)
+    """q [N, H, D], k [N, Hk, D], cos/sin [N, R] from ``rope_cos_sin`` -> (q, k) NeoX-rotated over the leading R
+    dims (R < D: partial rotary, run by the PyTorch spec on every device). Spec: ``torch_ref.rope.rope_apply``."""
+    fn = _rope.rope_apply if cos.shape[-1] < q.shape[-1] else backend.pick("rope_apply", _rope.rope_apply, q.device)
+    return fn(q, k, cos, sin, rotate_fp32)
 
 
 def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotate_fp32: bool,
                  q_weight: torch.Tensor, k_weight: torch.Tensor, eps: float):
     """q [N, H, D], k [N, Hk, D], cos/sin [N, D] from ``rope_cos_sin``, q_weight/k_weight [D] -> (q, k): each
     head RMS-normalised over D, then NeoX-rotated (LLaDA-MoE). Spec: ``torch_ref.rope.qk_norm_rope``."""
-    return backend.pick("qk_norm_rope", _rope.qk_norm_rope, q.device)(q, k, cos, sin, rotate_fp32, q_weight,
-                                                                      k_weight, eps)
+    fn = (_rope.qk_norm_rope if cos.shape[-1] < q.shape[-1]  # partial rotary: the spec on every device
+          else backend.pick("qk_norm_rope", _rope.qk_norm_rope, q.device))
+    return fn(q, k, cos, sin, rotate_fp32, q_weight, k_weight, eps)
 
 
 def attention(q, k, v, cu_seqlens_q, max_seqlen_q: int, scale: float, k_cache=None, v_cache=None,
-              block_table=None, kv_lens=None, new_offsets=None) -> torch.Tensor:
-    """Bidirectional varlen attention, optionally over a paged cache.
+              block_table=None, kv_lens=None, new_offsets=None, attn_blocks=None) -> torch.Tensor:
+    """Bidirectional (or, per sequence, block-causal) varlen attention, optionally over a paged cache.
 
     q [N, H, D], k/v [N, Hk, D], cu_seqlens_q [B+1] int32; cache k/v [P, S, Hk, D], block_table
-    [B, pages] int32, kv_lens [B] int32, new_offsets [B] int32 -> [N, H, D] q.dtype.
+    [B, pages] int32, kv_lens [B] int32, new_offsets [B] int32; attn_blocks [B] int32 (0 = bidirectional,
+    s > 0 = block-causal with blocks of s absolute positions) -> [N, H, D] q.dtype.
     Spec: ``torch_ref.attention.attention``.
     """
     fn = backend.pick("attention", _attn.attention, q.device)
-    return fn(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache, v_cache, block_table, kv_lens, new_offsets)
+    if attn_blocks is None:
+        return fn(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache, v_cache, block_table, kv_lens, new_offsets)
+    return fn(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache, v_cache, block_table, kv_lens, new_offsets,
+              attn_blocks)
 
 
 def kv_cache_write(k_cache, v_cache, k, v, slot_mapping) -> None:
@@ -85,6 +91,14 @@ def moe_route(router_logits: torch.Tensor, top_k: int, out_dtype: torch.dtype):
     """router_logits [T, E] -> (weights [T, K] out_dtype, ids [T, K] int64); fp32 softmax, top-k,
     no renormalisation. Spec: ``torch_ref.moe.moe_route``."""
     return backend.pick("moe_route", _moe.moe_route, router_logits.device)(router_logits, top_k, out_dtype)
+
+
+def moe_route_grouped(router_logits: torch.Tensor, expert_bias: torch.Tensor, top_k: int, n_group: int,
+                      topk_group: int, scaling: float, out_dtype: torch.dtype):
+    """router_logits [T, E], expert_bias [E] -> (weights [T, K] out_dtype, ids [T, K] int64): LLaDA2's sigmoid
+    group-limited routing, the step ahead of ``fused_moe``. Always the PyTorch spec (a few [T, E] elementwise ops
+    and two small top-k's): ``torch_ref.moe.moe_route_grouped``."""
+    return _moe.moe_route_grouped(router_logits, expert_bias, top_k, n_group, topk_group, scaling, out_dtype)
 
 
 def fused_moe(x, w_gate_up, w_down, topk_weights, topk_ids) -> torch.Tensor:

@@ -11,8 +11,10 @@ import dataclasses
 import json
 from pathlib import Path
 
-ARCHITECTURES = {"LLaDAModelLM": "llada", "LLaDAMoEModelLM": "llada_moe", "LLaDAMoEModel": "llada_moe"}
-"""HF ``architectures[0]`` -> model family ('llada' dense, 'llada_moe'): every architecture we serve."""
+ARCHITECTURES = {"LLaDAModelLM": "llada", "LLaDAMoEModelLM": "llada_moe", "LLaDAMoEModel": "llada_moe",
+                 "LLaDA2MoeModelLM": "llada2", "DreamModel": "dream"}
+"""HF ``architectures[0]`` -> model family ('llada' dense, 'llada_moe', 'llada2' block-causal MoE for LLaDA2.0 /
+2.1, 'dream' Qwen2-style Dream-7B): every architecture we serve."""
 
 # (key, required value) pairs for dense LLaDA: switches whose other values change the math.
 _DENSE_SWITCHES = (
@@ -80,6 +82,28 @@ class ModelConfig:
     """End of turn: ``<|eot_id|>`` (dense) or ``<|role_end|>`` (MoE); None if the tokenizer lacks it."""
     bos_token_id: int | None
     """Start of text, supplied by the chat template only."""
+    attention_pattern: str = "bidirectional"
+    """'bidirectional' (LLaDA, LLaDA-MoE, Dream) or 'block_causal' (LLaDA2: a token sees its own block and every
+    earlier one, blocks aligned to absolute positions)."""
+    rotary_dim: int = 0
+    """Leading head dims RoPE rotates (``partial_rotary_factor`` · head_dim); 0 = all of them."""
+    qkv_bias: bool = False
+    """q/k/v projections carry a bias (Dream's Qwen2 attention)."""
+    first_k_dense: int = 0
+    """Leading layers with a dense SwiGLU of ``intermediate_size`` instead of experts (LLaDA2 ``first_k_dense_replace``)."""
+    num_shared_experts: int = 0
+    """Shared experts added to every MoE layer's output (one SwiGLU of num · expert_intermediate_size)."""
+    routing: str = "softmax"
+    """'softmax' (LLaDA-MoE: fp32 softmax, top-k, no renormalisation) or 'sigmoid_grouped' (LLaDA2: sigmoid
+    scores + expert bias, group-limited top-k, renormalised, × routed_scaling_factor)."""
+    n_group: int = 1
+    """Expert groups for group-limited routing."""
+    topk_group: int = 1
+    """Groups a token may route into."""
+    routed_scaling_factor: float = 1.0
+    """Multiplier of the routed experts' weights."""
+    logits_shift: bool = False
+    """Position i's prediction comes from the hidden state at i − 1 (Dream; position 0 keeps its own)."""
 
     @property
     def stop_token_ids(self) -> tuple[int, ...]:
@@ -88,7 +112,15 @@ class ModelConfig:
 
     @property
     def is_moe(self) -> bool:
-        return self.family == "llada_moe"
+        return self.family in ("llada_moe", "llada2")
+
+    @property
+    def block_causal(self) -> bool:
+        return self.attention_pattern == "block_causal"
+
+    def is_dense_layer(self, layer_idx: int) -> bool:
+        """Layer ``layer_idx`` has a dense SwiGLU (every layer of a dense model, the first k of LLaDA2)."""
+        return not self.is_moe or layer_idx < self.first_k_dense
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "ModelConfig":
@@ -133,6 +165,9 @@ def from_dict(raw: dict, specials: dict[str, int]) -> ModelConfig:
     if family is None:
         raise UnsupportedConfigError(
             f"config.json: architectures={archs!r} is not supported (expected one of {tuple(ARCHITECTURES)})")
+    if family in ("llada2", "dream"):
+        from unmask.server import config_families  # the newer families' parsers (they import this module)
+        return config_families.PARSERS[family](raw, specials, arch)
     return (_dense if family == "llada" else _moe)(raw, specials, arch)
 
 

@@ -106,6 +106,11 @@ def write_checkpoint(path: Path, family: str = "dense", seed: int = 0, shards: i
     tensors = dense_tensors(cfg, gen) if family == "dense" else moe_tensors(cfg, gen)
     (path / "config.json").write_text(json.dumps(cfg, indent=1))
     write_tokenizer(path, SPECIALS if family == "dense" else MOE_SPECIALS)
+    return save_weights(path, tensors, shards)
+
+
+def save_weights(path: Path, tensors: dict[str, torch.Tensor], shards: int = 1) -> Path:
+    """``model.safetensors``, or ``shards`` files named as the hub names them plus ``model.safetensors.index.json``."""
     names = list(tensors)
     if shards == 1:
         save_file(tensors, str(path / "model.safetensors"))

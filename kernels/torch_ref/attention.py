@@ -15,12 +15,14 @@ import torch.nn.functional as F
 
 
 def attention(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_cache=None,
-              block_table=None, kv_lens=None, new_offsets=None):
+              block_table=None, kv_lens=None, new_offsets=None, attn_blocks=None):
     """q [N, H, D], k/v [N, Hk, D] (H % Hk == 0), cu_seqlens_q [B+1] int32 -> out [N, H, D] (q.dtype).
 
     Optional cache: k_cache/v_cache [P, S, Hk, D], block_table [B, max_pages] int32, kv_lens [B] int32,
     new_offsets [B] int32 (see the module docstring). ``max_seqlen_q`` is a host-side upper bound kept
-    for kernel launch sizing. Softmax of ``scale · q·kᵀ`` over each sequence's keys, no mask.
+    for kernel launch sizing. Softmax of ``scale · q·kᵀ`` over each sequence's keys; no mask, except with
+    ``attn_blocks`` [B] int32: where attn_blocks[b] = s > 0, sequence b is block-causal (LLaDA2): the query at
+    canvas position i sees key position j only if j // s <= i // s (its own block and every earlier one).
 
     Sequences with the same (query count, key count) run as one batched call: per sequence this is the
     same computation as a call of its own (each (sequence, head) softmax is independent), so a
@@ -34,21 +36,32 @@ def attention(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_cache=
         keys, vals, n_k, k_start = k, v, n_q, cu[:-1]
     else:
         keys, vals, n_k, k_start = gather_keys(k, v, cu, k_cache, v_cache, block_table, kv_lens, new_offsets)
-    groups: dict[tuple[int, int], list[int]] = {}
+    blocks = [0] * len(n_q) if attn_blocks is None else attn_blocks.tolist()
+    q_off = [0] * len(n_q) if k_cache is None else new_offsets.tolist()
+    groups: dict[tuple[int, int, int, int], list[int]] = {}
     for b, n in enumerate(n_q):
-        if n:
-            groups.setdefault((n, n_k[b]), []).append(b)
+        if n:  # the block-causal mask depends on the block size and the queries' first position
+            groups.setdefault((n, n_k[b], blocks[b], q_off[b] if blocks[b] else 0), []).append(b)
     rep = q.shape[1] // k.shape[1]
     if k_cache is None and len(groups) == 1 and all(n_q):  # one shape, no cache: plain reshapes
-        (n, _), = groups
-        return _batched(q, k, v, n, n, rep, scale)
+        (n, _, s, off), = groups
+        return _batched(q, k, v, n, n, rep, scale, block_mask(n, n, s, off, q.device))
     out = torch.empty_like(q)
     dev = q.device
-    for (n, m), seqs in groups.items():
+    for (n, m, s, off), seqs in groups.items():
         q_rows = _rows([cu[b] for b in seqs], n, dev)  # [G·n]
         k_rows = _rows([k_start[b] for b in seqs], m, dev)  # [G·m]
-        out[q_rows] = _batched(q[q_rows], keys[k_rows], vals[k_rows], n, m, rep, scale)
+        out[q_rows] = _batched(q[q_rows], keys[k_rows], vals[k_rows], n, m, rep, scale, block_mask(n, m, s, off, dev))
     return out
+
+
+def block_mask(n: int, m: int, block: int, q_offset: int, dev) -> torch.Tensor | None:
+    """[n, m] bool: query i (canvas position q_offset + i) may see key position j (block-causal with block size
+    ``block``: j // block <= (q_offset + i) // block); None when block == 0 (bidirectional)."""
+    if block == 0:
+        return None
+    q_blk = (torch.arange(n, device=dev) + q_offset) // block  # [n]
+    return (torch.arange(m, device=dev) // block)[None, :] <= q_blk[:, None]
 
 
 def gather_keys(k, v, cu: list[int], k_cache, v_cache, block_table, kv_lens, new_offsets):
@@ -80,15 +93,16 @@ def _rows(starts: list[int], n: int, dev) -> torch.Tensor:
     return (torch.tensor(starts, device=dev)[:, None] + torch.arange(n, device=dev)[None, :]).flatten()
 
 
-def _batched(q, k, v, n: int, m: int, rep: int, scale: float) -> torch.Tensor:
-    """q [G·n, H, D], k/v [G·m, Hk, D]: G sequences of ``n`` queries and ``m`` keys -> [G·n, H, D]."""
+def _batched(q, k, v, n: int, m: int, rep: int, scale: float, mask=None) -> torch.Tensor:
+    """q [G·n, H, D], k/v [G·m, Hk, D]: G sequences of ``n`` queries and ``m`` keys, optional mask [n, m] bool
+    (True = attend) -> [G·n, H, D]."""
     g = q.shape[0] // n
     qq = q.reshape(g, n, *q.shape[1:]).transpose(1, 2)  # [G, H, n, D]
     kk = k.reshape(g, m, *k.shape[1:]).transpose(1, 2)  # [G, Hk, m, D]
     vv = v.reshape(g, m, *v.shape[1:]).transpose(1, 2)
     if rep > 1:
         kk, vv = kk.repeat_interleave(rep, dim=1), vv.repeat_interleave(rep, dim=1)
-    o = F.scaled_dot_product_attention(qq, kk, vv, scale=scale)  # [G, H, n, D]
+    o = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=mask, scale=scale)  # [G, H, n, D]
     return o.transpose(1, 2).reshape(q.shape)
 
 

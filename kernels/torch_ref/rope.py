@@ -39,8 +39,13 @@ def rope_apply(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.T
 
     rotate_fp32=True (dense LLaDA, ``rope_full_precision``): q and k are upcast to fp32, rotated and cast
     back. False (LLaDA-MoE, HF default rope): cos/sin are cast to the activation dtype first and the
-    rotation runs in that dtype.
+    rotation runs in that dtype. Tables narrower than D (cos/sin [N, R], R < D: partial rotary, LLaDA2's
+    ``partial_rotary_factor``) rotate the leading R dims of each head and leave the rest unchanged.
     """
+    r = cos.shape[-1]
+    if r < q.shape[-1]:  # partial rotary (LLaDA2): the leading r dims rotate, the rest pass through
+        qr, kr = rope_apply(q[..., :r], k[..., :r], cos, sin, rotate_fp32)
+        return torch.cat([qr, q[..., r:]], -1), torch.cat([kr, k[..., r:]], -1)
     if rotate_fp32:
         cdt = cos.dtype
         return _rotate(q.to(cdt), cos, sin).to(q.dtype), _rotate(k.to(cdt), cos, sin).to(k.dtype)

@@ -283,17 +283,22 @@ def attention_fwd(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_ca
 
 
 def attention(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_cache=None, block_table=None,
-              kv_lens=None, new_offsets=None):
+              kv_lens=None, new_offsets=None, attn_blocks=None):
     """q [N, H, D], k/v [N, Hk, D], cu_seqlens_q [B+1] int32, max_seqlen_q host int >= every n_b,
     scale float; optional cache k/v [P, S, Hk, D] (read as k's dtype), block_table [B, pages] int32,
-    kv_lens [B] int32, new_offsets [B] int32 -> out [N, H, D] q.dtype.
+    kv_lens [B] int32, new_offsets [B] int32; optional attn_blocks [B] int32 -> out [N, H, D] q.dtype.
 
     Non-causal softmax(scale·q·kᵀ)·v per sequence over its own keys (see the module docstring);
-    fp16/bf16/fp32 (fp64 is served by the PyTorch reference).
+    fp16/bf16/fp32 (fp64 is served by the PyTorch reference). With ``attn_blocks`` (LLaDA2's block-causal
+    pattern) the block-causal kernel of ``attention_block_causal.py`` runs instead.
     """
     if q.dtype == torch.float64:
         return _ref.attention(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache, v_cache, block_table,
-                              kv_lens, new_offsets)
+                              kv_lens, new_offsets, attn_blocks)
+    if attn_blocks is not None:
+        from unmask.kernels.triton_ops.attention_block_causal import block_causal_attention
+        return block_causal_attention(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache, v_cache, block_table,
+                                      kv_lens, new_offsets, attn_blocks)
     return attention_fwd(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache, v_cache, block_table, kv_lens,
                          new_offsets)
 

@@ -84,11 +84,18 @@ def _attn_tile(q, m_i, l_i, acc, start, hi, k_ptr, v_ptr, kc_ptr, vc_ptr, bt_row
 def _softmax_update(q, m_i, l_i, acc, k, v, pos_ok, qk_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     UPCAST: tl.constexpr, IEEE: tl.constexpr):
     """Fold one key tile k/v [BN, BD] (positions with ``pos_ok`` false masked) into the running (m, l, acc)."""
+    return softmax_update_masked(q, m_i, l_i, acc, k, v, pos_ok[None, :], qk_scale, BLOCK_M, BLOCK_N, UPCAST, IEEE)
+
+
+@triton.jit
+def softmax_update_masked(q, m_i, l_i, acc, k, v, ok, qk_scale, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                          UPCAST: tl.constexpr, IEEE: tl.constexpr):
+    """``_softmax_update`` with a mask ``ok`` broadcastable to [BM, BN] (per query row and key: block-causal)."""
     if UPCAST:
         k = k.to(tl.float32)
         v = v.to(tl.float32)
     s = mma(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32), IEEE) * qk_scale  # [BM, BN]
-    s = tl.where(pos_ok[None, :], s, float("-inf"))
+    s = tl.where(ok, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, axis=1))  # [BM]
     m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # no key yet: avoid -inf - -inf
     alpha = tl.exp2(m_i - m_use)  # [BM]

@@ -26,6 +26,10 @@ class AttentionMetadata:
     """[N] int64 cache slot each new token's K/V is written to (negative: not written), or None."""
     kv_caches: list | None = None
     """Per layer (k_cache, v_cache), each [P, S, Hk, D], or None when the forward uses no cache."""
+    attn_blocks: torch.Tensor | None = None
+    """[B] int32 block size of each sequence's block-causal attention (the model's attention pattern, LLaDA2: a
+    position sees its own block and every earlier one, blocks of this many absolute positions), or None when
+    every sequence attends bidirectionally."""
 
     @property
     def reads_cache(self) -> bool:

@@ -1,4 +1,4 @@
-"""Layers shared by both LLaDA families. All math goes through ``unmask.kernels.ops``.
+"""Layers shared by every family (LLaDA, LLaDA-MoE, LLaDA2, Dream). All math goes through ``unmask.kernels.ops``.
 
 Legend: N packed tokens, D hidden, H query heads, Hk key/value heads, Dh head dim, E experts,
 I expert width, K experts per token, V vocab. Weights live as plain parameters; projections that read the
@@ -33,7 +33,8 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
-    """Bidirectional multi-head attention with NeoX RoPE and optional per-head QK-norm (MoE)."""
+    """Multi-head (GQA) attention with NeoX RoPE (optionally partial), optional per-head QK-norm (LLaDA-MoE, LLaDA2),
+    optional q/k/v bias (Dream); bidirectional or block-causal as ``meta.attn_blocks`` says."""
 
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
@@ -41,15 +42,20 @@ class Attention(nn.Module):
         d, hd = cfg.hidden_size, cfg.head_dim
         self.qkv_proj = _param((cfg.num_heads + 2 * cfg.num_kv_heads) * hd, d)  # rows: q, then k, then v
         self.o_proj = _param(d, cfg.num_heads * hd)
+        if cfg.qkv_bias:
+            self.qkv_bias = _param((cfg.num_heads + 2 * cfg.num_kv_heads) * hd)
         if cfg.qk_norm:
             self.q_norm = RMSNorm(hd, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(hd, cfg.rms_norm_eps)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata):
-        """x [N, D], rope = (cos, sin) [N, Dh] each from ``ops.rope_cos_sin`` of the positions -> [N, D]."""
+        """x [N, D], rope = (cos, sin) [N, R] each from ``ops.rope_cos_sin`` of the positions (R = Dh, or the
+        rotary dims of a partial rotary) -> [N, D]."""
         cfg, n = self.cfg, x.shape[0]
         hq, hk = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
         qkv = ops.linear(x, self.qkv_proj)  # [N, (H + 2Hk)·Dh]; the views below keep its row stride
+        if cfg.qkv_bias:
+            qkv = qkv + self.qkv_bias
         q = qkv[:, :hq].view(n, cfg.num_heads, cfg.head_dim)  # [N, H, Dh]
         k = qkv[:, hq:hq + hk].view(n, cfg.num_kv_heads, cfg.head_dim)  # [N, Hk, Dh]
         v = qkv[:, hq + hk:].view(n, cfg.num_kv_heads, cfg.head_dim)  # [N, Hk, Dh]
@@ -63,9 +69,10 @@ class Attention(nn.Module):
             ops.kv_cache_write(cache[0], cache[1], k, v, meta.slot_mapping)
         if meta.reads_cache:
             o = ops.attention(q, k, v, meta.cu_seqlens_q, meta.max_seqlen_q, cfg.head_dim ** -0.5,
-                              cache[0], cache[1], meta.block_table, meta.kv_lens, meta.new_offsets)
+                              cache[0], cache[1], meta.block_table, meta.kv_lens, meta.new_offsets, meta.attn_blocks)
         else:
-            o = ops.attention(q, k, v, meta.cu_seqlens_q, meta.max_seqlen_q, cfg.head_dim ** -0.5)
+            o = ops.attention(q, k, v, meta.cu_seqlens_q, meta.max_seqlen_q, cfg.head_dim ** -0.5,
+                              attn_blocks=meta.attn_blocks)
         return ops.linear(o.reshape(n, -1), self.o_proj)  # [N, D]
 
 
@@ -83,7 +90,8 @@ class SwiGLU(nn.Module):
 
 
 class SparseMoE(nn.Module):
-    """LLaDA-MoE expert layer: fp32-softmax router, top-k without renormalisation, SwiGLU experts.
+    """Expert layer. LLaDA-MoE: fp32-softmax router, top-k without renormalisation. LLaDA2: fp32 router logits,
+    sigmoid group-limited routing with expert bias (``ops.moe_route_grouped``) and shared experts added.
 
     Expert weights are stacked at load time: w_gate_up [E, 2I, D] (gate rows, then up rows), w_down [E, D, I].
     """
@@ -91,15 +99,27 @@ class SparseMoE(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         e, i, d = cfg.num_experts, cfg.expert_intermediate_size, cfg.hidden_size
-        self.top_k = cfg.num_experts_per_tok
+        self.cfg, self.top_k = cfg, cfg.num_experts_per_tok
         self.gate = _param(e, d)
         self.w_gate_up = _param(e, 2 * i, d)
         self.w_down = _param(e, d, i)
+        if cfg.routing == "sigmoid_grouped":
+            self.expert_bias = _param(e)
+        if cfg.num_shared_experts:
+            self.shared = SwiGLU(d, i * cfg.num_shared_experts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [N, D] -> [N, D]."""
-        weights, ids = ops.moe_route(ops.linear(x, self.gate), self.top_k, x.dtype)  # [N, K], [N, K]
-        return ops.fused_moe(x, self.w_gate_up, self.w_down, weights, ids)
+        cfg = self.cfg
+        if cfg.routing == "sigmoid_grouped":  # the published gate computes its logits in fp32
+            cdt = torch.promote_types(x.dtype, torch.float32)
+            logits = ops.linear(x.to(cdt), self.gate.to(cdt))  # [N, E]
+            weights, ids = ops.moe_route_grouped(logits, self.expert_bias, self.top_k, cfg.n_group, cfg.topk_group,
+                                                 cfg.routed_scaling_factor, x.dtype)  # [N, K], [N, K]
+        else:
+            weights, ids = ops.moe_route(ops.linear(x, self.gate), self.top_k, x.dtype)  # [N, K], [N, K]
+        out = ops.fused_moe(x, self.w_gate_up, self.w_down, weights, ids)  # [N, D]
+        return out + self.shared(x) if cfg.num_shared_experts else out
 
 
 class DecoderBlock(nn.Module):
@@ -112,7 +132,7 @@ class DecoderBlock(nn.Module):
         self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.attn = Attention(cfg, layer_idx)
         self.ff_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.ffn = SparseMoE(cfg) if cfg.is_moe else SwiGLU(cfg.hidden_size, cfg.intermediate_size)
+        self.ffn = SwiGLU(cfg.hidden_size, cfg.intermediate_size) if cfg.is_dense_layer(layer_idx) else SparseMoE(cfg)
 
     def forward(self, x, residual, rope, meta):
         """x [N, D] the previous block's ffn output (the embeddings for the first block, with residual None),

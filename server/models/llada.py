@@ -30,7 +30,7 @@ class LLaDAModelLM(nn.Module):
         """input_ids [N] int64, positions [N] int64 -> final hidden states [N, D] (after the final norm)."""
         x = self.embed[input_ids]  # [N, D]
         cfg = self.cfg
-        rope = ops.rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, x.dtype)  # 2 x [N, Dh], shared by every layer
+        rope = ops.rope_cos_sin(positions, cfg.rotary_dim or cfg.head_dim, cfg.rope_theta, x.dtype)  # 2 x [N, R]
         residual = None
         for block in self.blocks:
             x, residual = block(x, residual, rope, meta)  # the stream is x + residual

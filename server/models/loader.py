@@ -76,14 +76,15 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
 
 
 def _fill_fused(param: torch.Tensor, parts: list[tuple[str, int]], reader: "_Reader") -> None:
-    """param [R, C] = cat(dim 0) of the named tensors, each checked against its expected [rows, C]."""
+    """param [R, C] (or a fused bias [R]) = cat(dim 0) of the named tensors, each checked against its expected
+    [rows, C] ([rows])."""
     row = 0
     for name, rows in parts:
         t = reader.get(name)
-        _check_shape(name, t.shape, (rows, param.shape[1]))
+        _check_shape(name, t.shape, (rows, *param.shape[1:]))
         param[row:row + rows].copy_(t)
         row += rows
-    _check_shape(f"{[n for n, _ in parts]}", (row, param.shape[1]), param.shape)
+    _check_shape(f"{[n for n, _ in parts]}", (row, *param.shape[1:]), param.shape)
 
 
 def _fill_stacked(param: torch.Tensor, groups: list[list[str]], reader: "_Reader") -> None:

@@ -1,15 +1,17 @@
 """Model family -> model class. The architecture names live in one table, ``config.ARCHITECTURES`` (HF
 ``architectures`` -> family, resolved into ``ModelConfig.family``); never dispatch on ``model_type`` (both
-families say "llada")."""
+LLaDA families say "llada")."""
 from __future__ import annotations
 
 import torch
 
 from unmask.server.config import ModelConfig, UnsupportedConfigError
 from unmask.server.models.llada import LLaDAModelLM
+from unmask.server.models.dream import DreamModel
+from unmask.server.models.llada2 import LLaDA2MoeModelLM
 from unmask.server.models.llada_moe import LLaDAMoEModelLM
 
-_FAMILY_CLASSES = {"llada": LLaDAModelLM, "llada_moe": LLaDAMoEModelLM}
+_FAMILY_CLASSES = {"llada": LLaDAModelLM, "llada_moe": LLaDAMoEModelLM, "llada2": LLaDA2MoeModelLM, "dream": DreamModel}
 
 
 def model_class(cfg: ModelConfig) -> type[LLaDAModelLM]:

@@ -1,0 +1,63 @@
+"""Dream (Dream-org/Dream-v0-Base-7B, Dream-v0-Instruct-7B): ``DreamModel``.
+
+A Qwen2 body (published ``modeling_dream.py``): GQA, q/k/v projections with bias, full NeoX RoPE with cos/sin
+in the activation dtype, SwiGLU MLP, RMSNorm, untied LM head, **bidirectional** attention. Dream predicts the
+token at position i from the hidden state at i − 1 (its ``generate`` shifts the logits right by one, position 0
+keeping its own): ``forward`` returns the hidden states already shifted within each packed sequence, so the
+runner's logit rows need no family rule. In a cached block step the fed segment starts at the block, whose first
+row then keeps its own state (as Fast-dLLM's Dream cache does); refresh steps start at position 0 and are exact.
+HF tensor names: ``model.layers.*``; q/k/v weights and biases are fused at load time into qkv_proj / qkv_bias.
+"""
+from __future__ import annotations
+
+import torch
+
+from unmask.server.config import ModelConfig
+from unmask.server.models.attention_meta import AttentionMetadata
+from unmask.server.models.llada import LLaDAModelLM
+
+
+def shift_rows(hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """hidden [N, D] packed sequences (cu_seqlens [B+1]) -> [N, D]: row i takes row i − 1 of its own sequence;
+    each sequence's first row keeps its own."""
+    src = torch.arange(hidden.shape[0], device=hidden.device) - 1  # [N]
+    starts = cu_seqlens[:-1].long()
+    src[starts[starts < hidden.shape[0]]] = starts[starts < hidden.shape[0]]
+    return hidden[src]
+
+
+class DreamModel(LLaDAModelLM):
+    """Dream-7B; the Qwen2 differences (bias, GQA) live in the shared layers, switched by ModelConfig."""
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """input_ids [N] int64, positions [N] int64 -> [N, D] final hidden states, row i holding the state that
+        predicts position i (Dream's one-position logits shift)."""
+        return shift_rows(super().forward(input_ids, positions, meta), meta.cu_seqlens_q)
+
+    @staticmethod
+    def hf_names(cfg: ModelConfig) -> dict[str, str]:
+        """Internal parameter name -> HF tensor name, for parameters stored as one HF tensor."""
+        top = {"embed": "model.embed_tokens.weight", "norm.weight": "model.norm.weight", "lm_head": "lm_head.weight"}
+        leaves = {"attn_norm.weight": "input_layernorm.weight", "attn.o_proj": "self_attn.o_proj.weight",
+                  "ff_norm.weight": "post_attention_layernorm.weight", "ffn.down_proj": "mlp.down_proj.weight"}
+        return {**top, **{f"blocks.{i}.{ours}": f"model.layers.{i}.{theirs}"
+                          for i in range(cfg.num_layers) for ours, theirs in leaves.items()}}
+
+    @staticmethod
+    def hf_fused_names(cfg: ModelConfig) -> dict[str, list[tuple[str, int]]]:
+        """Fused parameter -> the HF tensors (name, rows) concatenated along dim 0, in order."""
+        hq, hk = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+        out = {}
+        for i in range(cfg.num_layers):
+            p = f"model.layers.{i}."
+            for kind in ("weight", "bias"):
+                ours = f"blocks.{i}.attn.qkv_proj" if kind == "weight" else f"blocks.{i}.attn.qkv_bias"
+                out[ours] = [(f"{p}self_attn.{n}_proj.{kind}", rows) for n, rows in (("q", hq), ("k", hk), ("v", hk))]
+            out[f"blocks.{i}.ffn.gate_up_proj"] = [(p + "mlp.gate_proj.weight", cfg.intermediate_size),
+                                                   (p + "mlp.up_proj.weight", cfg.intermediate_size)]
+        return out
+
+    @staticmethod
+    def hf_stacked_names(cfg: ModelConfig) -> dict[str, list[list[str]]]:
+        """No stacked parameters."""
+        return {}
