@@ -20,9 +20,26 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default=None,
-                   help="checkpoint directory or built-in name (default: the embedded tiny-llada-instruct)")
+                   help="checkpoint directory, Hugging Face id (org/name: the local cache first, else downloaded) "
+                        "or built-in name (default: the embedded tiny-llada-instruct)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--dtype", default="auto", help="auto | bfloat16 | float16 | float32 | float64")
+    hub = p.add_argument_group("Hugging Face ids and quantization")
+    hub.add_argument("--revision", default=None, help="hub branch, tag or commit of a Hugging Face id (default main)")
+    hub.add_argument("--download-dir", default=None,
+                     help="Hugging Face cache folder (default HF_HUB_CACHE, HF_HOME/hub or ~/.cache/huggingface/hub)")
+    hub.add_argument("--tokenizer", default=None, help="tokenizer folder, hub id or built-in name (default: the model's)")
+    hub.add_argument("--quantization", default=None, choices=["fp8", "int8", "int4"],
+                     help="quantize the weights of every linear layer and MoE expert at load time: fp8 (E4M3, per "
+                          "channel), int8 (per channel) or int4 (group 128); weight-only. compressed-tensors "
+                          "checkpoints are detected and need none")
+    hub.add_argument("--quantize-lm-head", action="store_true", help="with --quantization, quantize the LM head too")
+
+
+def model_source_kwargs(args: argparse.Namespace) -> dict:
+    """The hub and quantization flags as EngineConfig / LLM keyword arguments."""
+    return dict(revision=args.revision, download_dir=args.download_dir, tokenizer=args.tokenizer,
+                quantization=args.quantization, quantize_lm_head=args.quantize_lm_head)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +66,7 @@ def _generate(args: argparse.Namespace) -> int:
     params = DiffusionParams(max_tokens=args.max_tokens, block_length=args.block_length, steps=args.steps,
                              temperature=args.temperature, remasking=args.remasking, cfg_scale=args.cfg_scale,
                              threshold=args.threshold, cache=args.cache, preset=args.preset, seed=args.seed)
-    llm = LLM(args.model, device=args.device, dtype=args.dtype)
+    llm = LLM(args.model, device=args.device, dtype=args.dtype, **model_source_kwargs(args))
     prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
     out = llm.generate(prompt, params)[0]
     print(out.text)

@@ -242,6 +242,18 @@ class EngineConfig:
     """'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:N'."""
     dtype: str = "auto"
     """'auto' (bfloat16 on CUDA, float32 on CPU), 'bfloat16', 'float16', 'float32', 'float64'."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) when ``model`` is a Hugging Face id; None = main."""
+    download_dir: str | None = None
+    """Hugging Face cache folder for hub ids; None = HF_HUB_CACHE / HF_HOME / ~/.cache/huggingface/hub."""
+    tokenizer: str | None = None
+    """Where the tokenizer comes from (built-in name, folder or hub id); None = the model's folder."""
+    quantization: str | None = None
+    """Quantize weights at load time: None, 'fp8' (E4M3, per output channel), 'int8' (per channel,
+    weight-only) or 'int4' (weight-only, group 128, symmetric). A compressed-tensors checkpoint is detected
+    from its ``quantization_config`` and needs none."""
+    quantize_lm_head: bool = False
+    """Also quantize the LM head (embeddings and norms always keep the model dtype)."""
     kv_cache_memory: int | None = None
     """Bytes for the prefix/dual cache; None = 0.4 of free device memory (CUDA) or 1 GiB (CPU)."""
     scheduler: SchedulerConfig = dataclasses.field(default_factory=SchedulerConfig)

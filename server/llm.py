@@ -26,8 +26,14 @@ class LLM:
     """Generation without HTTP. ``model``: None (embedded default), a built-in name, or a checkpoint path."""
 
     def __init__(self, model: str | None = None, device: str = "auto", dtype: str = "auto",
-                 max_num_seqs: int = 64, kv_cache_memory: int | None = None, seed: int = 0, **sched):
+                 max_num_seqs: int = 64, kv_cache_memory: int | None = None, seed: int = 0,
+                 revision: str | None = None, download_dir: str | None = None, tokenizer: str | None = None,
+                 quantization: str | None = None, quantize_lm_head: bool = False, **sched):
+        """``model`` may be a Hugging Face id (``revision``, ``download_dir``); ``quantization``: None, 'fp8',
+        'int8', 'int4'."""
         config = EngineConfig(model=model, device=device, dtype=dtype, kv_cache_memory=kv_cache_memory, seed=seed,
+                              revision=revision, download_dir=download_dir, tokenizer=tokenizer,
+                              quantization=quantization, quantize_lm_head=quantize_lm_head,
                               scheduler=SchedulerConfig(max_num_seqs=max_num_seqs, **sched))
         self.engine = Engine.from_config(config)
         self.tokenizer = self.engine.tokenizer

@@ -10,7 +10,6 @@ import argparse
 import logging
 import os
 import re
-from pathlib import Path
 
 from unmask.server.api.settings import OPEN_PATHS, ServerSettings
 from unmask.server.config import EngineConfig, SchedulerConfig
@@ -42,7 +41,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     net.add_argument("--open-paths", nargs="*", default=list(OPEN_PATHS),
                      help=f"paths reachable without a key (default: {' '.join(OPEN_PATHS)})")
     net.add_argument("--allowed-origins", nargs="*", default=["*"], help="CORS origins (default *)")
-    net.add_argument("--served-model-name", default=None, help="model name clients use (default: the model's)")
+    net.add_argument("--served-model-name", nargs="+", default=None,
+                     help="name(s) clients may send as `model`; the first is the one reported (default: the model "
+                          "argument as given: hub id, path or built-in name)")
     eng = p.add_argument_group("engine")
     eng.add_argument("--max-num-seqs", type=_positive, default=64, help="sequences stepped together (default 64)")
     eng.add_argument("--max-num-batched-tokens", type=_positive, default=16384, help="token budget per step")
@@ -95,15 +96,19 @@ def add_scale_out_args(p: argparse.ArgumentParser) -> None:
 def build_configs(args: argparse.Namespace) -> tuple[EngineConfig, ServerSettings]:
     from unmask.server.models.resolve import DEFAULT_MODEL, resolve_model_path
 
-    path = resolve_model_path(args.model)  # fails fast (exit 2) on a bad model argument
+    from unmask.server.cli import model_source_kwargs
+
+    # fails fast (exit 2) on a bad model argument; a hub id is fetched into the cache here, before the server starts
+    path = resolve_model_path(args.model, args.revision, args.download_dir)
     keys = tuple(args.api_key or ()) or tuple(k for k in [os.environ.get("UNMASK_API_KEY")] if k)
     engine = EngineConfig(
         model=str(path), device=args.device, dtype=args.dtype, kv_cache_memory=args.kv_cache_memory, seed=args.seed,
+        **model_source_kwargs(args),
         scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                                   max_model_len=args.max_model_len))
-    name = args.served_model_name or (Path(args.model).name if args.model else DEFAULT_MODEL)
+    names = tuple(args.served_model_name or [args.model or DEFAULT_MODEL])  # vLLM: the argument as given
     settings = ServerSettings(
-        served_model_name=name, model_root=str(path), api_keys=keys, open_paths=tuple(args.open_paths),
+        served_model_name=names[0], served_model_aliases=names[1:], model_root=str(path.resolve()), api_keys=keys, open_paths=tuple(args.open_paths),
         max_prompt_tokens=args.max_prompt_tokens, max_tokens_limit=args.max_tokens_limit, max_steps=args.max_steps,
         max_choices=args.max_choices, max_body_bytes=args.max_body_bytes, default_max_tokens=args.default_max_tokens,
         default_preset=args.default_preset, drain_timeout=args.drain_timeout)

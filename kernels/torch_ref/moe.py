@@ -5,6 +5,8 @@ Legend: T tokens, D hidden, E experts, I expert intermediate size, K experts per
 import torch
 import torch.nn.functional as F
 
+from unmask.kernels.torch_ref.linear import linear
+
 
 def moe_route(router_logits: torch.Tensor, top_k: int, out_dtype: torch.dtype):
     """router_logits [T, E] -> (topk_weights [T, K] out_dtype, topk_ids [T, K] int64).
@@ -45,7 +47,8 @@ def moe_route_grouped(router_logits: torch.Tensor, expert_bias: torch.Tensor, to
 
 def fused_moe(x, w_gate_up, w_down, topk_weights, topk_ids):
     """x [T, D], w_gate_up [E, 2I, D] (gate rows then up rows), w_down [E, D, I],
-    topk_weights [T, K], topk_ids [T, K] -> [T, D] in x.dtype.
+    topk_weights [T, K], topk_ids [T, K] -> [T, D] in x.dtype. The expert stacks may be ``QuantizedWeight``s
+    (each expert's GEMMs then follow ``linear.quantized_linear``).
 
     out[t] = Σ_k w[t,k] · down_e(silu(gate_e(x_t)) ⊙ up_e(x_t)) with e = ids[t,k], accumulated expert
     by expert in order 0..E-1 in x.dtype, as the HF block's ``index_add_`` loop does.
@@ -54,8 +57,8 @@ def fused_moe(x, w_gate_up, w_down, topk_weights, topk_ids):
     inter = w_down.shape[2]
     for e in torch.unique(topk_ids).tolist():
         tok, slot = torch.nonzero(topk_ids == e, as_tuple=True)  # [n], [n]
-        gu = x[tok] @ w_gate_up[e].t()  # [n, 2I]
+        gu = linear(x[tok], w_gate_up[e])  # [n, 2I]
         h = F.silu(gu[:, :inter]) * gu[:, inter:]  # [n, I]
-        y = (h @ w_down[e].t()) * topk_weights[tok, slot, None]  # [n, D]
+        y = linear(h, w_down[e]) * topk_weights[tok, slot, None]  # [n, D]
         out.index_add_(0, tok, y)
     return out

@@ -58,10 +58,11 @@ async def _execute(request: Request, make_job, body):
 async def models(request: Request):
     state = app_state(request)
     s = state.settings
-    card = {"id": s.served_model_name, "object": "model", "created": STARTED, "owned_by": "unmask",
-            "root": s.model_root, "parent": None,
-            "max_model_len": state.max_model_len if state.engine is not None else None, "permission": []}
-    return JSONAnswer({"object": "list", "data": [card]})
+    max_len = state.max_model_len if state.engine is not None else None
+    cards = [{"id": name, "object": "model", "created": STARTED, "owned_by": "unmask", "root": s.model_root,
+              "parent": None, "max_model_len": max_len, "permission": []}
+             for name in (s.served_model_name, *s.served_model_aliases)]
+    return JSONAnswer({"object": "list", "data": cards})
 
 
 @router.get("/health")

@@ -10,6 +10,8 @@ OPEN_PATHS = ("/health", "/ping", "/metrics", "/version", "/", "/static/*")
 class ServerSettings:
     served_model_name: str = "tiny-llada-instruct"
     """The model name clients send and /v1/models lists; requests naming another model get 404."""
+    served_model_aliases: tuple[str, ...] = ()
+    """Further names the server answers to (``--served-model-name a b``: 'b'); listed by /v1/models too."""
     model_root: str = ""
     """Checkpoint directory (reported as ``root`` by /v1/models)."""
     api_keys: tuple[str, ...] = ()

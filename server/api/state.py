@@ -58,8 +58,8 @@ class AppState:
         return self.engine
 
     def check_model(self, model: str | None) -> None:
-        """404 unless ``model`` is absent/empty or the served name (vLLM: model is optional)."""
-        if model and model != self.settings.served_model_name:
+        """404 unless ``model`` is absent/empty or a served name (vLLM: model is optional)."""
+        if model and model != self.settings.served_model_name and model not in self.settings.served_model_aliases:
             raise APIError(404, f"The model `{model}` does not exist. This server serves "
                                 f"`{self.settings.served_model_name}`.", "model", "model_not_found")
 

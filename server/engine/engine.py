@@ -39,11 +39,12 @@ class Engine:
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> "Engine":
-        path = resolve_model_path(config.model)
+        path = resolve_model_path(config.model, config.revision, config.download_dir)
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
-        model, cfg = load_model(path, device, dtype)
-        return cls(model, cfg, Tokenizer.from_pretrained(path), config, device, dtype)
+        model, cfg = load_model(path, device, dtype, config.quantization, config.quantize_lm_head)
+        tok = path if config.tokenizer is None else resolve_model_path(config.tokenizer, None, config.download_dir)
+        return cls(model, cfg, Tokenizer.from_pretrained(tok), config, device, dtype)
 
     def _cache_bytes(self) -> int:
         if self.config.kv_cache_memory is not None:

@@ -4,6 +4,9 @@
 names of LLADA-SPEC.md §3-4, no conversion step. Tensors are read one at a time and copied into
 preallocated parameters (MoE experts straight into their stacked slot), so the weights never exist
 twice in full. Any missing, unexpected or mis-shaped tensor raises ``CheckpointError`` naming it.
+Quantized weights (``--quantization`` at load time, or a compressed-tensors checkpoint) are assembled per
+parameter by ``quantize.py`` / ``compressed.py``: the model is built on the meta device and each weight is
+allocated (or quantized) as it is read.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import torch
 from safetensors import safe_open
 
 from unmask.server.config import CheckpointError, ModelConfig
+from unmask.server.models import compressed, quantize
 from unmask.server.models.registry import build_model, model_class
 
 
@@ -41,27 +45,46 @@ def _check_shape(name: str, got, want) -> None:
         raise CheckpointError(f"tensor {name!r} has shape {list(got)}, expected {list(want)}")
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16):
-    """Load ``path`` -> (model in eval mode without grads, ModelConfig)."""
+def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16,
+               quantization: str | None = None, quantize_lm_head: bool = False):
+    """Load ``path`` -> (model in eval mode without grads, ModelConfig). ``quantization``: None, 'fp8', 'int8' or
+    'int4' (``quantize.py``); a compressed-tensors checkpoint is loaded quantized as stored."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a checkpoint directory")
     cfg = ModelConfig.from_pretrained(path)
     cls = model_class(cfg)
     files = weight_files(path)
-    model = build_model(cfg, device=device, dtype=dtype, init_std=None)
+    scheme = compressed.scheme(path)
+    if scheme is not None and quantization is not None:
+        raise CheckpointError(f"{path}: the checkpoint is already quantized ({scheme.describe()}); drop --quantization")
+    fmt = quantize.check_format(quantization)
+    quantized = scheme is not None or fmt is not None
+    model = build_model(cfg, device="meta" if quantized else device, dtype=dtype, init_std=None)
     params = dict(model.named_parameters())
     plain, fused, stacked = cls.hf_names(cfg), cls.hf_fused_names(cfg), cls.hf_stacked_names(cfg)
     expected = (set(plain.values()) | {n for parts in fused.values() for n, _ in parts}
                 | {n for groups in stacked.values() for g in groups for n in g})
-    missing = sorted(expected - files.keys())
+    names = files.keys() if scheme is None else compressed.logical_names(files)
+    missing = sorted(expected - names)
     if missing:
         raise CheckpointError(f"{path}: missing tensor {missing[0]!r}" + (f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""))
-    extra = sorted(files.keys() - expected)
+    extra = sorted(names - expected)
     if extra:
         raise CheckpointError(f"{path}: unexpected tensor {extra[0]!r}" + (f" (+{len(extra) - 1} more)" if len(extra) > 1 else ""))
     reader = _Reader(files)
+    qnames, source = set(), None
+    if quantized:
+        reader, source, qnames = _quantized_setup(model, params, plain, fused, stacked, reader, scheme, fmt,
+                                                  quantize_lm_head, torch.device(device), dtype)
     with torch.no_grad():
+        for ours in sorted(qnames):
+            qw = _assemble(ours, plain, fused, stacked, source)
+            _check_shape(ours, qw.shape, params[ours].shape)
+            quantize.set_weight(model, ours, qw)
+        plain = {k: v for k, v in plain.items() if k not in qnames}
+        fused = {k: v for k, v in fused.items() if k not in qnames}
+        stacked = {k: v for k, v in stacked.items() if k not in qnames}
         for ours, theirs in plain.items():
             t = reader.get(theirs)
             _check_shape(theirs, t.shape, params[ours].shape)
@@ -73,6 +96,33 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
     reader.close()
     model.eval().requires_grad_(False)
     return model, cfg
+
+
+def _quantized_setup(model, params, plain, fused, stacked, reader, scheme, fmt, quantize_lm_head, device, dtype):
+    """-> (reader of dense tensors, source of quantized parts, names to quantize); allocates every dense
+    parameter of the meta-built model on ``device`` (``params`` is updated in place)."""
+    if scheme is not None:
+        reader = source = compressed.CompressedReader(reader, scheme, device)
+        parts = {**{k: [v] for k, v in plain.items()}, **{k: [n for n, _ in v] for k, v in fused.items()},
+                 **{k: [n for g in v for n in g] for k, v in stacked.items()}}
+        qnames = {n for n in quantize.targets(model, True) if all(source.is_quantized(t) for t in parts[n])}
+    else:
+        source = quantize.LoadTimeQuantizer(reader, fmt, device, dtype)
+        qnames = quantize.targets(model, quantize_lm_head)
+    for name, p in list(params.items()):
+        if name not in qnames:
+            params[name] = torch.empty(p.shape, device=device, dtype=dtype)
+            quantize.set_weight(model, name, params[name])
+    return reader, source, qnames
+
+
+def _assemble(ours, plain, fused, stacked, source):
+    """The QuantizedWeight of internal parameter ``ours`` from its HF parts (one, fused rows, or experts)."""
+    if ours in plain:
+        return source.quantized(plain[ours])
+    if ours in fused:
+        return quantize.cat_rows([source.quantized(n) for n, _ in fused[ours]])
+    return quantize.stack([quantize.cat_rows([source.quantized(n) for n in names]) for names in stacked[ours]])
 
 
 def _fill_fused(param: torch.Tensor, parts: list[tuple[str, int]], reader: "_Reader") -> None:

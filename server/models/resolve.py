@@ -1,4 +1,4 @@
-"""Resolve a model argument (None, a built-in name, or a checkpoint directory), device and dtype."""
+"""Resolve a model argument (None, a built-in name, a checkpoint directory or a Hugging Face id), device and dtype."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from unmask.server.config import CheckpointError
+from unmask.server.models import hub
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEFAULT_MODEL = "tiny-llada-instruct"
@@ -21,16 +22,20 @@ def builtin_models() -> list[str]:
     return sorted(p.name for p in ASSETS.iterdir() if (p / "config.json").is_file())
 
 
-def resolve_model_path(model: str | Path | None) -> Path:
-    """None -> the embedded default; a built-in name -> its asset folder; else a directory path."""
+def resolve_model_path(model: str | Path | None, revision: str | None = None,
+                       download_dir: str | Path | None = None) -> Path:
+    """None -> the embedded default; a built-in name -> its asset folder; an existing directory -> itself; a hub
+    id ``org/name`` -> its snapshot in the Hugging Face cache, downloaded if missing (``models/hub.py``)."""
     name = DEFAULT_MODEL if model is None else str(model)
     if (ASSETS / name / "config.json").is_file():
         return ASSETS / name
     path = Path(name).expanduser()
     if path.is_dir():
         return path
-    raise CheckpointError(f"model {name!r}: not a built-in model ({', '.join(builtin_models()) or 'none shipped'}) "
-                          f"and not a checkpoint directory")
+    if hub.is_repo_id(name):
+        return hub.snapshot(name, revision, download_dir)
+    raise CheckpointError(f"model {name!r}: not a built-in model ({', '.join(builtin_models()) or 'none shipped'}), "
+                          f"not a checkpoint directory and not a Hugging Face id (org/name)")
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
