@@ -4,7 +4,8 @@
 # that no longer fit are skipped and say so. Results under $OUT (default
 # benchmarks/results/gpu-latest): check.log (everything printed), step_table.{json,md}, benches.json,
 # step_table_{segmented,prefetch}.json (the step with UNMASK_ATTN_LOOP=segmented / prefetch),
-# step_table_skinny.json (batch 1 with UNMASK_GEMM=triton), picks.md (the
+# step_table_skinny.json (batch 1 with UNMASK_GEMM=triton), quant_step_table.json (the step with fp8 / int8 / int4
+# weights against the quantized floors), picks.md (the
 # fastest measured option per tunable decision, from benchmarks/kernels/pick_configs.py).
 #   bash benchmarks/gpu_check.sh
 # PHASES=tests or PHASES=timings runs one half (the log is appended to), e.g. the tests beside other GPU work
@@ -55,6 +56,8 @@ UNMASK_ATTN_LOOP=prefetch step_ab prefetch 1,32  # the cached-attention key loop
 bench gemm
 UNMASK_GEMM=triton step_ab skinny 1  # the skinny GEMM at the batch-1 step's 32 rows (UNMASK_GEMM)
 bench moe
+bench qgemm  # fp8 / int8 / int4 weights streamed by the quantized GEMM vs the bf16 GEMM
+run quant_step_table 120 python -m benchmarks.quant_step_table --batches 1,8 --iters 5 --json "$OUT/quant_step_table.json"
 UNMASK_ATTN_LOOP=segmented step_ab segmented 1,32
 bench remask
 bench norm

@@ -107,8 +107,16 @@ def compute_bound_part(args) -> dict:
     ref, eng = reference_run(llm, prompts, p), engine_run(llm, prompts, p)
     r, e = summarise("reference (batch 1)", ref), summarise(f"engine exact C={args.concurrency}", eng)
     same = sum(a == b for a, b in zip(ref["outputs"], eng["outputs"]))
-    return {"model": {"hidden": args.cb_hidden, "layers": args.cb_layers, "vocab": 4096}, "reference": r, "engine": e,
-            "identical_outputs": same, "ratio_vs_reference": round(e["tokens_per_s"] / max(r["tokens_per_s"], 1e-9), 2)}
+    out = {"model": {"hidden": args.cb_hidden, "layers": args.cb_layers, "vocab": 4096}, "reference": r, "engine": e,
+           "identical_outputs": same, "ratio_vs_reference": round(e["tokens_per_s"] / max(r["tokens_per_s"], 1e-9), 2)}
+    if args.quantization:  # the same prompts through the same engine with quantized weights, in this run
+        qllm = LLM(str(d), device=args.device, dtype="float32", max_num_seqs=args.concurrency,
+                   quantization=args.quantization)
+        for _ in range(args.warmup_runs):
+            engine_run(qllm, prompts, p)
+        q = summarise(f"engine exact C={args.concurrency} {args.quantization}", engine_run(qllm, prompts, p))
+        out["quantized"] = {**q, "ratio_vs_unquantized": round(q["tokens_per_s"] / max(e["tokens_per_s"], 1e-9), 2)}
+    return out
 
 
 def main() -> None:
@@ -127,6 +135,8 @@ def main() -> None:
     ap.add_argument("--cb-layers", type=int, default=6)
     ap.add_argument("--cb-prompts", type=int, default=16)
     ap.add_argument("--skip-compute-bound", action="store_true")
+    ap.add_argument("--quantization", default=None, choices=["fp8", "int8", "int4"],
+                    help="also run the compute-bound model's engine with weights quantized at load time (same run)")
     ap.add_argument("--warmup-runs", type=int, default=None,
                     help="untimed runs of both sides before the timed ones (default: 1 on CUDA, 0 on CPU)")
     ap.add_argument("--json", default=None)
@@ -149,6 +159,9 @@ def main() -> None:
             print(f"ratio engine/reference = {part['ratio_vs_reference']}x, identical outputs "
                   f"{part['identical_outputs']}/{part['reference']['requests']}")
     print(f"accuracy reference={res['accuracy']['reference']:.3f} engine={res['accuracy']['engine']:.3f}")
+    quantized = res.get("compute_bound", {}).get("quantized")
+    if quantized:
+        print(" | ".join(f"{k}={v}" for k, v in quantized.items()))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
 

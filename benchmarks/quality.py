@@ -39,6 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=32, help="HTTP requests in flight")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--quantization", default=None, choices=("fp8", "int8", "int4"), help="offline: quantize at load")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--show-errors", type=int, default=0, help="print up to this many wrong replies per task")
     return p.parse_args(argv)
@@ -52,7 +53,7 @@ def run_offline(examples: list[Example], args) -> list[str]:
     """Replies (text) through ``unmask.LLM``, all prompts submitted at once (the engine batches them)."""
     from unmask import LLM, DiffusionParams
 
-    llm = LLM(model=args.model, device=args.device, dtype=args.dtype)
+    llm = LLM(model=args.model, device=args.device, dtype=args.dtype, quantization=args.quantization)
     params = DiffusionParams(max_tokens=args.max_tokens, block_length=args.block_length, steps=args.steps,
                              temperature=0.0, preset=args.preset)
     return [out.text for out in llm.generate([_messages(ex) for ex in examples], params)]

@@ -13,7 +13,7 @@ import torch
 
 from unmask.kernels import torch_ref  # noqa: F401  (package marker)
 
-_TRITON_MODULES = ("attention", "moe", "remask", "select", "norm", "rope", "act", "linear")
+_TRITON_MODULES = ("attention", "moe", "remask", "select", "norm", "rope", "act", "linear", "qlinear")
 _CHOICES = ("auto", "torch", "triton")
 
 

@@ -17,9 +17,11 @@ import torch
 import triton
 import triton.language as tl
 
+from unmask.kernels.quant import QuantizedWeight
 from unmask.kernels.torch_ref import moe as _ref
 from unmask.kernels.triton_ops._common import FP_FUSION, interpreting, mma, next_pow2, upcast
 from unmask.kernels.triton_ops.moe_align import moe_align
+from unmask.kernels.triton_ops.qlinear import load_dequant
 
 __all__ = ["moe_route", "fused_moe"]
 
@@ -87,9 +89,20 @@ def _block_rows(sorted_ptr, block_expert_ptr, n_assign, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
-def _gate_up_kernel(x_ptr, w_ptr, h_ptr, sorted_ptr, block_expert_ptr, n_assign, stride_x, stride_we, stride_wn,
-                    TOPK: tl.constexpr, DIM: tl.constexpr, INTER: tl.constexpr, BLOCK_M: tl.constexpr,
-                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr):
+def _w_tile(w_base, s_base, n, kk, mask, stride_wn, stride_sn, QUANT: tl.constexpr, INT4: tl.constexpr,
+            GROUP: tl.constexpr):
+    """The expert's weight tile W[n, kk]ᵀ [BK, BN]: loaded as is, or (QUANT) dequantized from its codes and
+    scales (``kernels/quant.py``) in fp32 inside the K loop."""
+    if QUANT:
+        return load_dequant(w_base, s_base, n[None, :], kk[:, None], mask, stride_wn, stride_sn, GROUP, INT4)
+    return tl.load(w_base + n[None, :].to(tl.int64) * stride_wn + kk[:, None], mask=mask, other=0.0)
+
+
+@triton.jit
+def _gate_up_kernel(x_ptr, w_ptr, s_ptr, h_ptr, sorted_ptr, block_expert_ptr, n_assign, stride_x, stride_we, stride_wn,
+                    stride_se, stride_sn, TOPK: tl.constexpr, DIM: tl.constexpr, INTER: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr,
+                    IEEE: tl.constexpr, QUANT: tl.constexpr, INT4: tl.constexpr, GROUP: tl.constexpr):
     expert, a, a_ok = _block_rows(sorted_ptr, block_expert_ptr, n_assign, BLOCK_M)
     if expert < 0:
         return
@@ -97,6 +110,7 @@ def _gate_up_kernel(x_ptr, w_ptr, h_ptr, sorted_ptr, block_expert_ptr, n_assign,
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN] gate row (up row: INTER + n)
     n_ok = n < INTER
     w_base = w_ptr + expert.to(tl.int64) * stride_we
+    s_base = s_ptr + expert.to(tl.int64) * stride_se
     acc_g = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     acc_u = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for k0 in range(0, DIM, BLOCK_K):
@@ -104,8 +118,10 @@ def _gate_up_kernel(x_ptr, w_ptr, h_ptr, sorted_ptr, block_expert_ptr, n_assign,
         k_ok = kk < DIM
         xt = tl.load(x_ptr + tok[:, None] * stride_x + kk[None, :], mask=a_ok[:, None] & k_ok[None, :], other=0.0)
         w_mask = k_ok[:, None] & n_ok[None, :]  # [BK, BN]
-        wg = tl.load(w_base + n[None, :].to(tl.int64) * stride_wn + kk[:, None], mask=w_mask, other=0.0)
-        wu = tl.load(w_base + (n[None, :] + INTER).to(tl.int64) * stride_wn + kk[:, None], mask=w_mask, other=0.0)
+        wg = _w_tile(w_base, s_base, n, kk, w_mask, stride_wn, stride_sn, QUANT, INT4, GROUP)
+        wu = _w_tile(w_base, s_base, n + INTER, kk, w_mask, stride_wn, stride_sn, QUANT, INT4, GROUP)
+        if QUANT:
+            wg, wu = wg.to(xt.dtype), wu.to(xt.dtype)
         if UPCAST:
             xt, wg, wu = xt.to(tl.float32), wg.to(tl.float32), wu.to(tl.float32)
         acc_g = mma(xt, wg, acc_g, IEEE)  # [BM, BN]
@@ -119,9 +135,10 @@ def _gate_up_kernel(x_ptr, w_ptr, h_ptr, sorted_ptr, block_expert_ptr, n_assign,
 
 
 @triton.jit
-def _down_kernel(h_ptr, w_ptr, tw_ptr, y_ptr, sorted_ptr, block_expert_ptr, n_assign, stride_we, stride_wn,
-                 DIM: tl.constexpr, INTER: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr):
+def _down_kernel(h_ptr, w_ptr, s_ptr, tw_ptr, y_ptr, sorted_ptr, block_expert_ptr, n_assign, stride_we, stride_wn,
+                 stride_se, stride_sn, DIM: tl.constexpr, INTER: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
+                 QUANT: tl.constexpr, INT4: tl.constexpr, GROUP: tl.constexpr):
     expert, a, a_ok = _block_rows(sorted_ptr, block_expert_ptr, n_assign, BLOCK_M)
     if expert < 0:
         return
@@ -129,13 +146,16 @@ def _down_kernel(h_ptr, w_ptr, tw_ptr, y_ptr, sorted_ptr, block_expert_ptr, n_as
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN] output feature
     n_ok = n < DIM
     w_base = w_ptr + expert.to(tl.int64) * stride_we
+    s_base = s_ptr + expert.to(tl.int64) * stride_se
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for k0 in range(0, INTER, BLOCK_K):
         kk = k0 + tl.arange(0, BLOCK_K)  # [BK]
         k_ok = kk < INTER
         ht = tl.load(h_ptr + a64[:, None] * INTER + kk[None, :], mask=a_ok[:, None] & k_ok[None, :], other=0.0)
-        wt = tl.load(w_base + n[None, :].to(tl.int64) * stride_wn + kk[:, None], mask=k_ok[:, None] & n_ok[None, :],
-                     other=0.0)  # [BK, BN]
+        wt = _w_tile(w_base, s_base, n, kk, k_ok[:, None] & n_ok[None, :], stride_wn, stride_sn, QUANT, INT4,
+                     GROUP)  # [BK, BN]
+        if QUANT:
+            wt = wt.to(ht.dtype)
         if UPCAST:
             ht, wt = ht.to(tl.float32), wt.to(tl.float32)
         acc = mma(ht, wt, acc, IEEE)
@@ -173,13 +193,23 @@ def _config(n_assign: int, n_experts: int, dim: int, inter: int, elem_bytes: int
             return bm, bn, bn, bk, warps, stages
 
 
+def _operand(w, x: torch.Tensor):
+    """(weight tensor, scales [E, N, K/G] (a dummy for dense), the kernel's QUANT/INT4/GROUP constexprs) of a
+    dense [E, N, K] expert stack or a QuantizedWeight one (``kernels/quant.py``)."""
+    if isinstance(w, QuantizedWeight):
+        return (w.data.contiguous(), w.scales.contiguous(),
+                dict(QUANT=True, INT4=w.fmt == "int4", GROUP=w.group_size))
+    return w.contiguous(), x.new_empty((1, 1)), dict(QUANT=False, INT4=False, GROUP=1)
+
+
 def fused_moe(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, topk_weights: torch.Tensor,
               topk_ids: torch.Tensor) -> torch.Tensor:
     """x [T, D], w_gate_up [E, 2I, D] (gate rows then up rows), w_down [E, D, I], topk_weights [T, K],
     topk_ids [T, K] int -> [T, D] x.dtype.
 
     out[t] = Σ_k w[t,k] · W_down[e] (silu(W_gate[e] x_t) ⊙ W_up[e] x_t), e = ids[t,k]; bf16/fp16/fp32
-    (fp64 is served by the PyTorch reference). Deterministic: no atomics, fixed summation order.
+    (fp64 is served by the PyTorch reference). Deterministic: no atomics, fixed summation order. The stacks may
+    be QuantizedWeights: each weight tile is dequantized in the K loop, so the codes are streamed once.
     """
     if x.dtype == torch.float64:
         return _ref.fused_moe(x, w_gate_up, w_down, topk_weights, topk_ids)
@@ -190,7 +220,7 @@ def fused_moe(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, to
     if n_tok == 0:
         return out
     x = x if x.stride(1) == 1 else x.contiguous()
-    w_gate_up, w_down = w_gate_up.contiguous(), w_down.contiguous()
+    (wgu, sgu, qgu), (wd, sd, qd) = _operand(w_gate_up, x), _operand(w_down, x)
     n_assign = n_tok * top_k
     bm, bn_up, bn_down, bk, warps, stages = _config(n_assign, n_exp, dim, inter, x.element_size())
     sorted_ids, block_expert = moe_align(topk_ids, n_exp, bm)  # [MB·BM], [MB]
@@ -200,11 +230,11 @@ def fused_moe(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, to
     common = dict(BLOCK_M=bm, BLOCK_K=bk, UPCAST=upcast(x.dtype), IEEE=x.dtype == torch.float32 and not interpreting(),
                   enable_fp_fusion=FP_FUSION, num_warps=warps, num_stages=stages)
     _gate_up_kernel[(n_blocks, triton.cdiv(inter, bn_up))](
-        x, w_gate_up, h, sorted_ids, block_expert, n_assign, x.stride(0), w_gate_up.stride(0),
-        w_gate_up.stride(1), TOPK=top_k, DIM=dim, INTER=inter, BLOCK_N=bn_up, **common)
+        x, wgu, sgu, h, sorted_ids, block_expert, n_assign, x.stride(0), wgu.stride(0), wgu.stride(1), sgu.stride(0),
+        sgu.stride(1), TOPK=top_k, DIM=dim, INTER=inter, BLOCK_N=bn_up, **qgu, **common)
     _down_kernel[(n_blocks, triton.cdiv(dim, bn_down))](
-        h, w_down, topk_weights.contiguous(), y, sorted_ids, block_expert, n_assign, w_down.stride(0),
-        w_down.stride(1), DIM=dim, INTER=inter, BLOCK_N=bn_down, **common)
+        h, wd, sd, topk_weights.contiguous(), y, sorted_ids, block_expert, n_assign, wd.stride(0), wd.stride(1),
+        sd.stride(0), sd.stride(1), DIM=dim, INTER=inter, BLOCK_N=bn_down, **qd, **common)
     block_d = min(1024, next_pow2(dim))
     rows = max(1, 2048 // block_d)
     _topk_sum_kernel[(triton.cdiv(n_tok, rows), triton.cdiv(dim, block_d))](
