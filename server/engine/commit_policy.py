@@ -132,10 +132,10 @@ class CommitPlan:
 
 def build_rules(seqs: list[Sequence], slots: list[torch.Tensor], device: torch.device) -> LogitRules:
     """seqs with their row positions slots[b] [n_b] int64 (rows are concatenated in this order) -> rules."""
-    counts = torch.tensor([s.numel() for s in slots])  # [B]
+    counts = [s.numel() for s in slots]  # [B]
 
     def per_row(values, dtype):
-        return torch.repeat_interleave(torch.tensor(values, dtype=dtype), counts).to(device)  # [M]
+        return torch.tensor([v for v, n in zip(values, counts) for _ in range(n)], dtype=dtype, device=device)  # [M]
 
     seeds = []
     for seq, pos in zip(seqs, slots):
@@ -241,25 +241,26 @@ def select(plan: CommitPlan, logits: torch.Tensor, x0: torch.Tensor, conf: torch
     conf_bw = torch.where(plan.cand, conf_bw, NEG_INF)
     k, tied = ranked_counts(conf_bw, plan.cand, plan)  # [B], [B]
     commit = ops.select_commits(conf_bw, plan.cand, k.to(torch.int32), plan.threshold.to(conf_bw.dtype))
-    picked = torch.cat([torch.where(commit, x0_bw, -1), tied[:, None].long()], 1).cpu()  # [B, W + 1] one copy
+    picked = torch.cat([torch.where(commit, x0_bw, -1), tied[:, None].long(), k[:, None]], 1).cpu()  # [B, W + 2]
     out = []
     for pos, tok in zip(plan.slot_pos, picked[:, :w]):
         hit = tok >= 0
         out.append((pos[hit].tolist(), tok[hit].tolist()))
-    for i in picked[:, w].nonzero(as_tuple=True)[0].tolist():
-        out[i] = reference_topk(plan, i, conf_bw[i], x0_bw[i], int(k[i]))
+    tied = picked[:, w].nonzero(as_tuple=True)[0]  # [T] host
+    if tied.numel():
+        rows = tied.to(conf_bw.device)
+        conf_t, x0_t, cand_t = conf_bw[rows].cpu(), x0_bw[rows].cpu(), plan.cand[rows].cpu()  # [T, W] each
+        for j, i in enumerate(tied.tolist()):
+            out[i] = reference_topk(plan.slot_pos[i][cand_t[j]], conf_t[j][cand_t[j]], x0_t[j][cand_t[j]],
+                                    plan.canvas_len[i], int(picked[i, w + 1]))
     return out
 
 
-def reference_topk(plan: CommitPlan, i: int, conf: torch.Tensor, x0: torch.Tensor, k: int):
-    """Sequence i's fixed-schedule commits exactly as the reference picks them: 1-D ``torch.topk`` on the host
+def reference_topk(pos: torch.Tensor, conf: torch.Tensor, x0: torch.Tensor, length: int, k: int):
+    """One sequence's fixed-schedule commits exactly as the reference picks them: 1-D ``torch.topk`` on the host
     over its canvas row [L] (−inf off candidates), whose order among equal confidences is topk's own.
-    conf/x0 [W] its slots -> (canvas positions, tokens)."""
-    conf, x0, cand = conf.cpu(), x0.cpu(), plan.cand[i].cpu()  # [W]
-    pos = plan.slot_pos[i]
-    row = torch.full((plan.canvas_len[i],), NEG_INF, dtype=conf.dtype)  # [L]
-    row[pos[cand]] = conf[cand]
+    pos/conf/x0 [C] its candidates (ascending positions, host) -> (canvas positions, tokens)."""
+    row = torch.full((length,), NEG_INF, dtype=conf.dtype)  # [L]
+    row[pos] = conf
     chosen = torch.topk(row, k).indices  # [k] canvas positions
-    tokens = torch.zeros(plan.canvas_len[i], dtype=torch.int64)
-    tokens[pos[cand]] = x0[cand]
-    return chosen.tolist(), tokens[chosen].tolist()
+    return chosen.tolist(), x0[torch.searchsorted(pos, chosen)].tolist()

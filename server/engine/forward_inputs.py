@@ -59,7 +59,7 @@ class _Packer:
         self.kv, self.cached_write = kv, cached_write
         self.ids, self.pos, self.lens, self.offsets, self.kv_lens, self.tables, self.slots = [], [], [], [], [], [], []
         self.rows, self.un_rows, self.row_pos, self.cfg_rows = [], [], [], []
-        self.num_tokens = 0
+        self.num_tokens = self.num_rows = 0
 
     def segment(self, tokens: torch.Tensor, lo: int, seq: Sequence, write: bool, read: bool) -> int:
         """Add canvas tokens starting at position lo; returns the packed index of the first one."""
@@ -75,9 +75,9 @@ class _Packer:
     def logit_rows(self, packed: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Register one sequence's conditional rows (packed indices [n], canvas positions [n]); returns
         their indices among all conditional logit rows."""
-        m0 = sum(p.numel() for p in self.row_pos)
+        m0, self.num_rows = self.num_rows, self.num_rows + positions.numel()
         self.rows.append(packed), self.row_pos.append(positions)
-        return torch.arange(m0, m0 + positions.numel())
+        return torch.arange(m0, self.num_rows)
 
     def metadata(self, device: torch.device) -> AttentionMetadata:
         cu = torch.zeros(len(self.lens) + 1, dtype=torch.int32)
@@ -102,7 +102,7 @@ class _Packer:
 
         return ForwardInputs(
             seqs=seqs, input_ids=cat(self.ids), positions=cat(self.pos), meta=self.metadata(device),
-            logit_rows=cat(self.rows + self.un_rows), num_cond_rows=sum(p.numel() for p in self.row_pos),
+            logit_rows=cat(self.rows + self.un_rows), num_cond_rows=self.num_rows,
             cfg_rows=self.cfg_rows, rules=commit_policy.build_rules(seqs, self.row_pos, device),
             plan=commit_policy.build_plan(seqs, self.row_pos, device))
 
