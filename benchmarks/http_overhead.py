@@ -37,7 +37,7 @@ from benchmarks.reference.checkpoints import write_checkpoint
 from unmask.server.config import EngineConfig, SchedulerConfig
 from unmask.server.engine.engine import Engine
 from unmask.server.engine.params import DiffusionParams
-from unmask.server.engine.sequence import Request
+from unmask.server.engine.client import Request
 
 
 def model_path(args) -> str:

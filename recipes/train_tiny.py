@@ -168,6 +168,14 @@ def setup(args):
     return ChatEncoder(tok_dir, args.family), cfg_json, cfg, model
 
 
+def generation_config(cfg) -> dict:
+    """The settings the model cards evaluate with, as the checkpoint's generation defaults: a client that
+    sends only messages gets the card's accuracy (server/engine/generation_config.py reads these). No
+    ``steps``: the default, one step per canvas token, follows whatever budget a request chooses."""
+    return {"max_new_tokens": 64, "block_length": 32, "temperature": 0.0,
+            "eos_token_id": list(cfg.stop_token_ids)}
+
+
 def export(model, cfg, cfg_json: dict, args) -> None:
     """bf16 HF checkpoint + tokenizer files into ``args.out``."""
     out = Path(args.out)
@@ -175,6 +183,7 @@ def export(model, cfg, cfg_json: dict, args) -> None:
     tok_dir = Path(args.run_dir) / "tokenizer"
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         (out / name).write_bytes((tok_dir / name).read_bytes())
+    (out / "generation_config.json").write_text(json.dumps(generation_config(cfg), indent=2) + "\n")
     print(f"exported {sum(p.numel() for p in model.parameters()):,} parameters to {out}")
 
 

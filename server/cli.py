@@ -2,20 +2,33 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-tokens", type=int, default=64, help="generation length (default 64)")
-    p.add_argument("--block-length", type=int, default=None, help="block size (default 32 if it divides)")
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="generation length (default: the generation config's, else 64)")
+    p.add_argument("--block-length", type=int, default=None, help="block size (default min(32, max tokens); the canvas rounds up to a multiple)")
     p.add_argument("--steps", type=int, default=None, help="total denoising steps (default = max tokens)")
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
-    p.add_argument("--cfg-scale", type=float, default=0.0)
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--remasking", default=None, choices=["low_confidence", "random"])
+    p.add_argument("--cfg-scale", type=float, default=None)
     p.add_argument("--threshold", type=float, default=None, help="Fast-dLLM confidence threshold")
     p.add_argument("--cache", default=None, choices=["none", "prefix", "dual"])
     p.add_argument("--preset", default=None, choices=["exact", "fast"])
     p.add_argument("--seed", type=int, default=None)
+
+
+def json_object(text: str) -> dict:
+    """A command-line JSON object (argparse type)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -34,6 +47,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                           "channel), int8 (per channel) or int4 (group 128); weight-only. compressed-tensors "
                           "checkpoints are detected and need none")
     hub.add_argument("--quantize-lm-head", action="store_true", help="with --quantization, quantize the LM head too")
+    p.add_argument("--generation-config", default="auto",
+                   help="generation defaults: auto (the checkpoint's generation_config.json), vllm or none (ignore "
+                        "it), or a folder holding one (default auto)")
+    p.add_argument("--override-generation-config", type=json_object, default=None,
+                   help="JSON object applied over the generation defaults, e.g. '{\"max_new_tokens\": 128}'")
 
 
 def model_source_kwargs(args: argparse.Namespace) -> dict:
@@ -61,12 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from unmask import LLM, DiffusionParams
+    from unmask import LLM
 
-    params = DiffusionParams(max_tokens=args.max_tokens, block_length=args.block_length, steps=args.steps,
-                             temperature=args.temperature, remasking=args.remasking, cfg_scale=args.cfg_scale,
-                             threshold=args.threshold, cache=args.cache, preset=args.preset, seed=args.seed)
-    llm = LLM(args.model, device=args.device, dtype=args.dtype, **model_source_kwargs(args))
+    llm = LLM(args.model, device=args.device, dtype=args.dtype, generation_config=args.generation_config,
+              override_generation_config=args.override_generation_config, **model_source_kwargs(args))
+    params = llm.default_params(max_tokens=args.max_tokens, block_length=args.block_length, steps=args.steps,
+                                temperature=args.temperature, remasking=args.remasking, cfg_scale=args.cfg_scale,
+                                threshold=args.threshold, cache=args.cache, preset=args.preset, seed=args.seed)
     prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
     out = llm.generate(prompt, params)[0]
     print(out.text)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 ARCHITECTURES = {"LLaDAModelLM": "llada", "LLaDAMoEModelLM": "llada_moe", "LLaDAMoEModel": "llada_moe",
                  "LLaDA2MoeModelLM": "llada2", "DreamModel": "dream"}
@@ -262,3 +263,8 @@ class EngineConfig:
     """Seeds the per-request seeds drawn for requests that give none."""
     cuda_graphs: bool = True
     """On CUDA, run dual-cache block steps through captured CUDA graphs (one per batch-size bucket)."""
+    generation_config: str = "auto"
+    """Generation defaults: 'auto' (the checkpoint's generation_config.json), 'vllm'/'none' (ignore it) or a
+    folder holding one (server/engine/generation_config.py)."""
+    override_generation_config: tuple[tuple[str, Any], ...] = ()
+    """(generation_config.json key, value) pairs applied over the checkpoint's defaults."""

@@ -1,4 +1,5 @@
-"""Offline API: ``LLM(model).generate(prompts, params)`` on the same engine the server uses."""
+"""Offline API: ``LLM(model).generate(prompts, params)`` on the same engine and output processor the server
+uses."""
 from __future__ import annotations
 
 import itertools
@@ -6,11 +7,11 @@ import itertools
 import torch
 
 from unmask.server.config import EngineConfig, SchedulerConfig
+from unmask.server.engine.client import Request
 from unmask.server.engine.engine import Engine
+from unmask.server.engine.output_processor import OutputProcessor, RequestOutput
 from unmask.server.engine.params import DiffusionParams
-from unmask.server.engine.sequence import Request
 from unmask.server.models.attention_meta import AttentionMetadata, packed_positions
-from unmask.server.outputs import RequestOutput, find_stop
 
 Prompt = str | list[int] | list[dict]
 
@@ -27,18 +28,27 @@ class LLM:
 
     def __init__(self, model: str | None = None, device: str = "auto", dtype: str = "auto",
                  max_num_seqs: int = 64, kv_cache_memory: int | None = None, seed: int = 0,
+                 generation_config: str = "auto", override_generation_config: dict | None = None,
                  revision: str | None = None, download_dir: str | None = None, tokenizer: str | None = None,
                  quantization: str | None = None, quantize_lm_head: bool = False, **sched):
-        """``model`` may be a Hugging Face id (``revision``, ``download_dir``); ``quantization``: None, 'fp8',
-        'int8', 'int4'."""
+        """``generation_config``/``override_generation_config``: the generation defaults as in
+        ``unmask serve`` (server/engine/generation_config.py); :meth:`default_params` applies them. ``model`` may
+        be a Hugging Face id (``revision``, ``download_dir``); ``quantization``: None, 'fp8', 'int8', 'int4'."""
         config = EngineConfig(model=model, device=device, dtype=dtype, kv_cache_memory=kv_cache_memory, seed=seed,
                               revision=revision, download_dir=download_dir, tokenizer=tokenizer,
                               quantization=quantization, quantize_lm_head=quantize_lm_head,
-                              scheduler=SchedulerConfig(max_num_seqs=max_num_seqs, **sched))
+                              scheduler=SchedulerConfig(max_num_seqs=max_num_seqs, **sched),
+                              generation_config=generation_config,
+                              override_generation_config=tuple((override_generation_config or {}).items()))
         self.engine = Engine.from_config(config)
         self.tokenizer = self.engine.tokenizer
         self.model_config = self.engine.model_config
         self._ids = itertools.count()
+
+    def default_params(self, **fields) -> DiffusionParams:
+        """DiffusionParams from ``fields`` (None = unset) over the checkpoint's generation defaults, by the
+        same rule as the server (a field given here wins; a commit rule given here replaces the default's)."""
+        return DiffusionParams.from_fields(fields, self.engine.generation_defaults.values)
 
     def encode(self, prompt: Prompt) -> list[int]:
         """str -> raw encoding; list of {role, content} -> chat template; list of ints -> as given."""
@@ -51,33 +61,23 @@ class LLM:
         raise ValueError("a prompt is a string, a list of token ids, or a list of chat messages")
 
     def generate(self, prompts, params: DiffusionParams | list[DiffusionParams] | None = None) -> list[RequestOutput]:
-        """One RequestOutput per prompt, in order. ``params``: one for all, or one per prompt."""
+        """One RequestOutput per prompt, in order. ``params``: one for all, or one per prompt (default: the
+        checkpoint's generation defaults, :meth:`default_params`). Raises ValueError (RequestRejected) before
+        anything runs if a prompt or its settings can never run."""
         batch = [prompts] if _is_single(prompts) else list(prompts)
-        plist = params if isinstance(params, list) else [params or DiffusionParams()] * len(batch)
+        plist = params if isinstance(params, list) else [params or self.default_params()] * len(batch)
         if len(plist) != len(batch):
             raise ValueError(f"{len(plist)} params for {len(batch)} prompts")
         reqs = [Request(f"offline-{next(self._ids)}", tuple(self.encode(p)), sp) for p, sp in zip(batch, plist)]
-        for r in reqs:
-            self.engine.validate(r)
-        collected = {r.request_id: [] for r in reqs}
-        final = {}
-        for r in reqs:
-            self.engine.add_request(r)
+        self.engine.add_requests(reqs)
+        procs = {r.request_id: OutputProcessor(self.tokenizer, r.params, r.request_id, r.prompt_token_ids)
+                 for r in reqs}
         while self.engine.has_unfinished():
             for out in self.engine.step():
-                collected[out.request_id].extend(out.new_token_ids)
-                if out.finished:
-                    final[out.request_id] = out
-        return [self._result(r, collected[r.request_id], final[r.request_id]) for r in reqs]
-
-    def _result(self, req: Request, ids: list[int], last) -> RequestOutput:
-        text = self.tokenizer.decode(ids) if self.tokenizer is not None else ""
-        reason = last.finish_reason
-        cut = find_stop(text, req.params.stop)
-        if cut >= 0:
-            text, reason = text[:cut], "stop"
-        return RequestOutput(req.request_id, list(req.prompt_token_ids), ids, text, reason, last.nfe,
-                             last.num_committed, last.error)
+                proc = procs[out.request_id]
+                if proc.process(out).finished and not out.finished:
+                    self.engine.abort(out.request_id)  # budget or stop string reached: free the slot
+        return [procs[r.request_id].result() for r in reqs]
 
     @torch.inference_mode()
     def logits(self, token_ids: list[int]) -> torch.Tensor:

@@ -65,6 +65,10 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                      help="preset for requests that pick none (default exact: the reference algorithm)")
     lim.add_argument("--drain-timeout", type=float, default=30.0,
                      help="seconds SIGTERM waits for in-flight requests before aborting them (default 30)")
+    lim.add_argument("--stream-write-timeout", type=float, default=30.0,
+                     help="disconnect a streaming client that reads nothing for this many seconds (default 30)")
+    lim.add_argument("--max-stream-buffer", type=_positive, default=1024,
+                     help="engine outputs a stream may hold unread before its request is aborted (default 1024)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--disable-access-log", action="store_true")
     add_scale_out_args(p)
@@ -104,6 +108,8 @@ def build_configs(args: argparse.Namespace) -> tuple[EngineConfig, ServerSetting
     engine = EngineConfig(
         model=str(path), device=args.device, dtype=args.dtype, kv_cache_memory=args.kv_cache_memory, seed=args.seed,
         **model_source_kwargs(args),
+        generation_config=args.generation_config,
+        override_generation_config=tuple((args.override_generation_config or {}).items()),
         scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                                   max_model_len=args.max_model_len))
     names = tuple(args.served_model_name or [args.model or DEFAULT_MODEL])  # vLLM: the argument as given
@@ -111,7 +117,8 @@ def build_configs(args: argparse.Namespace) -> tuple[EngineConfig, ServerSetting
         served_model_name=names[0], served_model_aliases=names[1:], model_root=str(path.resolve()), api_keys=keys, open_paths=tuple(args.open_paths),
         max_prompt_tokens=args.max_prompt_tokens, max_tokens_limit=args.max_tokens_limit, max_steps=args.max_steps,
         max_choices=args.max_choices, max_body_bytes=args.max_body_bytes, default_max_tokens=args.default_max_tokens,
-        default_preset=args.default_preset, drain_timeout=args.drain_timeout)
+        default_preset=args.default_preset, drain_timeout=args.drain_timeout,
+        stream_write_timeout=args.stream_write_timeout, max_stream_buffer=args.max_stream_buffer)
     return engine, settings
 
 
@@ -121,8 +128,7 @@ def run_server(args: argparse.Namespace) -> int:
         return run_replicas(args)
     import uvicorn
 
-    from unmask.server.api.app import create_app
-    from unmask.server.api.launcher import DrainingServer
+    from unmask.server.api.app import DrainingServer, create_app
     from unmask.server.engine.async_engine import AsyncEngine
     from unmask.server.engine.engine import Engine
 

@@ -6,12 +6,17 @@ BOS is never added here: the LLaDA Instruct template supplies it (LLADA-SPEC.md 
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import jinja2
 import jinja2.sandbox
 from tokenizers import Tokenizer as HFTokenizer
+
+
+LONG_TEXT_CHARS = 4096
+"""Texts longer than this are encoded with the GIL released (Tokenizer.encode)."""
 
 
 class ChatTemplateError(ValueError):
@@ -64,8 +69,24 @@ class Tokenizer:
         return self._tok.token_to_id(token)
 
     def encode(self, text: str) -> list[int]:
-        """text -> token ids, no special tokens added (special-token strings in the text are recognised)."""
+        """text -> token ids, no special tokens added (special-token strings in the text are recognised).
+        Long texts go through the batch call, which releases the GIL while it works (other threads, such as
+        an event loop, keep running)."""
+        if len(text) > LONG_TEXT_CHARS:
+            return self._tok.encode_batch([text], add_special_tokens=False)[0].ids
         return self._tok.encode(text, add_special_tokens=False).ids
+
+    @functools.cached_property
+    def max_token_chars(self) -> int:
+        """Longest token string of the vocabulary (added tokens included), plus one: no token covers more
+        characters of input text, so ``len(text) / max_token_chars`` is about the fewest tokens ``text`` can
+        encode to (see :meth:`min_tokens`)."""
+        return max((len(t) for t in self._tok.get_vocab(with_added_tokens=True)), default=1) + 1
+
+    def min_tokens(self, num_chars: int) -> int:
+        """A lower bound on the tokens of any text of ``num_chars`` characters, cheap to compute before
+        tokenizing (halved once more for normalisers that compose characters)."""
+        return num_chars // (2 * self.max_token_chars)
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)

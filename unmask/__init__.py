@@ -15,7 +15,7 @@ if (_checkout / "pyproject.toml").is_file() and (_checkout / "server" / "engine"
     __path__.append(str(_checkout))  # noqa: F821 - the package's own search path
 
 _EXPORTS = {"DiffusionParams": "unmask.server.engine.params", "LLM": "unmask.server.llm",
-            "RequestOutput": "unmask.server.outputs"}
+            "RequestOutput": "unmask.server.engine.output_processor"}
 
 
 def __getattr__(name: str):

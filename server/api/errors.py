@@ -2,19 +2,41 @@
 
 Every failure the server answers goes through :class:`APIError` (or one of the handlers below that turn
 FastAPI/Starlette exceptions into it), so clients always see the same shape, also for 401/404/413/503.
-Streams that already started send :func:`error_body` as an SSE event instead (see sse.py).
+Streams that already started send :func:`error_body` as an SSE event instead (see streaming.py). JSON out
+goes through :func:`dumps`: compact UTF-8 that never fails on odd text and never emits NaN/inf.
 """
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 
-from unmask.server.api.jsonio import JSONAnswer
+from unmask.server.engine.client import EngineDeadError, QueueFullError, RequestRejected
 
 log = logging.getLogger("unmask.api")
+
+
+def dumps(obj) -> bytes:
+    """Compact UTF-8 JSON. NaN/inf are not JSON, so they are refused rather than sent; text that cannot
+    be UTF-8 (a lone surrogate from a client's ``\\ud800`` escape) falls back to ASCII escapes."""
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+
+
+class JSONAnswer(Response):
+    """Starlette's JSONResponse with :func:`dumps` (it would raise on a lone surrogate)."""
+    media_type = "application/json"
+
+    def render(self, content) -> bytes:
+        return dumps(content)
+
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
           405: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
@@ -61,6 +83,17 @@ def unavailable(message: str, code: str, retry_after: int) -> APIError:
     return APIError(503, message, None, code, retry_after)
 
 
+def engine_refusal(exc: BaseException, retry_after: int) -> APIError | None:
+    """Map an EngineClient refusal to its HTTP answer (None: not a refusal): never fits -> 400, busy -> 503."""
+    if isinstance(exc, QueueFullError):
+        return unavailable(f"the request queue is full: {exc}", "queue_full", retry_after)
+    if isinstance(exc, EngineDeadError):
+        return unavailable(f"the engine is not running: {exc}", "engine_dead", retry_after)
+    if isinstance(exc, RequestRejected):
+        return APIError(400, str(exc), exc.param, exc.code)
+    return None
+
+
 def _loc(loc) -> str | None:
     parts = [str(p) for p in loc if p != "body"]
     return ".".join(parts) or None
@@ -96,4 +129,4 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception):
         log.exception("unhandled error")
-        return APIError(500, f"internal error: {type(exc).__name__}", None, "internal_error").response()
+        return APIError(500, "internal error (see the server log)", None, "internal_error").response()

@@ -1,9 +1,10 @@
 """Pure-ASGI middleware (no BaseHTTPMiddleware: it breaks streaming and disconnect detection).
 
 ``GuardMiddleware`` runs before any route: it echoes ``X-Request-Id``, checks the API key (constant-time,
-every key compared, so timing reveals nothing) and caps the request body (413 from ``Content-Length``
-alone, or as soon as a chunked body grows past the cap). The body is read here and replayed to the app;
-later ``receive()`` calls go to the server, so the app still sees the client's disconnect.
+every key compared, so timing reveals nothing; several Authorization headers are refused) and caps the
+request body (413 from ``Content-Length`` alone, or as soon as a chunked body grows past the cap). The body
+is read here and replayed to the app; later ``receive()`` calls go to the server, so the app still sees the
+client's disconnect.
 """
 from __future__ import annotations
 
@@ -26,11 +27,15 @@ class GuardMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        raw = scope.get("headers", [])
+        headers = {k.lower(): v for k, v in raw}
         request_id = headers.get(b"x-request-id")
         if request_id is not None:
             send = _echo_header(send, b"x-request-id", request_id[:256])
         if self._keys and scope["method"] != "OPTIONS" and not self._open(scope["path"]):
+            if sum(k.lower() == b"authorization" for k, _ in raw) > 1:  # which one counts is ambiguous: refuse
+                err = APIError(400, "send one Authorization header, not several", None, "invalid_request")
+                return await err.response()(scope, receive, send)
             if not self._authorized(headers.get(b"authorization", b"")):
                 err = APIError(401, "Invalid or missing API key. Send it as 'Authorization: Bearer <key>'.",
                                None, "invalid_api_key")

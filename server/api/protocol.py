@@ -1,17 +1,26 @@
-"""Request bodies of the HTTP API (pydantic; the only module that uses it).
+"""Request bodies of the HTTP API (pydantic; the only module that uses it) and their validation.
 
 Field names and defaults mirror vLLM's OpenAI server (SERVING.md §1). Unknown fields are accepted and
 ignored, as vLLM does; known fields whose semantics a masked diffusion LM cannot honour are rejected with
 400 only when they carry a non-default value, so benchmarks that send neutral defaults keep working.
 The diffusion settings are top-level fields (the openai SDK sends them through ``extra_body``).
+
+Validation happens here, once per request, in the order the fields appear in the OpenAI reference:
+``check()`` names every unsupported field (in that order), then :meth:`GenerateRequest.engine_params`
+checks the values against the server's limits and maps them through the one budget rule
+(``DiffusionParams``) to the engine's settings.
 """
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+import dataclasses
+import re
+from typing import Any, Literal, Mapping, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from unmask.server.api.errors import bad_request, unsupported
+from unmask.server.api.settings import ServerSettings
+from unmask.server.engine.params import DiffusionParams
 
 INT64 = 1 << 63
 WHY = "A masked diffusion LM commits tokens by its denoising schedule; these controls do not apply."
@@ -22,143 +31,196 @@ class OpenAIBase(BaseModel):
 
 
 class StreamOptions(OpenAIBase):
-    include_usage: bool | None = False
+    include_usage: StrictBool | None = False
     """Send one extra chunk with ``choices: []`` and the aggregate usage before ``[DONE]``."""
-    continuous_usage_stats: bool | None = False
+    continuous_usage_stats: StrictBool | None = False
     """vLLM extension: running usage on every chunk."""
-    denoise: bool | None = False
+    denoise: StrictBool | None = False
     """unmask extension: send each step's canvas as ``event: denoise`` SSE events."""
 
 
 class DiffusionFields(OpenAIBase):
     """The block-diffusion settings (see engine/params.py for their meaning)."""
-    steps: int | None = Field(None, ge=1)
-    block_length: int | None = Field(None, ge=1)
-    threshold: float | None = Field(None, gt=0, le=1)
-    factor: float | None = Field(None, gt=0)
+    steps: StrictInt | None = Field(None, ge=1)
+    block_length: StrictInt | None = Field(None, ge=1)
+    threshold: StrictFloat | None = Field(None, gt=0, le=1)
+    factor: StrictFloat | None = Field(None, gt=0)
     remasking: Literal["low_confidence", "random"] | None = None
     cache: Literal["none", "prefix", "dual"] | None = None
-    cfg_scale: float | None = Field(None, ge=0)
+    cfg_scale: StrictFloat | None = Field(None, ge=0)
     preset: Literal["exact", "fast"] | None = None
-    early_stop: bool | None = None
-    logits_eos_inf: bool | None = None
-    confidence_eos_eot_inf: bool | None = None
+    early_stop: StrictBool | None = None
+    logits_eos_inf: StrictBool | None = None
+    confidence_eos_eot_inf: StrictBool | None = None
 
 
 class GenerateRequest(DiffusionFields):
     """Fields shared by /v1/completions and /v1/chat/completions."""
-    model: str | None = None
-    n: int = Field(1, ge=1)
-    temperature: float | None = Field(None, ge=0)
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    seed: int | None = Field(None, ge=-INT64, lt=2 * INT64)
-    stop: str | list[str] | None = None
+    model: StrictStr | None = None
+    n: StrictInt = Field(1, ge=1)
+    temperature: StrictFloat | None = Field(None, ge=0)
+    top_p: StrictFloat | None = None
+    top_k: StrictInt | None = None
+    min_p: StrictFloat | None = None
+    seed: StrictInt | None = Field(None, ge=-INT64, lt=2 * INT64)
+    stop: StrictStr | list[StrictStr] | None = None
     stop_token_ids: list[StrictInt] | None = None
-    include_stop_str_in_output: bool = False
-    skip_special_tokens: bool = True
-    ignore_eos: bool = False
-    min_tokens: int = 0
-    stream: bool | None = False
+    include_stop_str_in_output: StrictBool = False
+    skip_special_tokens: StrictBool = True
+    ignore_eos: StrictBool = False
+    min_tokens: StrictInt = 0
+    stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
-    repetition_penalty: float | None = None
-    length_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
-    use_beam_search: bool = False
-    prompt_logprobs: int | None = None
+    frequency_penalty: StrictFloat | None = None
+    presence_penalty: StrictFloat | None = None
+    repetition_penalty: StrictFloat | None = None
+    length_penalty: StrictFloat | None = None
+    logit_bias: dict[StrictStr, StrictFloat] | None = None
+    use_beam_search: StrictBool = False
+    prompt_logprobs: StrictInt | None = None
     guided_json: Any = None
-    guided_regex: str | None = None
-    guided_choice: list[str] | None = None
-    guided_grammar: str | None = None
+    guided_regex: StrictStr | None = None
+    guided_choice: list[StrictStr] | None = None
+    guided_grammar: StrictStr | None = None
     structured_outputs: Any = None
-    user: str | None = None
-    request_id: str | None = None
+    user: StrictStr | None = None
+    request_id: StrictStr | None = None
 
     def stop_list(self) -> tuple[str, ...]:
         if self.stop is None:
             return ()
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
-    def unsupported_common(self) -> list[str]:
-        """Known fields we cannot honour that carry a non-default value."""
-        return [name for name, ok in (
+    def unsupported_common(self) -> list[tuple[str, bool]]:
+        """(field, acceptable) for the shared fields we cannot honour, in the OpenAI reference's order."""
+        return [
             ("frequency_penalty", self.frequency_penalty in (None, 0)),
+            ("logit_bias", not self.logit_bias),
             ("presence_penalty", self.presence_penalty in (None, 0)),
+            ("top_p", self.top_p in (None, 1)),
+            ("top_k", self.top_k in (None, 0, -1)), ("min_p", self.min_p in (None, 0)),
             ("repetition_penalty", self.repetition_penalty in (None, 1)),
             ("length_penalty", self.length_penalty in (None, 1)),
-            ("logit_bias", not self.logit_bias), ("top_p", self.top_p in (None, 1)),
-            ("top_k", self.top_k in (None, 0, -1)), ("min_p", self.min_p in (None, 0)),
             ("min_tokens", self.min_tokens == 0), ("use_beam_search", not self.use_beam_search),
             ("prompt_logprobs", self.prompt_logprobs is None), ("stop_token_ids", not self.stop_token_ids),
             ("guided_json", self.guided_json is None), ("guided_regex", self.guided_regex is None),
             ("guided_choice", self.guided_choice is None), ("guided_grammar", self.guided_grammar is None),
             ("structured_outputs", self.structured_outputs is None),
-        ) if not ok]
+        ]
 
-    def check_common(self, bad: list[str], why: str = "") -> None:
-        """400 naming every unsupported field (``bad`` + the common ones), then the combination rules."""
-        bad = self.unsupported_common() + bad
+    def check_common(self, fields: list[tuple[str, bool]], why: str = "") -> None:
+        """400 naming every unsupported field of ``fields`` (already in reference order), then the
+        combination rules of the shared fields."""
+        bad = [name for name, ok in fields if not ok]
         if bad:
             raise unsupported(bad, WHY + why)
-        if self.stream_options is not None and not self.stream:
-            raise bad_request("stream_options can only be given when stream=true", "stream_options")
         stops = self.stop_list()
         if any(not s for s in stops):
             raise bad_request("stop strings must be non-empty", "stop")
         if len(stops) > 16 or any(len(s) > 1000 for s in stops):
             raise bad_request("at most 16 stop strings of at most 1000 characters each", "stop")
+        if self.stream_options is not None and not self.stream:
+            raise bad_request("stream_options can only be given when stream=true", "stream_options")
+
+    def engine_params(self, max_tokens: int, settings: ServerSettings, defaults: Mapping[str, Any] = (),
+                      param: str = "max_tokens") -> DiffusionParams:
+        """This request's engine settings for a budget of ``max_tokens`` (already resolved against the
+        defaults), its own fields over ``defaults`` (the generation defaults, see server/engine/
+        generation_config.py: override > checkpoint > server). 400 naming the field on errors."""
+        if max_tokens > settings.max_tokens_limit:
+            raise bad_request(f"{param}={max_tokens} exceeds this server's limit of {settings.max_tokens_limit} "
+                              f"(--max-tokens-limit)", param)
+        if self.block_length is not None and self.block_length > settings.max_tokens_limit:
+            raise bad_request(f"block_length={self.block_length} exceeds the generation limit "
+                              f"{settings.max_tokens_limit}", "block_length")
+        if self.steps is not None and self.steps > settings.max_steps:
+            raise bad_request(f"steps={self.steps} exceeds this server's limit of {settings.max_steps} "
+                              f"(--max-steps)", "steps")
+        fields = {
+            "max_tokens": max_tokens, "block_length": self.block_length, "steps": self.steps,
+            "temperature": self.temperature, "remasking": self.remasking, "cfg_scale": self.cfg_scale,
+            "seed": self.seed, "stop": self.stop_list(), "include_stop_str_in_output": self.include_stop_str_in_output,
+            "skip_special_tokens": self.skip_special_tokens,
+            "logits_eos_inf": True if (self.logits_eos_inf or self.ignore_eos) else None,
+            "confidence_eos_eot_inf": self.confidence_eos_eot_inf, "threshold": self.threshold, "factor": self.factor,
+            "cache": self.cache, "early_stop": self.early_stop, "preset": self.preset}
+        try:
+            params = DiffusionParams.from_fields(fields, defaults)
+        except ValueError as exc:
+            raise bad_request(str(exc), _param_of(str(exc))) from None
+        if params.steps > settings.max_steps:  # a default block length or step count can still exceed the limit
+            raise bad_request(f"steps={params.steps} exceeds this server's limit of {settings.max_steps} "
+                              f"(--max-steps)", "steps")
+        return params
+
+    def check_choices(self, num_prompts: int, settings: ServerSettings) -> None:
+        """400 when prompts × n exceeds --max-choices."""
+        if num_prompts * self.n > settings.max_choices:
+            raise bad_request(f"{num_prompts} prompt(s) × n={self.n} = {num_prompts * self.n} choices; this server "
+                              f"allows at most {settings.max_choices} per request (--max-choices)", "n")
 
 
-PromptType = Union[str, list[StrictInt], list[str], list[list[StrictInt]]]
+_FIELDS = {f.name for f in dataclasses.fields(DiffusionParams)}
+
+
+def _param_of(message: str) -> str | None:
+    """DiffusionParams messages start with the field at fault (``threshold=2 is not valid``)."""
+    m = re.match(r"([a-z_]+)", message)
+    return m.group(1) if m and m.group(1) in _FIELDS else None
+
+
+PromptType = Union[StrictStr, list[StrictInt], list[StrictStr], list[list[StrictInt]]]
 
 
 class CompletionRequest(GenerateRequest):
     prompt: PromptType
-    max_tokens: int | None = Field(None, ge=0)
-    echo: bool = False
-    logprobs: int | None = None
-    best_of: int | None = None
-    suffix: str | None = None
+    max_tokens: StrictInt | None = Field(None, ge=0)
+    echo: StrictBool = False
+    logprobs: StrictInt | None = None
+    best_of: StrictInt | None = None
+    suffix: StrictStr | None = None
 
     def check(self) -> None:
-        bad = [name for name, ok in (("logprobs", self.logprobs is None), ("suffix", self.suffix is None),
-                                     ("best_of", self.best_of in (None, self.n))) if not ok]
-        self.check_common(bad, " (best_of must equal n; infilling via suffix is not offered)")
+        """400 for fields we cannot honour (OpenAI reference order), then max_tokens=0 without echo."""
+        common = dict(self.unsupported_common())
+        fields = [("best_of", self.best_of in (None, self.n)), ("frequency_penalty", common.pop("frequency_penalty")),
+                  ("logit_bias", common.pop("logit_bias")), ("logprobs", self.logprobs is None),
+                  ("presence_penalty", common.pop("presence_penalty")), ("suffix", self.suffix is None),
+                  ("top_p", common.pop("top_p")), *common.items()]
+        self.check_common(fields, " (best_of must equal n; infilling via suffix is not offered)")
         if self.max_tokens == 0 and not self.echo:
             raise bad_request("max_tokens must be ≥ 1 (0 is only allowed with echo=true)", "max_tokens")
 
 
 class ContentPart(OpenAIBase):
-    type: str
-    text: str | None = None
+    type: StrictStr
+    text: StrictStr | None = None
 
 
 class ChatMessage(OpenAIBase):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[ContentPart] | None = None
-    name: str | None = None
+    content: StrictStr | list[ContentPart] | None = None
+    name: StrictStr | None = None
+    tool_calls: list[Any] | None = None
 
 
 class ChatCompletionRequest(GenerateRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    logprobs: bool | None = False
-    top_logprobs: int | None = None
+    max_tokens: StrictInt | None = Field(None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1)
+    logprobs: StrictBool | None = False
+    top_logprobs: StrictInt | None = None
     tools: list[Any] | None = None
     tool_choice: Any = None
     functions: list[Any] | None = None
     function_call: Any = None
-    response_format: dict[str, Any] | None = None
-    add_generation_prompt: bool = True
-    continue_final_message: bool = False
-    chat_template: str | None = None
-    echo: bool = False
+    response_format: dict[StrictStr, Any] | None = None
+    add_generation_prompt: StrictBool = True
+    continue_final_message: StrictBool = False
+    chat_template: StrictStr | None = None
+    echo: StrictBool = False
     audio: Any = None
-    modalities: list[str] | None = None
+    modalities: list[StrictStr] | None = None
     prediction: Any = None
     web_search_options: Any = None
 
@@ -167,28 +229,37 @@ class ChatCompletionRequest(GenerateRequest):
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
     def check(self) -> None:
+        """400 for fields we cannot honour, in the OpenAI reference's order."""
         fmt = (self.response_format or {}).get("type", "text")
-        bad = [name for name, ok in (
-            ("logprobs", not self.logprobs), ("top_logprobs", not self.top_logprobs),
-            ("tools", not self.tools or self.tool_choice == "none"),
-            ("tool_choice", self.tool_choice in (None, "none") or (self.tool_choice == "auto" and not self.tools)),
-            ("functions", not self.functions), ("function_call", self.function_call in (None, "none")),
-            ("response_format", fmt == "text"), ("continue_final_message", not self.continue_final_message),
-            ("chat_template", self.chat_template is None), ("echo", not self.echo), ("audio", self.audio is None),
+        common = dict(self.unsupported_common())
+        fields = [
+            ("audio", self.audio is None), ("frequency_penalty", common.pop("frequency_penalty")),
+            ("function_call", self.function_call in (None, "none")), ("functions", not self.functions),
+            ("logit_bias", common.pop("logit_bias")), ("logprobs", not self.logprobs),
             ("modalities", self.modalities in (None, ["text"])), ("prediction", self.prediction is None),
-            ("web_search_options", self.web_search_options is None),
-        ) if not ok]
-        self.check_common(bad, " Tool calls, structured output, logprobs and audio are not offered.")
+            ("presence_penalty", common.pop("presence_penalty")), ("response_format", fmt == "text"),
+            ("tool_choice", self.tool_choice in (None, "none") or (self.tool_choice == "auto" and not self.tools)),
+            ("tools", not self.tools or self.tool_choice == "none"), ("top_logprobs", not self.top_logprobs),
+            ("top_p", common.pop("top_p")), ("web_search_options", self.web_search_options is None),
+            ("echo", not self.echo), ("continue_final_message", not self.continue_final_message),
+            ("chat_template", self.chat_template is None), *common.items(),
+        ]
+        self.check_common(fields, " Tool calls, structured output, logprobs and audio are not offered.")
 
-    def flat_messages(self) -> list[dict[str, str]]:
-        """[{role, content: str}] for the chat template: text parts joined by newlines (vLLM); others rejected."""
-        return [{"role": "system" if m.role == "developer" else m.role, "content": _text(m, i)}
-                for i, m in enumerate(self.messages)]
 
-
-def _text(message: ChatMessage, i: int) -> str:
-    if message.content is None or isinstance(message.content, str):
-        return message.content or ""
+def message_text(message: "ChatMessage", i: int) -> str:
+    """A message's content as one string: text parts joined by newlines (vLLM). 400 for other part types,
+    for missing content (only an assistant turn may omit it) and for history ``tool_calls`` (which the
+    chat templates served here cannot render, so they are refused rather than dropped)."""
+    if message.tool_calls:
+        raise bad_request("assistant messages with tool_calls cannot be rendered by this model's chat template",
+                          f"messages.{i}.tool_calls", "unsupported_content")
+    if message.content is None:
+        if message.role != "assistant":
+            raise bad_request(f"a {message.role} message needs content", f"messages.{i}.content")
+        return ""
+    if isinstance(message.content, str):
+        return message.content
     texts = []
     for j, part in enumerate(message.content):
         if part.type != "text" or part.text is None:
@@ -199,14 +270,14 @@ def _text(message: ChatMessage, i: int) -> str:
 
 
 class TokenizeRequest(OpenAIBase):
-    model: str | None = None
-    prompt: str | None = None
+    model: StrictStr | None = None
+    prompt: StrictStr | None = None
     messages: list[ChatMessage] | None = None
-    add_generation_prompt: bool = True
-    add_special_tokens: bool = True
+    add_generation_prompt: StrictBool = True
+    add_special_tokens: StrictBool = True
     return_token_strs: bool = False
 
 
 class DetokenizeRequest(OpenAIBase):
-    model: str | None = None
+    model: StrictStr | None = None
     tokens: list[StrictInt]

@@ -1,8 +1,10 @@
-"""HTTP routes: thin wrappers that validate, build a Job and hand it to serving.py (vLLM's route /
-serving / protocol split). Endpoints: /v1/completions, /v1/chat/completions, /v1/models, /health,
+"""HTTP routes: thin wrappers that prepare a request (serving_completion / serving_chat) and hand it to
+serving.py (vLLM's route / serving / protocol split). Endpoints: /v1/completions, /v1/chat/completions,
+/v1/models, /health,
 /ping, /metrics, /version, /load, /tokenize, /detokenize, and the playground page at /."""
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -10,21 +12,23 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import FileResponse, Response
 
 import unmask
-from unmask.server.api import jobs, serving
-from unmask.server.api.errors import APIError, bad_request
-from unmask.server.api.jsonio import JSONAnswer
+from unmask.server.api.errors import APIError, JSONAnswer, bad_request
 from unmask.server.api.metrics import CONTENT_TYPE
 from unmask.server.api.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
                                         TokenizeRequest)
-from unmask.server.api.state import AppState
-from unmask.server.tokenizer import ChatTemplateError
+from unmask.server.api.serving import serve
+from unmask.server.api.serving_chat import prepare_chat, render_messages
+from unmask.server.api.serving_completion import check_text_size, encode_text, prepare_completion
 
 router = APIRouter()
+OFFLOAD_BYTES = 64 << 10
+"""Bodies larger than this are tokenized in a worker thread."""
 STARTED = int(time.time())
 STATIC = Path(__file__).resolve().parent / "static"
 
 
-def app_state(request: Request) -> AppState:
+def app_state(request: Request):
+    """The app's ``AppState`` (server/api/app.py)."""
     return request.app.state.unmask
 
 
@@ -38,27 +42,35 @@ def require_json(request: Request) -> None:
 
 @router.post("/v1/completions", dependencies=[Depends(require_json)])
 async def completions(body: CompletionRequest, request: Request):
-    return await _execute(request, jobs.completion_job, body)
+    return await _execute(request, prepare_completion, body)
 
 
 @router.post("/v1/chat/completions", dependencies=[Depends(require_json)])
 async def chat_completions(body: ChatCompletionRequest, request: Request):
-    return await _execute(request, jobs.chat_job, body)
+    return await _execute(request, prepare_chat, body)
 
 
-async def _execute(request: Request, make_job, body):
-    """Engine ready (else 503), the request's job built from its body, then run (streamed or not)."""
+async def _execute(request: Request, prepare, body):
+    """Engine ready (else 503), the request prepared from its body, then served (streamed or not)."""
     state = app_state(request)
-    engine = state.ready_engine()
-    job = make_job(state, body, request.headers.get("x-request-id"))
-    return await serving.execute(state, engine, job, request)
+    state.ready_client()
+    prepared = await _off_loop_if_large(request, prepare, state, body, request.headers.get("x-request-id"))
+    return await serve(state, prepared, request)
+
+
+async def _off_loop_if_large(request: Request, fn, *args):
+    """Run ``fn(*args)`` (tokenizing, rendering) in a worker thread when the body is large, so the event loop
+    (``/health``, other streams) never waits on it; small bodies stay inline (no thread hop)."""
+    if int(request.headers.get("content-length") or 0) > OFFLOAD_BYTES:
+        return await asyncio.to_thread(fn, *args)
+    return fn(*args)
 
 
 @router.get("/v1/models")
 async def models(request: Request):
     state = app_state(request)
     s = state.settings
-    max_len = state.max_model_len if state.engine is not None else None
+    max_len = state.client.model_info.max_model_len if state.client is not None else None
     cards = [{"id": name, "object": "model", "created": STARTED, "owned_by": "unmask", "root": s.model_root,
               "parent": None, "max_model_len": max_len, "permission": []}
              for name in (s.served_model_name, *s.served_model_aliases)]
@@ -99,41 +111,38 @@ async def playground():
 @router.get("/load")
 async def load(request: Request):
     """In-flight generation requests (vLLM's --enable-server-load-tracking answer)."""
-    return JSONAnswer({"server_load": len(app_state(request).runs)})
+    return JSONAnswer({"server_load": len(app_state(request).streams)})
 
 
 @router.post("/tokenize", dependencies=[Depends(require_json)])
 async def tokenize(body: TokenizeRequest, request: Request):
     state = app_state(request)
-    state.ready_engine()
+    state.ready_client()
     state.check_model(body.model)
     if (body.prompt is None) == (body.messages is None):
         raise bad_request("give exactly one of prompt or messages", "prompt")
-    tok = state.tokenizer
-    try:
-        if body.prompt is not None:
-            ids = tok.encode(body.prompt)
-        else:
-            msgs = [{"role": m.role, "content": m.content if isinstance(m.content, str) else
-                     "\n".join(p.text or "" for p in m.content or [])} for m in body.messages]
-            ids = tok.encode_chat(msgs, add_generation_prompt=body.add_generation_prompt)
-    except ChatTemplateError as exc:
-        raise bad_request(str(exc), "messages", "chat_template_error") from None
-    except Exception as exc:  # noqa: BLE001 - text the tokenizer cannot take
-        raise bad_request(f"could not tokenize: {type(exc).__name__}", "prompt") from None
-    out = {"count": len(ids), "max_model_len": state.max_model_len, "tokens": ids}
+    ids = await _off_loop_if_large(request, _tokenize, state, body)
+    out = {"count": len(ids), "max_model_len": state.client.model_info.max_model_len, "tokens": ids}
     if body.return_token_strs:
         out["token_strs"] = [state.strings(t) for t in ids]
     return JSONAnswer(out)
 
 
+def _tokenize(state, body: TokenizeRequest) -> list[int]:
+    """/tokenize's ids, within the same size bound as a prompt."""
+    if body.prompt is not None:
+        check_text_size(state, len(body.prompt), "prompt")
+        return encode_text(state.client.tokenizer, body.prompt, "prompt")
+    return render_messages(state, body.messages, body.add_generation_prompt)
+
+
 @router.post("/detokenize", dependencies=[Depends(require_json)])
 async def detokenize(body: DetokenizeRequest, request: Request):
     state = app_state(request)
-    state.ready_engine()
+    state.ready_client()
     state.check_model(body.model)
-    vocab = state.engine.engine.model_config.vocab_size
+    vocab = state.client.model_info.vocab_size
     bad = next((t for t in body.tokens if not 0 <= t < vocab), None)
     if bad is not None:
         raise bad_request(f"token id {bad} is out of range [0, {vocab})", "tokens")
-    return JSONAnswer({"prompt": state.tokenizer.decode(body.tokens)})
+    return JSONAnswer({"prompt": state.client.tokenizer.decode(body.tokens)})

@@ -1,122 +1,347 @@
-"""Run a Job on the engine and answer: a StreamingResponse of SSE events, or one JSON body.
+"""Serving core shared by completions and chat: submit a :class:`Prepared` request's choices to the
+engine client, then answer with an SSE stream or one JSON body built from the same deltas.
 
-Admission happens before the response starts, so refusals keep their HTTP status. A client that goes
-away aborts the request: for streams Starlette cancels the body iterator when it sees the disconnect;
-for plain requests :func:`until_disconnect` watches the connection next to the work (vLLM's
-``with_cancellation``). Either way ``GenerationRun.close()`` aborts the engine requests, which free their
-slots at the next step boundary.
+Admission happens before the response starts, so refusals keep their HTTP status (400 never fits, 503
+busy). A client that goes away aborts the request: for streams Starlette cancels the body iterator when it
+sees the disconnect; for plain requests :func:`until_disconnect` watches the connection next to the work
+(vLLM's ``with_cancellation``). Either way ``ChoiceStream.close()`` aborts the engine requests, which free
+their slots at the next step boundary.
+
+Streaming rules (SERVING.md §2.4): chat sends its role chunk together with a choice's first text (not
+earlier: benchmarks take it as the first token); empty deltas are skipped; each choice gets exactly one
+``finish_reason``; the usage chunk (``choices: []``) comes last, then ``[DONE]``.
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import time
+from typing import Protocol
 
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import Response, StreamingResponse
 
-from unmask.server.api import sse
-from unmask.server.api.builder import DenoiseInfo, ResponseBuilder, StreamFlags
-from unmask.server.api.choice import ChoiceState
-from unmask.server.api.errors import APIError
-from unmask.server.api.jobs import Job
-from unmask.server.api.jsonio import JSONAnswer
-from unmask.server.api.run import GenerationRun
-from unmask.server.api.state import AppState
-from unmask.server.engine.async_engine import AsyncEngine
+from unmask.server.api import streaming
+from unmask.server.api.errors import APIError, JSONAnswer, engine_refusal
+from unmask.server.engine.client import EngineClient, EngineDeadError, Request, StreamStalledError
+from unmask.server.engine.output_processor import Delta
+from unmask.server.engine.params import DiffusionParams
 
 log = logging.getLogger("unmask.api")
 HEARTBEAT_S = 15.0
 
 
-def _builder(state: AppState, job: Job) -> ResponseBuilder:
-    body, n = job.body, job.n
-    opts = body.stream_options
-    flags = StreamFlags(include_usage=bool(opts and opts.include_usage),
-                        continuous_usage=bool(opts and opts.continuous_usage_stats), denoise=bool(opts and opts.denoise))
-    budget = job.plan.max_tokens if job.plan else 0
-    choices = [ChoiceState(i, state.tokenizer, budget, body.stop_list(), body.include_stop_str_in_output,
-                           body.skip_special_tokens) for i in range(len(job.prompts) * n)]
-    denoise = None
-    if flags.denoise and job.plan is not None:
-        denoise = DenoiseInfo(state.engine.engine.model_config.mask_token_id, job.plan.params.block_length,
-                              state.strings)
-    return ResponseBuilder(job.shape, choices, [len(p) for p in job.prompts for _ in range(n)],
-                           [e for e in job.echo for _ in range(n)], flags, state.metrics, job.t0, n, denoise)
+class Choice(Protocol):
+    """What a response needs of one choice (an OutputProcessor, or :class:`EchoOnly`)."""
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None
+    stop_reason: str | None
+    nfe: int
+    num_committed: int
 
 
-async def execute(state: AppState, engine: AsyncEngine, job: Job, http: HTTPRequest) -> Response:
-    builder = _builder(state, job)
-    if job.plan is None:  # echo with max_tokens=0: the prompt is the whole answer
-        for c in builder.choices:
-            c.fail("length")
-        return _echo_only(job, builder)
-    run = GenerationRun(engine, job.requests(state.new_ids(len(builder.choices))), state.settings.retry_after)
+@dataclasses.dataclass
+class EchoOnly:
+    """A choice with nothing to generate (completions ``echo`` with ``max_tokens: 0``)."""
+    text: str = ""
+    token_ids: list[int] = dataclasses.field(default_factory=list)
+    finish_reason: str | None = "length"
+    stop_reason: str | None = None
+    nfe: int = 0
+    num_committed: int = 0
+
+
+class Shape(Protocol):
+    """The wire shapes of one endpoint (serving_completion.CompletionShape, serving_chat.ChatShape,
+    serving_responses.ResponseShape): the events of a stream and the one answer of a non-streaming request."""
+
+    def head(self) -> list[bytes]:
+        """Events that open a stream, before any text."""
+    def chunk(self, index: int, text: str, finish_reason: str | None = None, stop_reason: str | None = None,
+              usage_: dict | None = None) -> dict:
+        """A stream delta of choice ``index`` (the last one carries its finish reason)."""
+    def role_chunk(self, index: int) -> dict | None:
+        """Chat's first chunk of a choice, sent with its first text (None: no such chunk)."""
+    def usage_chunk(self, usage_: dict | None) -> dict:
+        """The shape a denoise event borrows (and, with include_usage, the usage chunk)."""
+    def encode(self, event: dict) -> bytes:
+        """One event as SSE bytes."""
+    def tail(self, choices: list[Choice], usage_: dict, include_usage: bool) -> list[bytes]:
+        """Events that close a finished stream."""
+    def error_events(self, body: dict) -> bytes:
+        """An error after the stream started, and the stream's end."""
+    def final(self, choices: list[Choice], usage_: dict, prefixes: list[str]) -> dict:
+        """The non-streaming answer."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamFlags:
+    include_usage: bool = False
+    continuous_usage: bool = False
+    denoise: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A validated request, ready to run: tokenized prompts and engine settings."""
+    shape: Shape
+    prompts: list[list[int]]
+    echo: list[str]
+    """Per prompt: the text to prepend to each of its choices ('' without echo)."""
+    params: DiffusionParams | None
+    """None when there is nothing to generate (echo with max_tokens=0)."""
+    n: int
+    stream: bool
+    flags: StreamFlags
+    t0: float
+    prompt_param: str = "prompt"
+    """The body field that holds the prompt ('prompt' or 'messages'), named in prompt errors."""
+
+    def requests(self, ids: list[str]) -> list[Request]:
+        """One engine Request per choice: prompt p, sample i -> choice p * n + i."""
+        prompts = [tuple(p) for p in self.prompts]  # one tuple per prompt, shared by its n choices
+        return [Request(ids[p * self.n + i], prompt, self.params.for_choice(i), stream_canvas=self.flags.denoise)
+                for p, prompt in enumerate(prompts) for i in range(self.n)]
+
+
+def usage(prompt_tokens: int, completion_tokens: int, extra: dict | None = None) -> dict:
+    out = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+           "total_tokens": prompt_tokens + completion_tokens}
+    if extra:
+        out.update(extra)
+    return out
+
+
+class Responder:
+    """One request's deltas -> SSE chunks (streaming) or one answer (non-streaming), plus its metrics."""
+
+    def __init__(self, state, prep: Prepared, choices: list[Choice]):
+        self.state, self.prep, self.choices, self.n = state, prep, choices, prep.n
+        self.prompt_tokens = [len(p) for p in prep.prompts for _ in range(prep.n)]
+        self.echo = [e for e in prep.echo for _ in range(prep.n)]
+        self._started = [False] * len(choices)
+        self._ttft: list[float | None] = [None] * len(choices)
+        self._steps = [0] * len(choices)
+        self._recorded = [False] * len(choices)
+        self._last_chunk: list[float | None] = [None] * len(choices)
+        self._timing: list[tuple[float | None, float | None]] = [(None, None)] * len(choices)  # (scheduled, queued)
+
+    def on_delta(self, index: int, delta: Delta, stream: bool) -> list[bytes]:
+        """Apply one choice's delta; return the SSE events to send (none when not streaming). Raises
+        APIError when the engine failed this request."""
+        if delta.finish_reason == "error":
+            self.record_unfinished("error")
+            raise APIError(500, f"the engine step failed: {delta.step.error}", None, "engine_error")
+        out: list[bytes] = []
+        self._steps[index] += 1
+        if delta.step.scheduled_at is not None:
+            self._timing[index] = (delta.step.scheduled_at, delta.step.queued_s)
+        if stream and self.prep.flags.denoise and delta.step.canvas is not None:
+            out.append(self._denoise_event(index, delta))
+        if delta.text and self._ttft[index] is None:
+            self._ttft[index] = time.monotonic() - self.prep.t0
+        if delta.finished:
+            self._record(index)
+        if stream and (delta.text or delta.finished):
+            out.extend(self._chunks(index, delta.text))
+        return out
+
+    def _chunks(self, index: int, text: str) -> list[bytes]:
+        choice, shape, out = self.choices[index], self.prep.shape, []
+        if not self._started[index]:
+            self._started[index] = True
+            role = shape.role_chunk(index)
+            if role is not None:
+                out.append(shape.encode(role))
+            text = self.echo[index] + text
+        now = time.monotonic()
+        if text and self._last_chunk[index] is not None:
+            self.state.metrics.itl.observe(now - self._last_chunk[index])
+        if text:
+            self._last_chunk[index] = now
+        running = self._usage([index]) if self.prep.flags.continuous_usage else None
+        out.append(shape.encode(shape.chunk(index, text, choice.finish_reason, choice.stop_reason, running)))
+        return out
+
+    def _denoise_event(self, index: int, delta: Delta) -> bytes:
+        client, step = self.state.client, delta.step
+        payload = streaming.denoise_payload(step.canvas, index, self._steps[index], step.nfe, step.num_committed,
+                                            step.finished, client.model_info.mask_token_id,
+                                            self.prep.params.block_length, self.prep.params.max_tokens,
+                                            self.state.strings)
+        return streaming.event(streaming.DENOISE_EVENT, {**self.prep.shape.usage_chunk(None),
+                                                         "object": "denoise.step", "denoise": payload})
+
+    def _usage(self, indices: list[int]) -> dict:
+        prompt = sum(self.prompt_tokens[i] for i in indices)
+        completion = sum(len(self.choices[i].token_ids) for i in indices)
+        nfe = sum(self.choices[i].nfe for i in indices)
+        committed = sum(self.choices[i].num_committed for i in indices)
+        extra = {"nfe": nfe, "tokens_per_forward": round(committed / nfe, 4) if nfe else 0.0}  # diffusion extras
+        return usage(prompt, completion, extra)
+
+    def total_usage(self) -> dict:
+        """Aggregate usage; a prompt counts once for its n choices (as vLLM counts it)."""
+        u = self._usage(list(range(len(self.choices))))
+        u["prompt_tokens"] = sum(self.prompt_tokens[::self.n])
+        u["total_tokens"] = u["prompt_tokens"] + u["completion_tokens"]
+        return u
+
+    def head(self) -> list[bytes]:
+        """What a stream starts with (before any engine output)."""
+        return self.prep.shape.head()
+
+    def tail(self) -> list[bytes]:
+        """What a finished stream ends with (chat/completions: the usage chunk if asked, then [DONE])."""
+        return self.prep.shape.tail(self.choices, self.total_usage(), self.prep.flags.include_usage)
+
+    def final(self) -> dict:
+        return self.prep.shape.final(self.choices, self.total_usage(), self.echo)
+
+    def record_unfinished(self, reason: str = "abort") -> None:
+        """The request ended early (client gone, engine error): count its open choices as ``reason``."""
+        for i, c in enumerate(self.choices):
+            if c.finish_reason is None:
+                c.fail(reason)
+            if not self._recorded[i]:
+                self._record(i)
+
+    def _record(self, index: int) -> None:
+        if self._recorded[index]:
+            return
+        self._recorded[index] = True
+        c = self.choices[index]
+        prompt = self.prompt_tokens[index] if index % self.n == 0 else 0
+        tpf = c.num_committed / c.nfe if c.nfe else 0.0
+        scheduled, queued = self._timing[index]
+        now = time.monotonic()
+        self.state.metrics.choice_finished(c.finish_reason, prompt, len(c.token_ids), c.nfe, tpf,
+                                           self._ttft[index], now - self.prep.t0, queued,
+                                           None if scheduled is None else now - scheduled)
+
+
+async def serve(state, prep: Prepared, http: HTTPRequest) -> Response:
+    """Run ``prep`` on the engine client (``state.client``) and answer."""
+    if prep.params is None:  # echo with max_tokens=0: the prompt is the whole answer
+        return _echo_only(state, prep)
+    client: EngineClient = state.client
+    requests = prep.requests(state.new_ids(len(prep.prompts) * prep.n))
     try:
-        await run.start()
-    except APIError as exc:
-        if exc.status == 503:
+        stream = client.submit(requests, max_buffered=state.settings.max_stream_buffer)
+    except Exception as exc:  # noqa: BLE001 - refusals map to 400/503, anything else is a bug
+        err = engine_refusal(exc, state.settings.retry_after)
+        if err is None:
+            raise
+        if err.param == "prompt":
+            err.param = prep.prompt_param
+        if err.status == 503:
             state.metrics.rejections.inc()
-        raise
-    state.metrics.request_started(job.n, job.plan.max_tokens)
-    state.runs.add(run)
-    if job.body.stream:
-        return StreamingResponse(_stream(state, run, builder), media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
-    return await until_disconnect(http, _collect(state, run, builder))
+        raise err from None
+    state.metrics.request_started(prep.n, prep.params.max_tokens)
+    state.streams.add(stream)
+    responder = Responder(state, prep, stream.processors)
+    if prep.stream:
+        return BoundedStreamingResponse(_stream(state, stream, responder), state.settings.stream_write_timeout,
+                                        state.metrics.stalled_streams.inc)
+    return await until_disconnect(http, _collect(state, stream, responder))
 
 
-def _echo_only(job: Job, builder: ResponseBuilder) -> Response:
-    if not job.body.stream:
-        return JSONAnswer(builder.final())
+class BoundedStreamingResponse(StreamingResponse):
+    """An SSE response whose client must keep reading: a chunk that cannot be handed to the connection
+    within ``write_timeout`` seconds (the client's receive window and the server's send buffer are full)
+    ends the response; closing the body iterator aborts the request in the engine."""
+
+    def __init__(self, body, write_timeout: float, on_stall):
+        super().__init__(body, media_type=streaming.MEDIA_TYPE, headers=streaming.HEADERS)
+        self.write_timeout, self.on_stall = write_timeout, on_stall
+
+    async def stream_response(self, send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        async for chunk in self.body_iterator:
+            try:
+                await asyncio.wait_for(send({"type": "http.response.body", "body": chunk, "more_body": True}),
+                                       self.write_timeout)
+            except asyncio.TimeoutError:
+                log.warning("a streaming client read nothing for %.1f s: disconnecting it", self.write_timeout)
+                self.on_stall()
+                await self.body_iterator.aclose()
+                return  # the response stays incomplete: the server closes the connection
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _echo_only(state, prep: Prepared) -> Response:
+    responder = Responder(state, prep, [EchoOnly() for _ in range(len(prep.prompts) * prep.n)])
+    if not prep.stream:
+        return JSONAnswer(responder.final())
 
     async def events():
-        for i, c in enumerate(builder.choices):
-            yield sse.data(job.shape.chunk(i, builder.echo[i], c.finish_reason))
-        yield b"".join(builder.tail())
-    return StreamingResponse(events(), media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
+        yield b"".join(responder.head())
+        for i, c in enumerate(responder.choices):
+            yield prep.shape.encode(prep.shape.chunk(i, responder.echo[i], c.finish_reason))
+        yield b"".join(responder.tail())
+    return StreamingResponse(events(), media_type=streaming.MEDIA_TYPE, headers=streaming.HEADERS)
 
 
-async def _stream(state: AppState, run: GenerationRun, builder: ResponseBuilder):
+def _error_event(exc: BaseException) -> APIError:
+    """A choice's failure as the answer's error: engine gone -> 503; anything else -> 500 (details stay in
+    the server log)."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, EngineDeadError):
+        return APIError(503, f"the engine stopped: {exc}", None, "engine_dead", retry_after=5)
+    return APIError(500, "internal error while producing this request's output (see the server log)", None,
+                    "internal_error")
+
+
+async def _stream(state, stream, responder: Responder):
+    shape = responder.prep.shape
     try:
-        async for index, item in run.events(heartbeat=HEARTBEAT_S):
-            if item is None:  # nothing for a while (queued, long step): keep proxies from timing out
-                yield sse.comment()
+        head = responder.head()
+        if head:
+            yield b"".join(head)
+        async for index, item in stream.events(heartbeat=HEARTBEAT_S):
+            if index is None:  # nothing for a while (queued, long step): keep proxies from timing out
+                yield streaming.comment()
                 continue
-            try:
-                chunks = builder.on_item(index, item, stream=True)
-            except APIError as exc:
-                yield sse.error(exc.body()) + sse.DONE
+            if isinstance(item, StreamStalledError):  # the client stopped reading: nothing more can reach it
+                state.metrics.stalled_streams.inc()
+                responder.record_unfinished("abort")
                 return
-            except Exception as exc:  # noqa: BLE001 - one request's failure (e.g. detokenizer) stays its own
+            try:
+                if isinstance(item, BaseException):
+                    responder.record_unfinished("error")
+                    raise _error_event(item)
+                chunks = responder.on_delta(index, item, stream=True)
+            except APIError as exc:
+                yield shape.error_events(exc.body())
+                return
+            except Exception as exc:  # noqa: BLE001 - one request's failure stays its own
                 log.exception("stream failed")
-                yield sse.error(APIError(500, f"internal error: {type(exc).__name__}", None,
-                                         "internal_error").body()) + sse.DONE
+                yield shape.error_events(_error_event(exc).body())
                 return
             if chunks:
                 yield b"".join(chunks)
-            for i in builder.finished_choices:
-                run.finish_choice(i)
-            if builder.done:
-                break
-        yield b"".join(builder.tail())
+        yield b"".join(responder.tail())
     finally:
-        run.close()
-        builder.record_unfinished()
-        state.runs.discard(run)
+        stream.close()
+        responder.record_unfinished()
+        state.streams.discard(stream)
 
 
-async def _collect(state: AppState, run: GenerationRun, builder: ResponseBuilder) -> Response:
+async def _collect(state, stream, responder: Responder) -> Response:
     try:
-        async for index, item in run.events():
-            builder.on_item(index, item, stream=False)
-            for i in builder.finished_choices:
-                run.finish_choice(i)
-            if builder.done:
-                break
+        async for index, item in stream.events():
+            if isinstance(item, BaseException):
+                responder.record_unfinished("error")
+                raise _error_event(item)
+            responder.on_delta(index, item, stream=False)
     finally:
-        run.close()
-        builder.record_unfinished()
-        state.runs.discard(run)
-    return JSONAnswer(builder.final())
+        stream.close()
+        responder.record_unfinished()
+        state.streams.discard(stream)
+    return JSONAnswer(responder.final())
 
 
 async def until_disconnect(http: HTTPRequest, work) -> Response:

@@ -38,3 +38,8 @@ class ServerSettings:
     """Seconds SIGTERM waits for in-flight requests before aborting them."""
     retry_after: int = 1
     """Seconds suggested by the Retry-After header of 503 answers."""
+    stream_write_timeout: float = 30.0
+    """A streaming client that accepts no data for this many seconds is disconnected (request aborted)."""
+    max_stream_buffer: int = 1024
+    """Engine outputs a stream may hold unread; past that its client has stopped reading and the request is
+    aborted (bounds the memory a client that never reads can make the server hold)."""

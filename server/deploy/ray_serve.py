@@ -73,14 +73,9 @@ def build_replica_app(ns: argparse.Namespace):
     return app
 
 
-def _engine_of(state):
-    """The app's loaded engine (client), or None while loading."""
-    return getattr(state, "client", None) or getattr(state, "engine", None)
-
-
 async def _wait_loaded(state, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while _engine_of(state) is None and state.load_error is None:
+    while state.client is None and state.load_error is None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"model not loaded after {timeout:.0f} s")
         await asyncio.sleep(0.05)
@@ -99,7 +94,7 @@ class UnmaskReplica:
         loading and draining are healthy states of a live replica."""
         state = self._unmask_state()
         ok, reason = state.health()
-        if not ok and (state.load_error is not None or (_engine_of(state) is not None and not state.draining)):
+        if not ok and (state.load_error is not None or (state.client is not None and not state.draining)):
             raise RuntimeError(reason)
 
     async def replica_info(self) -> dict[str, Any]:

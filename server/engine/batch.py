@@ -39,3 +39,7 @@ class StepOutput:
     error: str | None = None
     canvas: tuple[int, ...] | None = None
     """The generation region after this step (masks included), only for requests that asked for it."""
+    scheduled_at: float | None = None
+    """time.monotonic() when the request left the waiting queue (None while it waits)."""
+    queued_s: float | None = None
+    """Seconds the request waited from its arrival until it was scheduled (None while it waits)."""

@@ -8,10 +8,12 @@ import torch
 
 from unmask.server.config import EngineConfig, ModelConfig
 from unmask.server.engine.batch import StepOutput
+from unmask.server.engine.client import ModelInfo, Request, RequestRejected
+from unmask.server.engine.generation_config import GenerationDefaults, read_generation_config, resolve_defaults
 from unmask.server.engine.kv_cache import KVCacheManager
 from unmask.server.engine.model_runner import ModelRunner
 from unmask.server.engine.scheduler import Scheduler
-from unmask.server.engine.sequence import Request, Sequence, StepKind
+from unmask.server.engine.sequence import Sequence, StepKind
 from unmask.server.engine.stats import EngineStats
 from unmask.server.models.loader import load_model
 from unmask.server.models.resolve import resolve_device, resolve_dtype, resolve_model_path
@@ -25,7 +27,7 @@ class Engine:
     """Owns the model, its cache and the scheduler. Not thread-safe: one thread calls it."""
 
     def __init__(self, model: torch.nn.Module, cfg: ModelConfig, tokenizer: Tokenizer | None, config: EngineConfig,
-                 device: torch.device, dtype: torch.dtype):
+                 device: torch.device, dtype: torch.dtype, generation_defaults: GenerationDefaults | None = None):
         self.model, self.model_config, self.tokenizer = model, cfg, tokenizer
         self.config, self.device, self.dtype = config, device, dtype
         self.kv = KVCacheManager(cfg, self._cache_bytes(), device, dtype)
@@ -33,8 +35,10 @@ class Engine:
         self.runner = ModelRunner(model, cfg, device, self.kv, config.cuda_graphs)
         self.max_model_len = config.scheduler.max_model_len or cfg.max_position_embeddings
         self._rng = random.Random(config.seed)
+        self.generation_defaults = generation_defaults or GenerationDefaults()
+        self.stop_token_ids = tuple(dict.fromkeys(cfg.stop_token_ids + self.generation_defaults.stop_token_ids))
+        """EOS, EoT and the generation config's ``eos_token_id`` ids: each ends a generation."""
         self._known: set[str] = set()
-        self.step_hook = None  # test-only fault injection: called with the Batch before each step
         self.stats = EngineStats()
 
     @classmethod
@@ -43,8 +47,10 @@ class Engine:
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
         model, cfg = load_model(path, device, dtype, config.quantization, config.quantize_lm_head)
+        raw = read_generation_config(config.generation_config, path)
+        defaults = resolve_defaults(raw, dict(config.override_generation_config))
         tok = path if config.tokenizer is None else resolve_model_path(config.tokenizer, None, config.download_dir)
-        return cls(model, cfg, Tokenizer.from_pretrained(tok), config, device, dtype)
+        return cls(model, cfg, Tokenizer.from_pretrained(tok), config, device, dtype, defaults)
 
     def _cache_bytes(self) -> int:
         if self.config.kv_cache_memory is not None:
@@ -54,31 +60,59 @@ class Engine:
             return int(free * 0.4)
         return CPU_CACHE_BYTES
 
+    @property
+    def model_info(self) -> ModelInfo:
+        cfg = self.model_config
+        return ModelInfo(cfg.family, cfg.architecture, cfg.vocab_size, self.max_model_len, cfg.mask_token_id,
+                         self.generation_defaults)
+
     def validate(self, request: Request) -> None:
-        """Raise ValueError (naming the problem) if the request can never run."""
+        """Raise RequestRejected (naming the problem) if the request can never run."""
         ids = request.prompt_token_ids
         if not ids:
-            raise ValueError("the prompt is empty; give at least one token")
-        bad = [t for t in ids if not 0 <= t < self.model_config.vocab_size]
-        if bad:
-            raise ValueError(f"prompt token id {bad[0]} is out of range [0, {self.model_config.vocab_size})")
+            raise RequestRejected("the prompt is empty; give at least one token", "prompt")
+        vocab = self.model_config.vocab_size
+        bad = next((t for t in ids if not (isinstance(t, int) and 0 <= t < vocab)), None)
+        if bad is not None:
+            raise RequestRejected(f"prompt token id {bad} is out of range [0, {vocab})", "prompt")
         if self.model_config.mask_token_id in ids:
-            raise ValueError(f"the prompt contains the mask token (id {self.model_config.mask_token_id}); "
-                             "infilling is not supported")
-        total = len(ids) + request.params.max_tokens
-        if total > self.max_model_len:
-            raise ValueError(f"prompt ({len(ids)} tokens) + max_tokens ({request.params.max_tokens}) = {total} "
-                             f"exceeds the maximum canvas length {self.max_model_len}")
+            raise RequestRejected(f"the prompt contains the mask token (id {self.model_config.mask_token_id}), "
+                                  "which marks positions to generate", "prompt")
+        canvas = request.params.canvas_length
+        if len(ids) + canvas > self.max_model_len:
+            raise RequestRejected(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, your request has "
+                f"{len(ids)} input tokens and a generation canvas of {canvas} tokens (max_tokens rounded up to a "
+                f"multiple of block_length). Please reduce the length of the input or of max_tokens.",
+                "prompt", "context_length_exceeded")
+        if request.params.cache != "none" and not self.kv.can_ever_fit(len(ids) + canvas):
+            cap = self.kv.num_pages * self.kv.page_size
+            raise RequestRejected(f"the cache holds {cap} tokens; this request needs {len(ids) + canvas} "
+                                  f"(raise --kv-cache-memory or use cache='none')", "cache", "cache_too_small")
+
+    def add_requests(self, requests: list[Request]) -> None:
+        """Validate every request, then queue them all (none is queued if any is refused)."""
+        ids = [r.request_id for r in requests]
+        clash = next((i for i in ids if i in self._known), None)
+        if clash is not None or len(set(ids)) != len(ids):
+            raise RequestRejected(f"request id {clash or ids[0]!r} is already in use", None, "duplicate_id")
+        for r in requests:
+            self.validate(r)
+        self.enqueue(requests)
+
+    def enqueue(self, requests: list[Request]) -> None:
+        """Queue requests that :meth:`validate` accepted (AsyncEngine validates on the caller's side)."""
+        for r in requests:
+            if r.request_id in self._known:
+                raise RequestRejected(f"request id {r.request_id!r} is already in use", None, "duplicate_id")
+        for r in requests:
+            seed = r.params.seed if r.params.seed is not None else self._rng.getrandbits(63)
+            self.scheduler.add(Sequence(r, self.model_config.mask_token_id, self.stop_token_ids, seed))
+            self._known.add(r.request_id)
 
     def add_request(self, request: Request) -> None:
-        """Validate and queue; raises ValueError before anything is admitted."""
-        if request.request_id in self._known:
-            raise ValueError(f"request id {request.request_id!r} is already in use")
-        self.validate(request)
-        seed = request.params.seed if request.params.seed is not None else self._rng.getrandbits(63)
-        seq = Sequence(request, self.model_config.mask_token_id, self.model_config.stop_token_ids, seed)
-        self.scheduler.add(seq)
-        self._known.add(request.request_id)
+        """Validate and queue one request; raises RequestRejected before anything is admitted."""
+        self.add_requests([request])
 
     def abort(self, request_id: str) -> StepOutput | None:
         out = self.scheduler.abort(request_id)
@@ -95,8 +129,6 @@ class Engine:
         if batch is None:
             return []
         try:
-            if self.step_hook is not None:
-                self.step_hook(batch)
             result = self.runner.run(batch)
         except Exception as exc:  # noqa: BLE001 - isolate the failure to this step's requests
             log.exception("engine step failed for %d requests", len(batch.seqs))
@@ -116,6 +148,7 @@ class Engine:
         st.last_batch_size = len(batch.seqs)
         st.batch_size_sum += len(batch.seqs)
         st.forward_tokens += batch.num_tokens
+        st.observe_iteration(batch.num_tokens)
         for kind, ran, (pos, _) in zip(batch.kinds, result.ran_forward, result.commits):
             st.nfe += int(ran)
             st.committed_tokens += len(pos)

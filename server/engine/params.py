@@ -1,28 +1,79 @@
-"""DiffusionParams: the per-request sampling settings of block diffusion (LLADA-SPEC.md §1, §5).
+"""DiffusionParams: the per-request settings of block diffusion (LLADA-SPEC.md §1, §5), and the one
+budget rule that turns a client's ``max_tokens`` / ``block_length`` / ``steps`` into a canvas.
 
 ``preset="exact"`` is LLaDA's reference ``generate()`` (no cache, fixed commit schedule);
 ``preset="fast"`` fills unset fields with Fast-dLLM's settings: prefix cache + confidence threshold 0.9
-(Fast-dLLM v1, arXiv 2505.22618). Every invalid combination raises ``ValueError`` saying what is valid.
+(Fast-dLLM v1, arXiv 2505.22618). Every invalid combination raises ``ValueError`` naming the field first
+(``threshold=2 is not valid; ...``), so the HTTP layer can report the offending parameter.
+
+The budget rule (:func:`plan_canvas`, used by the offline ``LLM`` and the HTTP API alike):
+
+- ``max_tokens`` is how many tokens the caller can get back;
+- ``block_length`` defaults to ``min(32, max_tokens)``;
+- the generation region (the *canvas* after the prompt) is ``max_tokens`` rounded up to a multiple of
+  ``block_length``; the output is cut back to ``max_tokens`` (finish reason ``length``);
+- ``steps`` (total denoising steps over the canvas) defaults to the canvas length and is rounded up to
+  a multiple of the number of blocks, as LLaDA requires an equal step count per block.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any, Mapping
 
 REMASKING = ("low_confidence", "random")
 CACHE_MODES = ("none", "prefix", "dual")
 PRESETS = ("exact", "fast")
 FAST_THRESHOLD = 0.9
+DEFAULT_BLOCK_LENGTH = 32
+COMMIT_RULE_FIELDS = ("preset", "cache", "threshold", "factor")
+"""The fields that choose how a step commits; a request that sets one takes no default for the others."""
+SEED_SPACE = 1 << 63
+"""Seeds are reduced modulo 2^63 (request seeds may be any 64-bit integer, negative included)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CanvasPlan:
+    """What the budget rule decided for one request."""
+    canvas_length: int
+    """Generation positions appended to the prompt: max_tokens rounded up to a block multiple."""
+    block_length: int
+    """Semi-autoregressive block size."""
+    steps: int
+    """Total denoising steps over the canvas (a multiple of num_blocks)."""
+
+    @property
+    def num_blocks(self) -> int:
+        return self.canvas_length // self.block_length
+
+
+def round_up(n: int, multiple: int) -> int:
+    """Smallest multiple of ``multiple`` that is ≥ n."""
+    return -(-n // multiple) * multiple
+
+
+def plan_canvas(max_tokens: int, block_length: int | None = None, steps: int | None = None) -> CanvasPlan:
+    """The budget rule (module docstring): budget, optional block length and step count -> canvas plan.
+    Raises ValueError naming the field when one is not a positive integer."""
+    _check_int("max_tokens", max_tokens, 1)
+    block = min(DEFAULT_BLOCK_LENGTH, max_tokens) if block_length is None else block_length
+    _check_int("block_length", block, 1)
+    canvas = round_up(max_tokens, block)
+    num_blocks = canvas // block
+    total = canvas if steps is None else steps
+    _check_int("steps", total, 1)
+    return CanvasPlan(canvas_length=canvas, block_length=block, steps=round_up(total, num_blocks))
 
 
 @dataclasses.dataclass(frozen=True)
 class DiffusionParams:
     max_tokens: int = 64
-    """Generation length (LLaDA ``gen_length``): masked positions appended to the prompt."""
+    """Most tokens returned (the budget). The canvas is this rounded up to a block multiple (budget rule)."""
     block_length: int | None = None
-    """Semi-autoregressive block size; must divide max_tokens. Default: 32 if it divides, else max_tokens."""
+    """Semi-autoregressive block size. Default: min(32, max_tokens)."""
     steps: int | None = None
-    """Total denoising steps for the fixed schedule; a multiple of the number of blocks. Default: max_tokens."""
+    """Total denoising steps over the canvas, rounded up to a multiple of the number of blocks.
+    Default: the canvas length (one commit per step)."""
     temperature: float = 0.0
     """0 = greedy argmax; > 0 = Gumbel-max sampling from softmax(logits / T) in float64."""
     remasking: str = "low_confidence"
@@ -30,9 +81,13 @@ class DiffusionParams:
     cfg_scale: float = 0.0
     """Unsupervised classifier-free guidance weight w: logits = un + (w + 1)(cond − un). Needs cache='none'."""
     seed: int | None = None
-    """Seeds the request's noise (Gumbel and random remasking); None = drawn at admission."""
+    """Seeds the request's noise (Gumbel and random remasking); None = drawn at admission. Reduced mod 2^63."""
     stop: tuple[str, ...] = ()
     """Stop strings: the text is cut before the first one and the request finishes with 'stop'."""
+    include_stop_str_in_output: bool = False
+    """Keep the matched stop string at the end of the text (vLLM)."""
+    skip_special_tokens: bool = True
+    """Leave special tokens out of the decoded text."""
     logits_eos_inf: bool = False
     """Reference flag: the EOS logit is −inf before sampling (EOS is never produced)."""
     confidence_eos_eot_inf: bool = False
@@ -49,22 +104,11 @@ class DiffusionParams:
     """'exact' or 'fast' (see the module docstring); None behaves as 'exact' unless fast fields are set."""
 
     def __post_init__(self) -> None:
-        _check_int("max_tokens", self.max_tokens, 1)
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"preset={self.preset!r} is not valid; use one of {PRESETS}")
-        if self.block_length is None:
-            object.__setattr__(self, "block_length", 32 if self.max_tokens % 32 == 0 else self.max_tokens)
-        _check_int("block_length", self.block_length, 1)
-        if self.max_tokens % self.block_length:
-            raise ValueError(f"max_tokens={self.max_tokens} is not a multiple of block_length={self.block_length}; "
-                             f"use a block_length that divides it (e.g. {self.max_tokens}) or round max_tokens up")
-        if self.steps is None:
-            object.__setattr__(self, "steps", self.max_tokens)
-        _check_int("steps", self.steps, 1)
-        if self.steps % self.num_blocks:
-            raise ValueError(f"steps={self.steps} is not a multiple of the number of blocks "
-                             f"({self.max_tokens} / {self.block_length} = {self.num_blocks}); use e.g. "
-                             f"steps={self.num_blocks * max(1, round(self.steps / self.num_blocks))}")
+        plan = plan_canvas(self.max_tokens, self.block_length, self.steps)
+        object.__setattr__(self, "block_length", plan.block_length)
+        object.__setattr__(self, "steps", plan.steps)
         self._check_sampling()
         self._resolve_preset()
 
@@ -75,8 +119,10 @@ class DiffusionParams:
             raise ValueError(f"remasking={self.remasking!r} is not valid; use one of {REMASKING}")
         if not _finite(self.cfg_scale) or self.cfg_scale < 0:
             raise ValueError(f"cfg_scale={self.cfg_scale!r} is not valid; use a finite value ≥ 0")
-        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
-            raise ValueError(f"seed={self.seed!r} is not valid; use an integer")
+        if self.seed is not None:
+            if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+                raise ValueError(f"seed={self.seed!r} is not valid; use an integer")
+            object.__setattr__(self, "seed", self.seed % SEED_SPACE)
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
         object.__setattr__(self, "stop", tuple(self.stop))
@@ -105,8 +151,13 @@ class DiffusionParams:
             raise ValueError("cfg_scale > 0 needs cache='none' (the unconditional pass is not cached)")
 
     @property
+    def canvas_length(self) -> int:
+        """Generation positions appended to the prompt (max_tokens rounded up to a block multiple)."""
+        return round_up(self.max_tokens, self.block_length)
+
+    @property
     def num_blocks(self) -> int:
-        return self.max_tokens // self.block_length
+        return self.canvas_length // self.block_length
 
     @property
     def steps_per_block(self) -> int:
@@ -121,6 +172,24 @@ class DiffusionParams:
     def is_exact(self) -> bool:
         """True for the reference algorithm (outputs equal LLaDA generate())."""
         return self.cache == "none" and not self.parallel
+
+    @classmethod
+    def from_fields(cls, request: Mapping[str, Any], defaults: Mapping[str, Any] = ()) -> "DiffusionParams":
+        """Params from a request's fields (None = not given) over ``defaults`` (generation_config.py): each
+        field takes the request's value, else the default. A request that picks its own commit rule (preset,
+        cache, threshold, factor, or CFG) takes none of the default rule's fields, so the two never mix."""
+        merged = dict(defaults)
+        if any(request.get(f) is not None for f in COMMIT_RULE_FIELDS) or (request.get("cfg_scale") or 0) > 0:
+            for f in COMMIT_RULE_FIELDS:
+                merged.pop(f, None)
+        merged.update({k: v for k, v in request.items() if v is not None})
+        return cls(**merged)
+
+    def for_choice(self, index: int) -> "DiffusionParams":
+        """Choice ``index`` of n: its own seed (seed + index) so n > 1 can differ when sampling."""
+        if index == 0 or self.seed is None:
+            return self
+        return dataclasses.replace(self, seed=(self.seed + index) % SEED_SPACE)
 
 
 def _finite(x) -> bool:

@@ -12,6 +12,7 @@ Admission is FIFO and waits while a request's worst-case cache pages are not fre
 from __future__ import annotations
 
 import collections
+import time
 
 import torch
 
@@ -100,6 +101,7 @@ class Scheduler:
             seq.pages = pages
         self.waiting.popleft()
         seq.status = SeqStatus.RUNNING
+        seq.scheduled_at = time.monotonic()
         self.running.append(seq)
         return True
 
@@ -142,7 +144,7 @@ class Scheduler:
     def _emit(self, seq: Sequence) -> StepOutput:
         done = seq.block_idx >= seq.params.num_blocks
         # After the last block every position is final, including any that kept the mask token (exact mode).
-        prefix = seq.params.max_tokens if done else seq.final_prefix_len()
+        prefix = seq.params.canvas_length if done else seq.final_prefix_len()
         out_ids = seq.output_token_ids(prefix)
         new = tuple(out_ids[seq.num_emitted:])
         seq.num_emitted = len(out_ids)
@@ -161,7 +163,8 @@ class Scheduler:
             request_id=seq.request_id, new_token_ids=new, finished=seq.status is SeqStatus.FINISHED,
             finish_reason=seq.finish_reason, num_prompt_tokens=seq.prompt_len, num_output_tokens=seq.num_emitted,
             nfe=seq.nfe, num_committed=int((seq.canvas[seq.prompt_len:] != seq.mask_id).sum()),
-            error=seq.error, canvas=canvas)
+            error=seq.error, canvas=canvas, scheduled_at=seq.scheduled_at,
+            queued_s=None if seq.scheduled_at is None else seq.scheduled_at - seq.request.arrival_time)
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         seq.status = SeqStatus.FINISHED

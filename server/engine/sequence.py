@@ -1,19 +1,17 @@
-"""Request (immutable input) and Sequence (the engine's mutable per-request state).
+"""Sequence: the engine's mutable per-request state (its input, ``Request``, is defined in client.py).
 
-A sequence's **canvas** is its prompt followed by ``max_tokens`` generation positions, initially the mask
+A sequence's **canvas** is its prompt followed by ``params.canvas_length`` generation positions, initially the mask
 token. The current **block** is committed over one or more **steps**; committed tokens are never
 re-masked, so the contiguous committed prefix of the generation region is final and can be streamed.
 """
 from __future__ import annotations
 
-import dataclasses
 import enum
-import time
 
 import torch
 
 from unmask.server.engine.commit_policy import commit_schedule
-from unmask.server.engine.params import DiffusionParams
+from unmask.server.engine.client import Request
 
 
 class SeqStatus(enum.Enum):
@@ -29,16 +27,6 @@ class StepKind(enum.Enum):
     """Cached step: only the current block (dual) or block + suffix (prefix) is fed."""
 
 
-@dataclasses.dataclass(frozen=True)
-class Request:
-    request_id: str
-    prompt_token_ids: tuple[int, ...]
-    params: DiffusionParams
-    arrival_time: float = dataclasses.field(default_factory=time.monotonic)
-    stream_canvas: bool = False
-    """Attach the generation region (masks included) to every StepOutput (the ``denoise`` stream)."""
-
-
 class Sequence:
     """Per-request state owned by the scheduler; the runner reads it."""
 
@@ -48,7 +36,7 @@ class Sequence:
         self.status = SeqStatus.WAITING
         self.mask_id, self.stop_ids, self.seed = mask_id, frozenset(stop_ids), seed
         self.prompt_len = len(request.prompt_token_ids)
-        canvas = list(request.prompt_token_ids) + [mask_id] * self.params.max_tokens
+        canvas = list(request.prompt_token_ids) + [mask_id] * self.params.canvas_length
         self.canvas = torch.tensor(canvas, dtype=torch.int64)  # [L] on CPU
         self.generator = torch.Generator().manual_seed(seed)  # random remasking draws (reference order)
         self.block_idx = 0
@@ -57,6 +45,7 @@ class Sequence:
         self.num_emitted = 0  # generation tokens already handed out as final
         self.nfe = 0  # forward evaluations (a CFG step counts once, as the reference)
         self.num_steps = 0  # steps taken, including forward-free ones
+        self.scheduled_at: float | None = None  # time.monotonic() when admitted to running
         self.pages: list[int] = []  # cache pages (cached modes only)
         self.cache_valid = False  # the cache holds this sequence's K/V from the current block's refresh
         self.finish_reason: str | None = None
@@ -68,7 +57,7 @@ class Sequence:
 
     @property
     def length(self) -> int:
-        """Canvas length L = prompt + max_tokens."""
+        """Canvas length L = prompt + params.canvas_length."""
         return self.canvas.shape[0]
 
     @property

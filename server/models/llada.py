@@ -15,6 +15,16 @@ from unmask.server.models.attention_meta import AttentionMetadata
 from unmask.server.models.layers import DecoderBlock, RMSNorm
 
 
+def name_table(num_layers: int, top: dict[str, str], leaves: dict[str, str], layer_prefix: str) -> dict[str, str]:
+    """Internal parameter name -> HF tensor name: ``top`` as given, plus ``blocks.{i}.<ours>`` ->
+    ``layer_prefix.format(i=i) + <theirs>`` for every layer i and every (ours, theirs) in ``leaves``."""
+    names = dict(top)
+    for i in range(num_layers):
+        for ours, theirs in leaves.items():
+            names[f"blocks.{i}.{ours}"] = layer_prefix.format(i=i) + theirs
+    return names
+
+
 class LLaDAModelLM(nn.Module):
     """Embedding -> blocks -> final norm; ``compute_logits`` applies the LM head to chosen rows only."""
 
@@ -45,14 +55,11 @@ class LLaDAModelLM(nn.Module):
     @staticmethod
     def hf_names(cfg: ModelConfig) -> dict[str, str]:
         """Internal parameter name -> HF tensor name, for parameters stored as one HF tensor (LLADA-SPEC.md §3)."""
-        names = {"embed": "model.transformer.wte.weight", "norm.weight": "model.transformer.ln_f.weight",
-                 "lm_head": "model.transformer.ff_out.weight"}
+        top = {"embed": "model.transformer.wte.weight", "norm.weight": "model.transformer.ln_f.weight",
+               "lm_head": "model.transformer.ff_out.weight"}
         leaves = {"attn_norm.weight": "attn_norm.weight", "attn.o_proj": "attn_out.weight",
                   "ff_norm.weight": "ff_norm.weight", "ffn.down_proj": "ff_out.weight"}
-        for i in range(cfg.num_layers):
-            for ours, theirs in leaves.items():
-                names[f"blocks.{i}.{ours}"] = f"model.transformer.blocks.{i}.{theirs}"
-        return names
+        return name_table(cfg.num_layers, top, leaves, "model.transformer.blocks.{i}.")
 
     @staticmethod
     def hf_fused_names(cfg: ModelConfig) -> dict[str, list[tuple[str, int]]]:

@@ -8,7 +8,7 @@ w_down [E, D, I].
 from __future__ import annotations
 
 from unmask.server.config import ModelConfig
-from unmask.server.models.llada import LLaDAModelLM
+from unmask.server.models.llada import LLaDAModelLM, name_table
 
 
 class LLaDAMoEModelLM(LLaDAModelLM):
@@ -17,15 +17,11 @@ class LLaDAMoEModelLM(LLaDAModelLM):
     @staticmethod
     def hf_names(cfg: ModelConfig) -> dict[str, str]:
         """Internal parameter name -> HF tensor name, for parameters stored as one HF tensor."""
-        names = {"embed": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
-                 "lm_head": "lm_head.weight"}
+        top = {"embed": "model.embed_tokens.weight", "norm.weight": "model.norm.weight", "lm_head": "lm_head.weight"}
         leaves = {"attn_norm.weight": "input_layernorm.weight", "attn.o_proj": "self_attn.o_proj.weight",
                   "attn.q_norm.weight": "self_attn.q_norm.weight", "attn.k_norm.weight": "self_attn.k_norm.weight",
                   "ff_norm.weight": "post_attention_layernorm.weight", "ffn.gate": "mlp.gate.weight"}
-        for i in range(cfg.num_layers):
-            for ours, theirs in leaves.items():
-                names[f"blocks.{i}.{ours}"] = f"model.layers.{i}.{theirs}"
-        return names
+        return name_table(cfg.num_layers, top, leaves, "model.layers.{i}.")
 
     @staticmethod
     def hf_fused_names(cfg: ModelConfig) -> dict[str, list[tuple[str, int]]]:

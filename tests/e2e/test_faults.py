@@ -1,4 +1,4 @@
-"""Engine faults seen through HTTP (in-process uvicorn, so the test can reach the engine's test hook):
+"""Engine faults seen through HTTP (in-process uvicorn, so the test can wrap the engine's model runner):
 a failing step fails only its requests with a clear error; a dead engine loop turns /health and new
 requests into 503 instead of hanging."""
 from __future__ import annotations
@@ -18,7 +18,7 @@ from unmask.server.config import EngineConfig
 from unmask.server.engine.async_engine import AsyncEngine
 from unmask.server.engine.engine import Engine
 
-POISON = 7  # prompt token id that makes the injected hook fire
+POISON = 7  # prompt token id that makes the injected fault fire
 
 
 class _Die(BaseException):
@@ -52,16 +52,21 @@ def inproc(chat_ckpt):
     thread.join(15)
 
 
-def _poison_hook(exc_type):
-    def hook(batch):
+def _inject(engine, exc_type) -> None:
+    """Make every engine step that holds a POISON prompt raise ``exc_type`` (wraps the runner, as a fault in
+    the forward would)."""
+    run = engine.runner.run
+
+    def faulty(batch):
         if any(s.request.prompt_token_ids[0] == POISON for s in batch.seqs):
             raise exc_type("injected fault")
-    return hook
+        return run(batch)
+    engine.runner.run = faulty
 
 
 def test_failed_step_fails_only_its_request(inproc):
     base, engine = inproc
-    engine.step_hook = _poison_hook(RuntimeError)
+    _inject(engine, RuntimeError)
     r = httpx.post(base + "/v1/completions", json={"prompt": [POISON, 1], "max_tokens": 4}, timeout=30)
     assert r.status_code == 500 and r.json()["error"]["code"] == "engine_error"
     assert "injected fault" in r.json()["error"]["message"]
@@ -76,7 +81,7 @@ def test_failed_step_fails_only_its_request(inproc):
 
 def test_dead_engine_is_503(inproc):
     base, engine = inproc
-    engine.step_hook = _poison_hook(_Die)
+    _inject(engine, _Die)
     r = httpx.post(base + "/v1/completions", json={"prompt": [POISON, 1], "max_tokens": 4}, timeout=30)
     assert r.status_code == 503 and r.json()["error"]["code"] == "engine_dead"
     assert httpx.get(base + "/health").status_code == 503

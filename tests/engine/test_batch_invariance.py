@@ -10,7 +10,7 @@ import pytest
 
 from tests.engine.reference_cases import oracle, random_case
 from unmask import DiffusionParams
-from unmask.server.engine.sequence import Request
+from unmask.server.engine.client import Request
 
 
 def run_staggered(engine, cases, rng, prefix="r"):

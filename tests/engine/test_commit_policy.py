@@ -7,7 +7,8 @@ import torch
 
 from unmask import LLM, DiffusionParams
 from unmask.server.engine import commit_policy
-from unmask.server.engine.sequence import Request, Sequence
+from unmask.server.engine.client import Request
+from unmask.server.engine.sequence import Sequence
 
 if not torch.cuda.is_available():  # Triton reads it when its kernels are defined (as tests/kernels/conftest.py)
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from unmask import DiffusionParams
-from unmask.server.engine.sequence import Request, Sequence, StepKind
+from unmask.server.engine.client import Request
+from unmask.server.engine.sequence import Sequence, StepKind
 from unmask.server.engine.forward_inputs import build_inputs
 
 
@@ -41,25 +42,23 @@ def test_block_step_on_unchanged_canvas_equals_refresh(llm64, family, mode):
             kv.free(s.pages)
 
 
-def test_failing_step_fails_only_its_requests(llm64):
+def test_failing_step_fails_only_its_requests(llm64, monkeypatch):
     engine = llm64["dense"].engine
     p = DiffusionParams(max_tokens=8, block_length=4, logits_eos_inf=True, early_stop=False)
     engine.add_request(Request("ok-1", (1, 2, 3), p))
-    calls = {"n": 0}
+    calls, run = {"n": 0}, engine.runner.run
 
     def boom(batch):
         calls["n"] += 1
         if calls["n"] == 2:
             raise RuntimeError("injected")
+        return run(batch)
 
-    engine.step_hook = boom
-    try:
-        outs = engine.step() + engine.step()  # the second step raises
-        engine.add_request(Request("late", (4, 5), p))  # joins after the failing step
-        while engine.has_unfinished():
-            outs += engine.step()
-    finally:
-        engine.step_hook = None
+    monkeypatch.setattr(engine.runner, "run", boom)
+    outs = engine.step() + engine.step()  # the second step raises
+    engine.add_request(Request("late", (4, 5), p))  # joins after the failing step
+    while engine.has_unfinished():
+        outs += engine.step()
     final = {o.request_id: o for o in outs if o.finished}
     assert final["ok-1"].finish_reason == "error" and "injected" in final["ok-1"].error
     assert final["late"].finish_reason in ("length", "stop") and final["late"].error is None

@@ -52,7 +52,7 @@ def test_bad_prompts_raise(llm64):
         llm.generate([[]])
     with pytest.raises(ValueError, match="out of range"):
         llm.generate([1, 5000])
-    with pytest.raises(ValueError, match="maximum canvas length"):
+    with pytest.raises(ValueError, match="maximum context length"):
         from unmask import DiffusionParams
         llm.generate([1, 2], DiffusionParams(max_tokens=1024, block_length=32))
     assert EOS_ID not in llm.generate([1, 2, 3])[0].token_ids

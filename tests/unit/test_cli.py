@@ -13,8 +13,8 @@ def test_generate_prints_completion(dense_ckpt, capsys):
 
 def test_generate_chat_and_bad_params(dense_ckpt, capsys):
     assert main(["generate", str(dense_ckpt), "--prompt", "HI", "--chat", "--max-tokens", "4", "--device", "cpu"]) == 0
-    rc = main(["generate", str(dense_ckpt), "--prompt", "HI", "--max-tokens", "10", "--block-length", "4"])
-    assert rc == 2 and "multiple of block_length" in capsys.readouterr().err
+    rc = main(["generate", str(dense_ckpt), "--prompt", "HI", "--max-tokens", "10", "--block-length", "0"])
+    assert rc == 2 and "block_length=0 is not valid" in capsys.readouterr().err
 
 
 def test_missing_model_is_a_clear_error(tmp_path, capsys):

@@ -9,7 +9,9 @@ def test_defaults_resolve():
     p = DiffusionParams(max_tokens=64)
     assert (p.block_length, p.steps, p.num_blocks, p.steps_per_block) == (32, 64, 2, 32)
     assert p.cache == "none" and p.is_exact
-    assert DiffusionParams(max_tokens=40).block_length == 40
+    p40 = DiffusionParams(max_tokens=40)  # the budget rule: blocks of min(32, max_tokens), canvas rounded up
+    assert (p40.block_length, p40.canvas_length, p40.num_blocks, p40.steps) == (32, 64, 2, 64)
+    assert DiffusionParams(max_tokens=7).canvas_length == 7
 
 
 def test_fast_preset_fills_unset_fields_only():
@@ -21,8 +23,7 @@ def test_fast_preset_fills_unset_fields_only():
 
 @pytest.mark.parametrize("kwargs, needle", [
     (dict(max_tokens=0), "max_tokens"),
-    (dict(max_tokens=10, block_length=4), "multiple of block_length"),
-    (dict(max_tokens=64, block_length=32, steps=5), "multiple of the number of blocks"),
+    (dict(max_tokens=10, block_length=0), "block_length"),
     (dict(steps=0), "steps"),
     (dict(temperature=-0.1), "temperature"),
     (dict(temperature=math.nan), "temperature"),
@@ -46,6 +47,9 @@ def test_invalid_combinations_raise_with_guidance(kwargs, needle):
         DiffusionParams(**kwargs)
 
 
-def test_error_suggests_valid_steps():
-    with pytest.raises(ValueError, match=r"steps=\d+"):
-        DiffusionParams(max_tokens=96, block_length=32, steps=100)
+def test_budget_rule_rounds_canvas_and_steps():
+    p = DiffusionParams(max_tokens=10, block_length=4)
+    assert (p.canvas_length, p.num_blocks, p.steps, p.steps_per_block) == (12, 3, 12, 4)
+    q = DiffusionParams(max_tokens=96, block_length=32, steps=100)
+    assert (q.steps, q.steps_per_block) == (102, 34)
+    assert DiffusionParams(max_tokens=64, block_length=32, steps=5).steps == 6

@@ -1,12 +1,12 @@
-"""Request bodies (server/api/protocol.py) and their mapping to DiffusionParams (server/api/sampling.py)."""
+"""Request bodies (server/api/protocol.py), their validation order and their mapping through the budget rule
+to DiffusionParams (``GenerateRequest.engine_params``)."""
 from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
 
 from unmask.server.api.errors import APIError, validation_error
-from unmask.server.api.protocol import ChatCompletionRequest, CompletionRequest
-from unmask.server.api.sampling import build_plan
+from unmask.server.api.protocol import ChatCompletionRequest, CompletionRequest, message_text
 from unmask.server.api.settings import ServerSettings
 
 S = ServerSettings()
@@ -38,12 +38,16 @@ def test_field_validation(field, value):
         comp(**{field: value})
 
 
-def test_unsupported_fields_all_named():
+def test_unsupported_fields_all_named_in_reference_order():
     with pytest.raises(APIError) as e:
-        chat(logprobs=True, frequency_penalty=0.5, tools=[{"type": "function"}], top_p=0.9).check()
+        chat(top_p=0.9, tools=[{"type": "function"}], logprobs=True, frequency_penalty=0.5).check()
     assert e.value.status == 400 and e.value.code == "unsupported_parameter"
-    for name in ("logprobs", "frequency_penalty", "tools", "top_p"):
-        assert name in e.value.message
+    names = ("frequency_penalty", "logprobs", "tools", "top_p")  # the order of OpenAI's chat reference
+    positions = [e.value.message.index(name) for name in names]
+    assert positions == sorted(positions) and e.value.param == "frequency_penalty"
+    with pytest.raises(APIError) as e:
+        comp(suffix="x", best_of=3, logprobs=1).check()
+    assert e.value.param == "best_of" and e.value.message.index("logprobs") < e.value.message.index("suffix")
 
 
 def test_neutral_defaults_pass():
@@ -71,12 +75,11 @@ def test_chat_content_parts_and_roles():
         {"role": "developer", "content": "S"},
         {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
         {"role": "assistant", "content": None}]})
-    assert req.flat_messages() == [{"role": "system", "content": "S"}, {"role": "user", "content": "a\nb"},
-                                   {"role": "assistant", "content": ""}]
+    assert [message_text(m, i) for i, m in enumerate(req.messages)] == ["S", "a\nb", ""]
     bad = ChatCompletionRequest.model_validate(
         {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "u"}}]}]})
     with pytest.raises(APIError) as e:
-        bad.flat_messages()
+        message_text(bad.messages[0], 0)
     assert e.value.param == "messages.0.content.0.type"
 
 
@@ -89,52 +92,62 @@ def test_max_completion_tokens_wins():
 @pytest.mark.parametrize("max_tokens,block,canvas,expect_block", [
     (16, None, 16, 16), (13, 8, 16, 8), (40, None, 64, 32), (64, None, 64, 32), (5, None, 5, 5)])
 def test_canvas_is_rounded_up_to_blocks(max_tokens, block, canvas, expect_block):
-    plan = build_plan(comp(block_length=block), max_tokens, S)
-    assert plan.max_tokens == max_tokens
-    assert plan.params.max_tokens == canvas and plan.params.block_length == expect_block
+    params = comp(block_length=block).engine_params(max_tokens, S)
+    assert params.max_tokens == max_tokens
+    assert params.canvas_length == canvas and params.block_length == expect_block
 
 
 def test_steps_rounded_to_block_multiple():
-    plan = build_plan(comp(block_length=8, steps=3), 16, S)
-    assert plan.params.steps == 4 and plan.params.steps_per_block == 2
+    params = comp(block_length=8, steps=3).engine_params(16, S)
+    assert params.steps == 4 and params.steps_per_block == 2
 
 
 def test_limits():
     small = ServerSettings(max_tokens_limit=32, max_steps=10)
     with pytest.raises(APIError) as e:
-        build_plan(comp(), 33, small)
+        comp().engine_params(33, small)
     assert e.value.param == "max_tokens"
     with pytest.raises(APIError) as e:
-        build_plan(comp(steps=11), 8, small)
+        comp(steps=11).engine_params(8, small)
     assert e.value.param == "steps"
 
 
 def test_diffusion_errors_become_400_with_param():
     with pytest.raises(APIError) as e:
-        build_plan(comp(threshold=0.5, factor=1.0), 8, S)
+        comp(threshold=0.5, factor=1.0).engine_params(8, S)
     assert e.value.status == 400 and e.value.param == "threshold"
     with pytest.raises(APIError) as e:
-        build_plan(comp(preset="exact", cache="dual"), 8, S)
+        comp(preset="exact", cache="dual").engine_params(8, S)
     assert e.value.param == "preset"
 
 
 def test_seeds_and_choices():
-    plan = build_plan(comp(seed=-1, temperature=0.7), 8, S)
-    assert plan.params.seed == (1 << 63) - 1 and plan.params.temperature == 0.7
-    assert plan.for_choice(1).seed == 0 and plan.for_choice(0) is plan.params
-    assert build_plan(comp(), 8, S).for_choice(3).seed is None
+    params = comp(seed=-1, temperature=0.7).engine_params(8, S)
+    assert params.seed == (1 << 63) - 1 and params.temperature == 0.7
+    assert params.for_choice(1).seed == 0 and params.for_choice(0) is params
+    assert comp().engine_params(8, S).for_choice(3).seed is None
 
 
-def test_default_preset():
-    fast = ServerSettings(default_preset="fast")
-    assert build_plan(comp(), 8, fast).params.cache == "prefix"
-    assert build_plan(comp(cfg_scale=1.0), 8, fast).params.cache == "none"
-    assert build_plan(comp(cache="none"), 8, fast).params.is_exact
-    assert build_plan(comp(), 8, S).params.is_exact
+def test_defaults_apply_to_unset_fields_and_never_mix_commit_rules():
+    fast = {"preset": "fast"}
+    assert comp().engine_params(8, S, fast).cache == "prefix"
+    assert comp(cfg_scale=1.0).engine_params(8, S, fast).cache == "none"
+    assert comp(cache="none").engine_params(8, S, fast).is_exact
+    assert comp().engine_params(8, S).is_exact
+    ckpt = {"block_length": 4, "steps": 4, "threshold": 0.7, "temperature": 0.5}
+    p = comp().engine_params(8, S, ckpt)
+    assert (p.block_length, p.steps, p.threshold, p.temperature) == (4, 4, 0.7, 0.5)
+    q = comp(block_length=8, temperature=0.0, preset="exact").engine_params(8, S, ckpt)
+    assert (q.block_length, q.steps, q.temperature, q.threshold, q.is_exact) == (8, 4, 0.0, None, True)
 
 
 def test_ignore_eos_maps_to_eos_logit():
-    assert build_plan(comp(ignore_eos=True), 8, S).params.logits_eos_inf
+    assert comp(ignore_eos=True).engine_params(8, S).logits_eos_inf
+
+
+def test_output_fields_reach_params():
+    p = comp(stop=["x", "yz"], include_stop_str_in_output=True, skip_special_tokens=False).engine_params(8, S)
+    assert p.stop == ("x", "yz") and p.include_stop_str_in_output and not p.skip_special_tokens
 
 
 def test_validation_error_message_names_fields():

@@ -9,7 +9,8 @@ from unmask.server.engine.batch import StepResult
 from unmask.server.engine.commit_policy import candidates, step_k
 from unmask.server.engine.kv_cache import KVCacheManager
 from unmask.server.engine.scheduler import Scheduler
-from unmask.server.engine.sequence import Request, Sequence, SeqStatus, StepKind
+from unmask.server.engine.client import Request
+from unmask.server.engine.sequence import Sequence, SeqStatus, StepKind
 from unmask.server.config import from_dict
 from tests.helpers import dense_config
 

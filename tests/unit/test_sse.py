@@ -1,34 +1,32 @@
-"""SSE framing (server/api/sse.py), the client's SSE reader, and the text/chunk logic behind streams
-(ChoiceState, ResponseBuilder): streamed deltas always add up to the non-streamed text."""
+"""SSE framing (server/api/streaming.py), the client's SSE reader, and the chunk logic behind streams
+(serving.Responder over OutputProcessor deltas; engine ChoiceStream): streamed deltas always add up to the
+non-streamed text."""
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
 
-from tests.helpers import SPECIALS, write_tokenizer
+from tests.unit.steps import step_out
 from unmask.clients.sse import SSEDecoder, iter_events
-from unmask.server.api import sse
-from unmask.server.api.builder import ResponseBuilder, StreamFlags
-from unmask.server.api.choice import ChoiceState
-from unmask.server.api.shapes import ChatShape, CompletionShape
+from unmask.server.api import streaming as sse
+from unmask.server.api.metrics import Metrics
+from unmask.server.api.serving import Prepared, Responder, StreamFlags
+from unmask.server.api.serving_chat import ChatShape
+from unmask.server.api.serving_completion import CompletionShape
+from unmask.server.engine.async_engine import ChoiceStream
 from unmask.server.engine.batch import StepOutput
-from unmask.server.tokenizer import Tokenizer
-
-
-@pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tok")
-    write_tokenizer(path, SPECIALS)
-    return Tokenizer.from_pretrained(path)
+from unmask.server.engine.client import Request
+from unmask.server.engine.output_processor import OutputProcessor
+from unmask.server.engine.params import DiffusionParams
 
 
 def ids(tok, text):
     return tok.encode(text)
 
 
-def out(new, finished=False, reason=None):
-    return StepOutput("r", tuple(new), finished, reason, 3, len(new), nfe=1, num_committed=len(new))
+out = step_out
 
 
 def test_framing():
@@ -60,44 +58,18 @@ def test_decoder_spec_details():
     assert dec.close().data == "tail"
 
 
-def test_budget_cut_and_length(tok):
-    c = ChoiceState(0, tok, max_tokens=3)
-    assert c.feed(out(ids(tok, "AB"))) == "AB" and not c.done
-    assert c.feed(out(ids(tok, "CDE"))) == "C"
-    assert c.done and c.finish_reason == "length" and c.token_ids == ids(tok, "ABC")
+class _State:
+    """What Responder reads of the app state."""
+
+    def __init__(self):
+        self.metrics = Metrics("m", lambda: None, 8)
 
 
-def test_engine_finish_reason_passes_through(tok):
-    c = ChoiceState(0, tok, max_tokens=10)
-    assert c.feed(out(ids(tok, "AB"), True, "stop")) == "AB" and c.finish_reason == "stop"
-
-
-def test_stop_string_held_back_across_steps(tok):
-    c = ChoiceState(0, tok, max_tokens=20, stops=("XYZ",))
-    deltas = [c.feed(out(ids(tok, "ABX"))), c.feed(out(ids(tok, "Y"))), c.feed(out(ids(tok, "ZQQ")))]
-    assert deltas == ["AB", "", ""] and c.text == "AB"
-    assert c.finish_reason == "stop" and c.stop_reason == "XYZ"
-    assert c.token_ids == ids(tok, "ABXYZ")  # counted up to where the stop string completed
-
-
-def test_held_back_text_released_when_no_stop(tok):
-    c = ChoiceState(0, tok, max_tokens=20, stops=("XYZ",))
-    assert c.feed(out(ids(tok, "ABX"))) == "AB"
-    assert c.feed(out(ids(tok, "Q"))) == "XQ"
-    assert c.feed(out(ids(tok, "XY"), True, "length")) == "XY"  # final: nothing stays held back
-    assert c.text == "ABXQXY"
-
-
-def test_include_stop_and_earliest_stop(tok):
-    c = ChoiceState(0, tok, max_tokens=20, stops=("CD", "B"), include_stop=True)
-    c.feed(out(ids(tok, "ABCD")))
-    assert c.text == "AB" and c.stop_reason == "B"
-
-
-def _builder(tok, shape, n_choices=1, flags=None, echo=None):
-    choices = [ChoiceState(i, tok, 10) for i in range(n_choices)]
-    return ResponseBuilder(shape, choices, [4] * n_choices, echo or [""] * n_choices, flags or StreamFlags(),
-                           None, 0.0, n=n_choices)
+def _responder(tok, shape, n_choices=1, flags=None, echo=None):
+    params = DiffusionParams(max_tokens=10)
+    prep = Prepared(shape, [[1, 2, 3, 4]], echo or [""], params, n_choices, True, flags or StreamFlags(), 0.0)
+    procs = [OutputProcessor(tok, params) for _ in range(n_choices)]
+    return Responder(_State(), prep, procs), procs
 
 
 def _parse(chunks):
@@ -105,109 +77,108 @@ def _parse(chunks):
 
 
 def test_chat_chunks_role_first_one_finish_and_usage(tok):
-    b = _builder(tok, ChatShape("chatcmpl-x", 1, "m"), flags=StreamFlags(include_usage=True))
-    sent = b.on_item(0, out([]), stream=True)
+    r, (p,) = _responder(tok, ChatShape("chatcmpl-x", 1, "m"), flags=StreamFlags(include_usage=True))
+    sent = r.on_delta(0, p.process(out([])), stream=True)
     assert sent == []  # no role chunk before the first text
-    sent += b.on_item(0, out(ids(tok, "HI")), stream=True)
-    sent += b.on_item(0, out([], True, "stop"), stream=True)
-    sent += b.tail()
+    sent += r.on_delta(0, p.process(out(ids(tok, "HI"))), stream=True)
+    sent += r.on_delta(0, p.process(out([], True, "stop")), stream=True)
+    sent += r.tail()
     chunks = _parse(sent)
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert chunks[1]["choices"][0]["delta"] == {"content": "HI"}
     finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
     assert finishes == [None, None, "stop"]
     usage = chunks[-1]["usage"]
-    assert chunks[-1]["choices"] == [] and {k: usage[k] for k in ("prompt_tokens", "completion_tokens",
-                                                                   "total_tokens")} == {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}
+    assert chunks[-1]["choices"] == []
+    assert (usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]) == (4, 2, 6)
     assert set(usage) == {"prompt_tokens", "completion_tokens", "total_tokens", "nfe", "tokens_per_forward"}
-    assert sent[-1] == sse.DONE and b.done
+    assert sent[-1] == sse.DONE and p.finished
 
 
 def test_completion_stream_matches_final_with_echo_and_continuous_usage(tok):
-    b = _builder(tok, CompletionShape("cmpl-x", 1, "m"), n_choices=2, echo=["P:", "P:"],
-                 flags=StreamFlags(continuous_usage=True))
+    r, procs = _responder(tok, CompletionShape("cmpl-x", 1, "m"), n_choices=2, echo=["P:"],
+                          flags=StreamFlags(continuous_usage=True))
     sent = []
     for i, text, finished in [(0, "AB", False), (1, "C", False), (0, "DE", False), (1, "", False),
                               (0, "", True), (1, "FG", True)]:
-        sent += b.on_item(i, out(ids(tok, text), finished, "length"), stream=True)
+        sent += r.on_delta(i, procs[i].process(out(ids(tok, text), finished, "length")), stream=True)
     chunks = _parse(sent)
     streamed = {}
     for c in chunks:
         ch = c["choices"][0]
         streamed[ch["index"]] = streamed.get(ch["index"], "") + ch["text"]
         assert c["usage"]["prompt_tokens"] == 4
-    final = b.final()
+    final = r.final()
     assert {c["index"]: c["text"] for c in final["choices"]} == streamed == {0: "P:ABDE", 1: "P:CFG"}
     assert final["usage"]["prompt_tokens"] == 4  # one prompt for both choices (n=2)
 
 
 def test_engine_error_raises_api_error(tok):
     from unmask.server.api.errors import APIError
-    b = _builder(tok, CompletionShape("cmpl-x", 1, "m"))
+    r, (p,) = _responder(tok, CompletionShape("cmpl-x", 1, "m"))
     err = StepOutput("r", (), True, "error", 3, 0, error="RuntimeError: boom")
     with pytest.raises(APIError) as e:
-        b.on_item(0, err, stream=True)
+        r.on_delta(0, p.process(err), stream=True)
     assert e.value.status == 500 and "boom" in e.value.message
 
 
-class _FakeEngine:
-    """Stands in for AsyncEngine: scripted outputs per request, records which generators were closed."""
+class _Engine:
+    """What a ChoiceStream calls on its engine: records aborts and released routes."""
 
-    def __init__(self, delay: float = 0.0, refuse: dict | None = None):
-        self.delay, self.refuse, self.closed = delay, refuse or {}, []
-
-    async def generate(self, request):
-        import asyncio
-        if request.request_id in self.refuse:
-            raise self.refuse[request.request_id]
-        try:
-            await asyncio.sleep(self.delay)
-            yield StepOutput(request.request_id, (1,), True, "length")
-        finally:
-            self.closed.append(request.request_id)
+    def __init__(self, tok):
+        self.tokenizer, self.aborted, self.released = tok, [], []
 
     def abort(self, request_id):
-        self.closed.append(request_id)
+        self.aborted.append(request_id)
+
+    def _release(self, request_id):
+        self.released.append(request_id)
 
 
-def _requests(*ids):
-    from unmask.server.engine.params import DiffusionParams
-    from unmask.server.engine.sequence import Request
-    return [Request(i, (1,), DiffusionParams(max_tokens=1)) for i in ids]
+def _stream(tok, *ids_, max_tokens=4, max_buffered=None):
+    reqs = [Request(i, (1,), DiffusionParams(max_tokens=max_tokens)) for i in ids_]
+    engine = _Engine(tok)
+    stream = ChoiceStream(engine, reqs, max_buffered)
+    return stream, stream.push, engine
 
 
-def test_run_heartbeat_loses_nothing():
-    import asyncio
-    from unmask.server.api.run import GenerationRun
-
+def test_stream_heartbeat_loses_nothing(tok):
     async def go():
-        run = GenerationRun(_FakeEngine(delay=0.35), _requests("a", "b"))
-        await run.start()
-        seen = []
-        async for index, item in run.events(heartbeat=0.1):
-            seen.append(index)
-            if len([s for s in seen if s is not None]) == 2:
-                break
-        run.close()
-        return seen
+        stream, push, _ = _stream(tok, "a", "b")
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.35, push, (0, StepOutput("a", (5,), True, "stop")))
+        loop.call_later(0.40, push, (1, StepOutput("b", (6,), True, "stop")))
+        return [i async for i, _ in stream.events(heartbeat=0.1)]
     seen = asyncio.run(go())
     assert seen.count(None) >= 2 and sorted(s for s in seen if s is not None) == [0, 1]
 
 
-def test_run_refusal_cancels_the_other_choices():
-    import asyncio
-    from unmask.server.api.errors import APIError
-    from unmask.server.api.run import GenerationRun
-    from unmask.server.engine.async_engine import QueueFullError
+def test_stream_aborts_a_choice_at_its_budget_and_close_aborts_the_rest(tok):
+    async def go():
+        stream, push, engine = _stream(tok, "a", "b", max_tokens=2)
+        push((0, StepOutput("a", (5, 6, 7), False)))  # budget reached, engine still running
+        agen = stream.events()
+        index, delta = await agen.__anext__()
+        assert (index, delta.finish_reason, delta.token_ids) == (0, "length", (5, 6))
+        assert engine.aborted == ["a"]
+        await agen.aclose()
+        stream.close()  # b never finished: aborted in the engine, ended as 'abort'
+        return engine, stream
+    engine, stream = asyncio.run(go())
+    assert engine.aborted == ["a", "b"] and sorted(engine.released) == ["a", "b"]
+    assert stream.processors[1].finish_reason == "abort"
 
-    engine = _FakeEngine(delay=5, refuse={"b": QueueFullError("full")})
+
+def test_stream_that_is_not_read_is_aborted_and_freed(tok):
+    from unmask.server.engine.client import StreamStalledError
 
     async def go():
-        run = GenerationRun(engine, _requests("a", "b"), retry_after=2)
-        with pytest.raises(APIError) as e:
-            await run.start()
-        await asyncio.sleep(0.01)  # let the cancelled pump run its cleanup
-        return e.value
-    err = asyncio.run(go())
-    assert err.status == 503 and err.code == "queue_full" and err.retry_after == 2
-    assert "a" in engine.closed
+        stream, push, engine = _stream(tok, "a", "b", max_tokens=64, max_buffered=8)
+        for step in range(20):  # nobody reads: the 9th unread output trips the bound
+            push((step % 2, StepOutput("ab"[step % 2], (5,), False)))
+        assert stream.stalled and stream._queue.qsize() == 1  # the unread outputs were dropped
+        items = [item async for _, item in stream.events()]
+        return items, engine
+    items, engine = asyncio.run(go())
+    assert len(items) == 1 and isinstance(items[0], StreamStalledError)
+    assert sorted(engine.aborted) == ["a", "b"]
