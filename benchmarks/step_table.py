@@ -120,12 +120,12 @@ def main() -> None:
                              "ms_full_depth_est": round(est, 3), "floor_peak_ms": peak, "floor_measured_ms": measured,
                              "x_floor_peak": round(est / peak, 2) if peak else None})
                 print(rows[-1], flush=True)
-    from unmask.kernels.triton_ops.attention import LOOP_DEFAULT
-    from unmask.kernels.triton_ops.linear import SKINNY_DEFAULT
+    from unmask.kernels.options import resolve
+    kernels = resolve()  # the defaults with the environment overrides gpu_check.sh sets
 
     res = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
-           "prefix": PREFIX, "block": BLOCK, "attn_loop": LOOP_DEFAULT,
-           "gemm": "triton" if SKINNY_DEFAULT else "cublas", "rows": rows}
+           "prefix": PREFIX, "block": BLOCK, "attn_loop": kernels.attn_loop,
+           "gemm": kernels.gemm, "rows": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
     if args.markdown:

@@ -20,7 +20,8 @@ from unmask.kernels.torch_ref import select as _select
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x [M, K], weight [N, K] -> x @ weight.T [M, N] x.dtype: every projection and the LM head. On CUDA torch's
-    GEMM unless ``UNMASK_GEMM=triton`` (then the skinny kernel for M <= 64). Spec: ``torch_ref.linear.linear``."""
+    GEMM unless ``KernelOptions.gemm`` is ``triton`` (then the skinny kernel for M <= 64).
+    Spec: ``torch_ref.linear.linear``."""
     if isinstance(weight, QuantizedWeight):  # streamed in its quantized bytes: ``triton_ops.qlinear``
         return backend.pick("quantized_linear", _linear.quantized_linear, x.device)(x, weight)
     return backend.pick("linear", _linear.linear, x.device)(x, weight)

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from unmask.kernels.options import KernelOptions
+
 ARCHITECTURES = {"LLaDAModelLM": "llada", "LLaDAMoEModelLM": "llada_moe", "LLaDAMoEModel": "llada_moe",
                  "LLaDA2MoeModelLM": "llada2", "DreamModel": "dream"}
 """HF ``architectures[0]`` -> model family ('llada' dense, 'llada_moe', 'llada2' block-causal MoE for LLaDA2.0 /
@@ -263,6 +265,9 @@ class EngineConfig:
     """Seeds the per-request seeds drawn for requests that give none."""
     cuda_graphs: bool = True
     """On CUDA, run dual-cache block steps through captured CUDA graphs (one per batch-size bucket)."""
+    kernels: KernelOptions = dataclasses.field(default_factory=KernelOptions)
+    """Triton kernel choices (attention key loop, GEMM, split-KV merge); environment variables override them
+    (``unmask.kernels.options``)."""
     generation_config: str = "auto"
     """Generation defaults: 'auto' (the checkpoint's generation_config.json), 'vllm'/'none' (ignore it) or a
     folder holding one (server/engine/generation_config.py)."""

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 
+from unmask.kernels.options import ATTN_LOOPS, GEMMS, KernelOptions
 from unmask.server.api.settings import OPEN_PATHS, ServerSettings
 from unmask.server.config import EngineConfig, SchedulerConfig
 
@@ -51,6 +52,12 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     eng.add_argument("--kv-cache-memory", type=byte_size, default=None,
                      help="bytes for the prefix/dual cache, e.g. 4G (default: 0.4 of free GPU memory, 1G on CPU)")
     eng.add_argument("--seed", type=int, default=0, help="seeds requests that give no seed")
+    eng.add_argument("--attention-loop", choices=ATTN_LOOPS, default="merged",
+                     help="cached attention's key loop on CUDA (default merged; UNMASK_ATTN_LOOP overrides)")
+    eng.add_argument("--gemm", choices=GEMMS, default="cublas",
+                     help="triton: the skinny GEMM for <= 64 rows on CUDA (default cublas; UNMASK_GEMM overrides)")
+    eng.add_argument("--serial-combine", action="store_true",
+                     help="merge split-KV attention partials inside the attention launch (UNMASK_SERIAL_COMBINE)")
     lim = p.add_argument_group("request limits")
     lim.add_argument("--max-queue", type=int, default=None,
                      help="most requests waiting for a slot; more get 503 + Retry-After (default unbounded)")
@@ -111,7 +118,8 @@ def build_configs(args: argparse.Namespace) -> tuple[EngineConfig, ServerSetting
         generation_config=args.generation_config,
         override_generation_config=tuple((args.override_generation_config or {}).items()),
         scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-                                  max_model_len=args.max_model_len))
+                                  max_model_len=args.max_model_len),
+        kernels=KernelOptions(args.attention_loop, args.gemm, args.serial_combine))
     names = tuple(args.served_model_name or [args.model or DEFAULT_MODEL])  # vLLM: the argument as given
     settings = ServerSettings(
         served_model_name=names[0], served_model_aliases=names[1:], model_root=str(path.resolve()), api_keys=keys, open_paths=tuple(args.open_paths),

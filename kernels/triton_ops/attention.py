@@ -9,19 +9,20 @@ One program per (query tile, sequence·head, key split): FlashAttention-2 online
 key count (``n_b`` without a cache, ``kv_lens[b]`` with one). With a cache, key position p comes from
 the new rows when ``new_offsets[b] <= p < new_offsets[b] + n_b`` and from page
 ``block_table[b, p // S]`` otherwise: either one loop choosing per position (merged) or three loops, cached
-prefix / new rows / cached suffix, each reading one source (segmented, or prefetch: see ``LOOPS``; the loops
-themselves are in ``attention_loops.py``). When B·H·q-tiles is too small to fill the GPU, the key range is
-split (flash-decoding): each split writes fp32 partials (acc, m, l) merged in split order by a combine kernel
-or, with ``SERIAL_COMBINE``, inside the same launch by the last split of each group to finish (arrival
-counters). Rows without any key produce 0 (as SDPA for a fully masked row), never NaN. No host syncs.
+prefix / new rows / cached suffix, each reading one source (segmented, or prefetch: see ``LOOPS`` and
+``KernelOptions.attn_loop``; the loops themselves are in ``attention_loops.py``). When B·H·q-tiles is too
+small to fill the GPU, the key range is split (flash-decoding): each split writes fp32 partials (acc, m, l)
+merged in split order by a combine kernel or, with ``KernelOptions.serial_combine``, inside the same launch by
+the last split of each group to finish (arrival counters). Rows without any key produce 0 (as SDPA for a fully
+masked row), never NaN. No host syncs.
 """
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from unmask.kernels.backend import KernelBackendError
+from unmask.kernels import options
+from unmask.kernels.options import ATTN_LOOPS
 from unmask.kernels.torch_ref import attention as _ref
 from unmask.kernels.triton_ops._common import (FP_FUSION, MAX_COUNTERS, arrival_counters, interpreting, next_pow2,
                                                 num_sms, upcast)
@@ -32,25 +33,8 @@ __all__ = ["attention", "kv_cache_write"]
 _LOG2E = 1.4426950408889634
 
 
-LOOPS = ("merged", "segmented", "prefetch")
-"""Cached key loops (``attention_fwd(loop=...)``, ``UNMASK_ATTN_LOOP``): ``merged`` walks every key once and
-issues masked loads from both sources per tile; ``segmented`` walks the cached prefix, the new rows and the
-cached suffix as three single-source loops; ``prefetch`` is ``segmented`` with the cached loops pipelined by
-hand in registers (``attention_loops.attn_range_prefetch``)."""
-
-
-def _attn_loop_setting() -> str:
-    """UNMASK_ATTN_LOOP (one of ``LOOPS``; ``merged`` when unset); anything else raises."""
-    value = os.environ.get("UNMASK_ATTN_LOOP", "merged").strip().lower() or "merged"
-    if value not in LOOPS:
-        raise KernelBackendError(f"UNMASK_ATTN_LOOP={value!r}: expected one of {', '.join(LOOPS)}")
-    return value
-
-
-LOOP_DEFAULT = _attn_loop_setting()
-"""The engine's cached key loop, picked at import from ``UNMASK_ATTN_LOOP``. ``merged`` is the one timed on an
-H100 so far (35-39% of HBM bandwidth at LLaDA-8B batch 8-64); ``benchmarks/kernels/bench_attention.py`` times
-the other two (``LOOPS``) beside it."""
+LOOPS = ATTN_LOOPS
+"""Cached key loops (``attention_fwd(loop=...)``; the engine's comes from ``KernelOptions.attn_loop``)."""
 
 
 @triton.jit
@@ -205,12 +189,6 @@ def _config(max_seqlen_q: int, head_dim: int, elem_bytes: int, loop: str = "full
     return block_m, block_n, block_d, warps, stages
 
 
-SERIAL_COMBINE = False
-"""Merge split-KV partials inside the attention launch (True) or with the separate combine kernel (False, the
-path timed on an H100 so far). ``bench_attention.py`` times both (``triton_serial_combine@graph`` rows); the
-in-kernel merge is tested for equal bits under the interpreter and, on a GPU, under contention."""
-
-
 def _num_splits(work: int, device: torch.device, key_tiles_bound: int | None) -> int:
     """Key splits so that B·H·q-tiles·splits covers every SM (flash-decoding); 1 when already full."""
     sms = num_sms(device)
@@ -224,10 +202,10 @@ def attention_fwd(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_ca
                   kv_lens=None, new_offsets=None, num_splits: int | None = None,
                   loop: str | None = None, serial_combine: bool | None = None) -> torch.Tensor:
     """``attention`` with an explicit key-split count (None: chosen from the GPU's SM count) and, with a cache,
-    an explicit key loop, one of ``LOOPS`` (None: ``LOOP_DEFAULT``); without a cache ``loop`` is ignored.
-    With key splits the partials are merged inside the attention kernel by the last split of each (query tile,
-    sequence·head) to finish (``serial_combine``; one launch) or by a second kernel (None: ``SERIAL_COMBINE``);
-    both merge in split order, so the results have the same bits."""
+    an explicit key loop, one of ``LOOPS`` (None: the active ``KernelOptions.attn_loop``); without a cache
+    ``loop`` is ignored. With key splits the partials are merged inside the attention kernel by the last split
+    of each (query tile, sequence·head) to finish (``serial_combine``; one launch) or by a second kernel (None:
+    the active ``KernelOptions.serial_combine``); both merge in split order, so the results have the same bits."""
     n, heads, head_dim = q.shape
     out = torch.empty_like(q)  # [N, H, D]
     batch = cu_seqlens_q.numel() - 1
@@ -235,7 +213,7 @@ def attention_fwd(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_ca
         return out.zero_()
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     has_cache = k_cache is not None
-    loop = LOOP_DEFAULT if loop is None else loop
+    loop = options.active().attn_loop if loop is None else loop
     if loop not in LOOPS:
         raise ValueError(f"attention loop {loop!r}: expected one of {', '.join(LOOPS)}")
     block_m, block_n, block_d, warps, stages = _config(max_seqlen_q, head_dim, q.element_size(),
@@ -255,7 +233,7 @@ def attention_fwd(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_ca
     if num_splits > 1:
         part = torch.empty((n, heads, num_splits, head_dim), dtype=torch.float32, device=q.device)
         ml = torch.empty((n, heads, num_splits, 2), dtype=torch.float32, device=q.device)
-        serial = SERIAL_COMBINE if serial_combine is None else serial_combine
+        serial = options.active().serial_combine if serial_combine is None else serial_combine
         counters = arrival_counters(q.device, q_tiles * batch * heads) if serial else None
         if serial_combine and counters is None:
             raise ValueError(f"no in-kernel split combine for {q_tiles * batch * heads} groups here (more than "

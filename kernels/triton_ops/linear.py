@@ -10,16 +10,15 @@ that W's 64-row tile fills the MMA's M side while x supplies only BM columns. Wh
 fill the GPU, K is split: each split writes fp32 partials [SK, M, N]; the last split of an N tile to finish
 (an arrival counter per tile) adds them in split order and rounds once, so the result does not depend on
 which program arrives last (deterministic); without counters a second kernel does the same sum.
-``UNMASK_GEMM=triton`` routes M <= 64 GEMMs on CUDA here; the default (``cublas``) keeps torch's GEMM until a
-GPU run has timed both (``bench_gemm.py``).
+``KernelOptions.gemm="triton"`` (``--gemm``, ``UNMASK_GEMM``) routes M <= 64 GEMMs on CUDA here; the default
+(``cublas``) keeps torch's GEMM until a GPU run has timed both (``bench_gemm.py``).
 """
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from unmask.kernels.backend import KernelBackendError
+from unmask.kernels import options
 from unmask.kernels.torch_ref import linear as _ref
 from unmask.kernels.triton_ops._common import (FP_FUSION, MAX_COUNTERS, arrival_counters, interpreting, mma, next_pow2,
                                                 num_sms, row_major, upcast)
@@ -28,18 +27,6 @@ __all__ = ["linear"]
 
 MAX_ROWS = 64
 """Largest M the skinny kernel takes; taller inputs are real GEMMs and stay with torch."""
-
-
-def _gemm_setting() -> bool:
-    """UNMASK_GEMM: ``cublas`` (default: torch's GEMM for every shape) or ``triton`` (the skinny kernel for
-    M <= MAX_ROWS); anything else raises."""
-    value = os.environ.get("UNMASK_GEMM", "cublas").strip().lower() or "cublas"
-    if value not in ("cublas", "triton"):
-        raise KernelBackendError(f"UNMASK_GEMM={value!r}: expected 'cublas' or 'triton'")
-    return value == "triton"
-
-
-SKINNY_DEFAULT = _gemm_setting()
 
 
 @triton.jit
@@ -190,9 +177,10 @@ def linear_fwd(x: torch.Tensor, weight: torch.Tensor, splits: int | None = None,
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x [M, K], weight [N, K] -> x @ weight.T [M, N] x.dtype. The skinny kernel when ``UNMASK_GEMM=triton``,
-    M <= MAX_ROWS and the dtypes are fp16/bf16/fp32 and equal; torch's GEMM otherwise."""
-    if (SKINNY_DEFAULT and 0 < x.shape[0] <= MAX_ROWS and x.dim() == 2 and x.dtype == weight.dtype
-            and x.dtype in (torch.float16, torch.bfloat16, torch.float32)):
+    """x [M, K], weight [N, K] -> x @ weight.T [M, N] x.dtype. The skinny kernel when the active
+    ``KernelOptions.gemm`` is ``triton``, M <= MAX_ROWS and the dtypes are fp16/bf16/fp32 and equal; torch's
+    GEMM otherwise."""
+    if (0 < x.shape[0] <= MAX_ROWS and x.dim() == 2 and x.dtype == weight.dtype
+            and x.dtype in (torch.float16, torch.bfloat16, torch.float32) and options.active().gemm == "triton"):
         return linear_fwd(x, weight)
     return _ref.linear(x, weight)

@@ -32,7 +32,7 @@ class Engine:
         self.config, self.device, self.dtype = config, device, dtype
         self.kv = KVCacheManager(cfg, self._cache_bytes(), device, dtype)
         self.scheduler = Scheduler(config.scheduler, self.kv)
-        self.runner = ModelRunner(model, cfg, device, self.kv, config.cuda_graphs)
+        self.runner = ModelRunner(model, cfg, device, self.kv, config.cuda_graphs, config.kernels)
         self.max_model_len = config.scheduler.max_model_len or cfg.max_position_embeddings
         self._rng = random.Random(config.seed)
         self.generation_defaults = generation_defaults or GenerationDefaults()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from unmask.kernels import options
+from unmask.kernels.options import KernelOptions
 from unmask.server.config import ModelConfig
 from unmask.server.engine import commit_policy
 from unmask.server.engine.batch import Batch, StepResult
@@ -24,8 +26,9 @@ Commits = list[tuple[list[int], list[int]]]
 
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, cfg: ModelConfig, device: torch.device, kv: KVCacheManager | None,
-                 cuda_graphs: bool = True):
+                 cuda_graphs: bool = True, kernels: KernelOptions | None = None):
         self.model, self.cfg, self.device, self.kv = model, cfg, device, kv
+        self.kernels = options.resolve(kernels)  # the config's kernel options with environment overrides
         self.graphed = None
         if cuda_graphs and device.type == "cuda" and kv is not None:
             max_pages = kv.pages_for(cfg.max_position_embeddings)
@@ -37,6 +40,11 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run(self, batch: Batch) -> StepResult:
+        """One denoising step for every sequence of ``batch``: their commits, with this runner's kernel options."""
+        with options.use(self.kernels):
+            return self._run(batch)
+
+    def _run(self, batch: Batch) -> StepResult:
         commits: Commits = [([], []) for _ in batch.seqs]
         ran = [commit_policy.needs_forward(s) for s in batch.seqs]
         for seq, r in zip(batch.seqs, ran):

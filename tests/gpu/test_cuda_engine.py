@@ -51,17 +51,17 @@ def test_triton_backend_matches_torch_backend(ckpt, preset, monkeypatch):
                                                   ("merged", True, False), ("merged", False, True)],
                          ids=["prefetch-loop", "segmented-loop", "skinny-gemm", "in-kernel-split-combine"])
 def test_alternative_kernels_match_torch_backend(ckpt, loop, skinny, serial, monkeypatch):
-    """The cached-attention loops of UNMASK_ATTN_LOOP, the skinny GEMM of UNMASK_GEMM and the in-kernel
-    split-KV merge, inside the graphed dual-cache step, give the torch backend's greedy outputs."""
-    from unmask.kernels.triton_ops import attention, linear
+    """The cached-attention loops, the skinny GEMM and the in-kernel split-KV merge (KernelOptions, set here
+    through their environment overrides), inside the graphed dual-cache step, give the torch backend's greedy
+    outputs."""
 
     params = DiffusionParams(max_tokens=32, block_length=16, cache="dual", threshold=0.5, seed=1)
     monkeypatch.setenv("UNMASK_KERNELS", "torch")
     ref = [o.token_ids for o in LLM(str(ckpt), device="cuda", dtype="float32").generate(_prompts(), params)]
     monkeypatch.setenv("UNMASK_KERNELS", "triton")
-    monkeypatch.setattr(attention, "LOOP_DEFAULT", loop)
-    monkeypatch.setattr(linear, "SKINNY_DEFAULT", skinny)
-    monkeypatch.setattr(attention, "SERIAL_COMBINE", serial)
+    monkeypatch.setenv("UNMASK_ATTN_LOOP", loop)
+    monkeypatch.setenv("UNMASK_GEMM", "triton" if skinny else "cublas")
+    monkeypatch.setenv("UNMASK_SERIAL_COMBINE", "1" if serial else "0")
     llm = LLM(str(ckpt), device="cuda", dtype="float32")
     assert llm.engine.runner.graphed is not None
     assert [o.token_ids for o in llm.generate(_prompts(), params)] == ref

@@ -171,16 +171,17 @@ def test_kv_cache_write(src, dst):
 
 def test_unknown_attention_loop_setting_is_rejected(monkeypatch):
     from unmask.kernels.backend import KernelBackendError
+    from unmask.kernels.options import resolve
 
     monkeypatch.setenv("UNMASK_ATTN_LOOP", "segmnted")
     with pytest.raises(KernelBackendError, match="UNMASK_ATTN_LOOP='segmnted'"):
-        tri._attn_loop_setting()
+        resolve()
     monkeypatch.setenv("UNMASK_ATTN_LOOP", "Segmented")
-    assert tri._attn_loop_setting() == "segmented"
+    assert resolve().attn_loop == "segmented"
     monkeypatch.setenv("UNMASK_ATTN_LOOP", " prefetch ")
-    assert tri._attn_loop_setting() == "prefetch"
+    assert resolve().attn_loop == "prefetch"
     monkeypatch.delenv("UNMASK_ATTN_LOOP")
-    assert tri._attn_loop_setting() == "merged"
+    assert resolve().attn_loop == "merged"
 
 
 def test_unknown_attention_loop_argument_is_rejected():

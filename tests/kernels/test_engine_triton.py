@@ -38,7 +38,7 @@ def test_exact_parity_and_batch_invariance_on_triton(small_ckpts, family, skinny
     """``skinny``: every GEMM of at most 64 rows on the skinny kernel too (UNMASK_GEMM=triton)."""
     from unmask.kernels.triton_ops import linear
 
-    monkeypatch.setattr(linear, "SKINNY_DEFAULT", skinny)
+    monkeypatch.setenv("UNMASK_GEMM", "triton" if skinny else "cublas")
     skinny_calls = []
     kernel = linear.linear_fwd
     monkeypatch.setattr(linear, "linear_fwd", lambda *a, **k: skinny_calls.append(1) or kernel(*a, **k))
@@ -60,9 +60,8 @@ def test_exact_parity_and_batch_invariance_on_triton(small_ckpts, family, skinny
 @pytest.mark.parametrize("loop", ["merged", "segmented", "prefetch"])
 def test_fast_mode_on_triton_equals_torch(small_ckpts, monkeypatch, loop):
     from unmask import DiffusionParams
-    from unmask.kernels.triton_ops import attention
 
-    monkeypatch.setattr(attention, "LOOP_DEFAULT", loop)  # the cached key loop under test
+    monkeypatch.setenv("UNMASK_ATTN_LOOP", loop)  # the cached key loop under test
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
     params = [DiffusionParams(max_tokens=8, block_length=4, cache=c, threshold=0.3, seed=2) for c in ("prefix", "dual")]
     monkeypatch.setenv("UNMASK_KERNELS", "torch")

@@ -5,6 +5,7 @@ import torch
 
 from tests.kernels.tolerance import DEVICE, assert_fa_close, dtypes, gen, randn
 from unmask.kernels.backend import KernelBackendError
+from unmask.kernels.options import resolve
 from unmask.kernels.torch_ref import linear as ref
 from unmask.kernels.triton_ops import _common
 from unmask.kernels.triton_ops import linear as tri
@@ -83,18 +84,18 @@ def test_switch_routes_only_small_batches(monkeypatch):
     g = gen(5)
     w = randn(40, 64, seed_gen=g)
     small, tall = randn(8, 64, seed_gen=g), randn(70, 64, seed_gen=g)
-    monkeypatch.setattr(tri, "SKINNY_DEFAULT", False)
+    monkeypatch.setenv("UNMASK_GEMM", "cublas")
     assert torch.equal(tri.linear(small, w), ref.linear(small, w))
-    monkeypatch.setattr(tri, "SKINNY_DEFAULT", True)
+    monkeypatch.setenv("UNMASK_GEMM", "triton")
     assert torch.equal(tri.linear(small, w), tri.linear_fwd(small, w))
     assert torch.equal(tri.linear(tall, w), ref.linear(tall, w))
 
 
 def test_gemm_setting(monkeypatch):
     monkeypatch.setenv("UNMASK_GEMM", " Triton ")
-    assert tri._gemm_setting() is True
+    assert resolve().gemm == "triton"
     monkeypatch.delenv("UNMASK_GEMM")
-    assert tri._gemm_setting() is False
+    assert resolve().gemm == "cublas"
     monkeypatch.setenv("UNMASK_GEMM", "cutlass")
     with pytest.raises(KernelBackendError, match="UNMASK_GEMM='cutlass'"):
-        tri._gemm_setting()
+        resolve()
