@@ -13,6 +13,7 @@ from unmask.kernels.torch_ref import attention as _attn
 from unmask.kernels.torch_ref import linear as _linear
 from unmask.kernels.torch_ref import moe as _moe
 from unmask.kernels.torch_ref import norm as _norm
+from unmask.kernels.torch_ref import qlinear as _qlinear
 from unmask.kernels.torch_ref import remask as _remask
 from unmask.kernels.torch_ref import rope as _rope
 from unmask.kernels.torch_ref import select as _select
@@ -22,9 +23,15 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x [M, K], weight [N, K] -> x @ weight.T [M, N] x.dtype: every projection and the LM head. On CUDA torch's
     GEMM unless ``KernelOptions.gemm`` is ``triton`` (then the skinny kernel for M <= 64).
     Spec: ``torch_ref.linear.linear``."""
-    if isinstance(weight, QuantizedWeight):  # streamed in its quantized bytes: ``triton_ops.qlinear``
-        return backend.pick("quantized_linear", _linear.quantized_linear, x.device)(x, weight)
+    if isinstance(weight, QuantizedWeight):
+        return quantized_linear(x, weight)
     return backend.pick("linear", _linear.linear, x.device)(x, weight)
+
+
+def quantized_linear(x: torch.Tensor, weight: QuantizedWeight) -> torch.Tensor:
+    """x [M, K], weight QuantizedWeight [N, K] (``kernels/quant.py``) -> x @ dequantize(weight).T [M, N] x.dtype,
+    the weight streamed in its quantized bytes. Spec: ``torch_ref.qlinear.quantized_linear``."""
+    return backend.pick("quantized_linear", _qlinear.quantized_linear, x.device)(x, weight)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -25,7 +25,7 @@ def bench(model, rows_m, dev, quick, dtype=torch.bfloat16):
         out.append(row("qgemm", shape, "torch_bf16@graph", time_graph_ms(dense, quick), n * k * 2 + io))
         for fmt in quant.FORMATS:
             qw = quant.quantize(w, fmt)
-            fn = lambda qw=qw: tri.quantized_linear(x, qw)  # noqa: E731
+            fn = lambda qw=qw: tri.quantized_linear_fwd(x, qw)  # noqa: E731
             out.append(row("qgemm", shape, f"triton_{fmt}", time_ms(fn, quick), qw.nbytes + io))
             out.append(row("qgemm", shape, f"triton_{fmt}@graph", time_graph_ms(fn, quick), qw.nbytes + io))
     return out

@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from unmask.kernels.quant import QuantizedWeight
+from unmask.kernels.torch_ref import qlinear as _ref
 from unmask.kernels.triton_ops._common import FP_FUSION, interpreting, mma, next_pow2, num_sms, row_major, upcast
 from unmask.kernels.triton_ops.linear import MAX_ROWS, PROGRAMS_PER_SM, _split_sum_kernel, _splits
 
@@ -113,12 +114,16 @@ def _config(n_rows: int, n_out: int, n_in: int, group: int, elem_bytes: int, dev
     return bm, bn, bk, warps, stages, splits, m_tiles
 
 
-def quantized_linear(x: torch.Tensor, w: QuantizedWeight, splits: int | None = None) -> torch.Tensor:
-    """x [M, K] (fp16/bf16/fp32), w QuantizedWeight [N, K] -> x @ dequantize(w).T [M, N] x.dtype; ``splits``
-    overrides the K split of the skinny shape. float64 goes to the PyTorch reference."""
-    from unmask.kernels.torch_ref.linear import quantized_linear as ref
+def quantized_linear(x: torch.Tensor, w: QuantizedWeight) -> torch.Tensor:
+    """x [M, K] (fp16/bf16/fp32), w QuantizedWeight [N, K] -> x @ dequantize(w).T [M, N] x.dtype; float64 goes to
+    the PyTorch reference."""
     if x.dtype == torch.float64:
-        return ref(x, w)
+        return _ref.quantized_linear(x, w)
+    return quantized_linear_fwd(x, w)
+
+
+def quantized_linear_fwd(x: torch.Tensor, w: QuantizedWeight, splits: int | None = None) -> torch.Tensor:
+    """The kernel itself; ``splits`` overrides the K split of the skinny shape (None: from the SM count)."""
     n_rows, n_in = x.shape
     n_out = w.shape[0]
     y = torch.empty((n_rows, n_out), dtype=x.dtype, device=x.device)  # [M, N]
@@ -135,8 +140,8 @@ def quantized_linear(x: torch.Tensor, w: QuantizedWeight, splits: int | None = N
     _qgemm_kernel[(triton.cdiv(n_out, bn), splits, m_tiles)](
         x, data, scales, y, part, n_rows, n_out, n_in, k_chunk, x.stride(0), data.stride(0), scales.stride(0),
         y.stride(0), GROUP=w.group_size, PER_CHANNEL=w.group_size == n_in, INT4=w.fmt == "int4", SPLITS=splits,
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, UPCAST=upcast(x.dtype), IEEE=x.dtype == torch.float32 and not interpreting(),
-        WHILE_LOOP=interpreting(),
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, UPCAST=upcast(x.dtype),
+        IEEE=x.dtype == torch.float32 and not interpreting(), WHILE_LOOP=interpreting(),
         enable_fp_fusion=FP_FUSION, num_warps=warps, num_stages=stages)
     if splits > 1:
         block = 1024

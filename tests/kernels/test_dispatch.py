@@ -7,7 +7,8 @@ import pytest
 from unmask.kernels import backend, ops
 
 PUBLIC_OPS = ["rms_norm", "add_rms_norm", "rope", "rope_apply", "qk_norm_rope", "silu_mul", "attention",
-              "kv_cache_write", "moe_route", "fused_moe", "remask_confidence", "select_commits", "linear"]
+              "kv_cache_write", "moe_route", "fused_moe", "remask_confidence", "select_commits", "linear",
+              "quantized_linear"]
 
 
 def params(fn):

@@ -9,7 +9,7 @@ import torch
 
 from tests.kernels.tolerance import DEVICE, EPS, dtypes, gen, randn
 from unmask.kernels import quant
-from unmask.kernels.torch_ref import linear as ref
+from unmask.kernels.torch_ref import qlinear as ref
 from unmask.kernels.triton_ops import qlinear as tri
 
 CASES = [  # (M, K, N, splits, group): one row; odd N; K split on group boundaries; tiled M; per channel
@@ -37,7 +37,7 @@ def test_quantized_linear(dtype, fmt, case):
     g = gen(m + k + n)
     x = randn(m, k, seed_gen=g, dtype=dtype)
     w = _weight(fmt, n, k, group, g)
-    out = tri.quantized_linear(x, w, splits=splits)
+    out = tri.quantized_linear_fwd(x, w, splits=splits)
     assert out.dtype == dtype and out.shape == (m, n)
     want = ref.quantized_linear(x.double(), w)  # x @ dequantize(w).T in float64
     # products are exact (codes are small integers, scales fp32); the error is the accumulation's and the output

@@ -20,6 +20,7 @@ from tests.helpers import write_checkpoint
 from unmask import LLM
 from unmask.kernels import quant
 from unmask.kernels.torch_ref import linear as ref_linear
+from unmask.kernels.torch_ref import qlinear as ref_qlinear
 from unmask.kernels.torch_ref import moe as ref_moe
 from unmask.server.models import quantize as Q
 from unmask.server.models.attention_meta import AttentionMetadata, packed_positions
@@ -60,7 +61,7 @@ def test_reference_linear_is_the_dequantized_gemm(fmt, monkeypatch):
     assert torch.equal(ref_linear.linear(x, qw), want)  # float64: exactly the dense GEMM
     out32 = ref_linear.linear(x.float(), qw)  # int8: torch._weight_int8pack_mm
     torch.testing.assert_close(out32.double(), want, rtol=1e-5, atol=1e-5)
-    monkeypatch.setattr(ref_linear, "DEQUANT_ROWS", 16)  # fp32 dequantized 16 rows at a time
+    monkeypatch.setattr(ref_qlinear, "DEQUANT_ROWS", 16)  # fp32 dequantized 16 rows at a time
     torch.testing.assert_close(ref_linear.linear(x.float(), qw), out32, rtol=1e-5, atol=1e-5)
     assert torch.equal(ref_linear.linear(x, qw), want)  # float64 never tiles
 
@@ -147,5 +148,6 @@ def test_fixture_is_what_the_library_writes(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run([sys.executable, str(writer), str(src), str(tmp_path / "w4a16"), "W4A16", "32"], cwd=tmp_path,
                    env=env, check=True, capture_output=True)
-    got, want = load_file(str(tmp_path / "w4a16" / "model.safetensors")), load_file(str(FIXTURES / "w4a16" / "model.safetensors"))
+    got = load_file(str(tmp_path / "w4a16" / "model.safetensors"))
+    want = load_file(str(FIXTURES / "w4a16" / "model.safetensors"))
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
