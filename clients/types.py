@@ -72,7 +72,7 @@ class Completion:
 @dataclasses.dataclass(frozen=True)
 class StreamEvent:
     """One streamed event. ``kind``: 'delta' (text for one choice; chat's role chunk has text ''),
-    'usage' (the final usage chunk) or 'denoise' (one step's canvas, see server/api/denoise.py)."""
+    'usage' (the final usage chunk) or 'denoise' (one step's canvas, see server/api/streaming.py)."""
     kind: str
     index: int | None = None
     text: str = ""

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
+import re
 from pathlib import Path
 
 import jinja2
@@ -15,6 +17,9 @@ import jinja2.sandbox
 from tokenizers import Tokenizer as HFTokenizer
 
 
+log = logging.getLogger("unmask.tokenizer")
+_MARK_OPEN, _MARK_CLOSE = "\ue000", "\ue001"  # private-use characters around a message's index in the rendering
+_MARK = re.compile(f"{_MARK_OPEN}(\\d+){_MARK_CLOSE}")
 LONG_TEXT_CHARS = 4096
 """Texts longer than this are encoded with the GIL released (Tokenizer.encode)."""
 
@@ -47,6 +52,8 @@ class Tokenizer:
         self.bos_token = _token_str(config.get("bos_token"))
         self.eos_token = _token_str(config.get("eos_token"))
         self.special_ids = frozenset(i for i, t in tok.get_added_tokens_decoder().items() if t.special)
+        self._plain = HFTokenizer.from_str(tok.to_str())  # the same tokenizer, special-token strings as text
+        self._plain.encode_special_tokens = True
         self._env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         self._env.globals["raise_exception"] = _raise
 
@@ -106,8 +113,32 @@ class Tokenizer:
             raise ChatTemplateError(f"chat template failed: {exc}") from exc
 
     def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
-        """Render with the chat template, then encode (the template already holds BOS)."""
-        return self.encode(self.render_chat(messages, add_generation_prompt))
+        """Render with the chat template, then encode (the template already holds BOS). Message text is data,
+        not control: only the template's own markup becomes special tokens; a special-token string inside a
+        message (a role header, end of turn, the mask token) is encoded as the plain text it is, so a client
+        cannot forge turns. Each message's text is rendered as a placeholder and encoded on its own; a template
+        that alters the placeholders (it rewrites message text) falls back to encoding the whole rendering."""
+        marked = [{**m, "content": f"{_MARK_OPEN}{i}{_MARK_CLOSE}"} if isinstance(m.get("content"), str) else m
+                  for i, m in enumerate(messages)]
+        pieces = _MARK.split(self.render_chat(marked, add_generation_prompt))
+        used = [int(p) for p in pieces[1::2]]
+        if sorted(used) != [i for i, m in enumerate(marked) if m is not messages[i]]:
+            log.warning("the chat template rewrites message text; encoding the rendered prompt as a whole")
+            return self.encode(self.render_chat(messages, add_generation_prompt))
+        ids: list[int] = []
+        for k, piece in enumerate(pieces):
+            if k % 2 == 0:
+                ids += self.encode(piece) if piece else []
+            else:
+                ids += self.encode_text(messages[int(piece)]["content"])
+        return ids
+
+    def encode_text(self, text: str) -> list[int]:
+        """text -> token ids with every special-token string encoded as plain text (message content)."""
+        if not text:
+            return []
+        return self._plain.encode_batch([text], add_special_tokens=False)[0].ids if len(text) > LONG_TEXT_CHARS \
+            else self._plain.encode(text, add_special_tokens=False).ids
 
     def detokenizer(self, skip_special_tokens: bool = True) -> "IncrementalDetokenizer":
         return IncrementalDetokenizer(self, skip_special_tokens)

@@ -1,4 +1,4 @@
-"""Request bodies of the HTTP API (pydantic; the only module that uses it) and their validation.
+"""Request bodies of the HTTP API (pydantic; only here and in protocol_responses.py) and their validation.
 
 Field names and defaults mirror vLLM's OpenAI server (SERVING.md §1). Unknown fields are accepted and
 ignored, as vLLM does; known fields whose semantics a masked diffusion LM cannot honour are rejected with

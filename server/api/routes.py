@@ -1,7 +1,7 @@
-"""HTTP routes: thin wrappers that prepare a request (serving_completion / serving_chat) and hand it to
-serving.py (vLLM's route / serving / protocol split). Endpoints: /v1/completions, /v1/chat/completions,
-/v1/models, /health,
-/ping, /metrics, /version, /load, /tokenize, /detokenize, and the playground page at /."""
+"""HTTP routes: thin wrappers that prepare a request (serving_completion / serving_chat / serving_responses)
+and hand it to serving.py (vLLM's route / serving / protocol split). Endpoints: /v1/completions,
+/v1/chat/completions, /v1/responses, /v1/models, /health, /ping, /metrics, /version, /load, /tokenize,
+/detokenize, and the playground page at /."""
 from __future__ import annotations
 
 import asyncio
@@ -16,7 +16,9 @@ from unmask.server.api.errors import APIError, JSONAnswer, bad_request
 from unmask.server.api.metrics import CONTENT_TYPE
 from unmask.server.api.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
                                         TokenizeRequest)
+from unmask.server.api.protocol_responses import ResponsesRequest
 from unmask.server.api.serving import serve
+from unmask.server.api.serving_responses import prepare_responses
 from unmask.server.api.serving_chat import prepare_chat, render_messages
 from unmask.server.api.serving_completion import check_text_size, encode_text, prepare_completion
 
@@ -64,6 +66,18 @@ async def _off_loop_if_large(request: Request, fn, *args):
     if int(request.headers.get("content-length") or 0) > OFFLOAD_BYTES:
         return await asyncio.to_thread(fn, *args)
     return fn(*args)
+
+
+@router.post("/v1/responses", dependencies=[Depends(require_json)])
+async def responses(body: ResponsesRequest, request: Request):
+    return await _execute(request, prepare_responses, body)
+
+
+@router.get("/v1/responses/{response_id}")
+async def get_response(response_id: str):
+    """Nothing is stored: every response id is unknown here (as with ``store: false``)."""
+    raise APIError(404, f"response {response_id[:64]!r} was not stored: this server keeps no responses "
+                        "(store=false semantics)", "response_id", "not_found")
 
 
 @router.get("/v1/models")

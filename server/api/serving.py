@@ -60,8 +60,8 @@ class Shape(Protocol):
     def head(self) -> list[bytes]:
         """Events that open a stream, before any text."""
     def chunk(self, index: int, text: str, finish_reason: str | None = None, stop_reason: str | None = None,
-              usage_: dict | None = None) -> dict:
-        """A stream delta of choice ``index`` (the last one carries its finish reason)."""
+              usage_: dict | None = None) -> dict | None:
+        """A stream delta of choice ``index`` (the last one carries its finish reason); None: no event."""
     def role_chunk(self, index: int) -> dict | None:
         """Chat's first chunk of a choice, sent with its first text (None: no such chunk)."""
     def usage_chunk(self, usage_: dict | None) -> dict:
@@ -162,7 +162,9 @@ class Responder:
         if text:
             self._last_chunk[index] = now
         running = self._usage([index]) if self.prep.flags.continuous_usage else None
-        out.append(shape.encode(shape.chunk(index, text, choice.finish_reason, choice.stop_reason, running)))
+        chunk = shape.chunk(index, text, choice.finish_reason, choice.stop_reason, running)
+        if chunk is not None:  # a shape may have no event for a finish without text (Responses: the tail says it)
+            out.append(shape.encode(chunk))
         return out
 
     def _denoise_event(self, index: int, delta: Delta) -> bytes:

@@ -73,13 +73,16 @@ def _assert_idle(base: str) -> None:
 def test_tokenizer_failure_only_fails_its_request(inproc, monkeypatch):  # noqa: F811
     base, engine = inproc
     expected = _baseline(base)
-    tok, real = engine.tokenizer, engine.tokenizer.encode
+    tok = engine.tokenizer
 
-    def encode(text: str) -> list[int]:
-        if "POISON" in text:
-            raise RuntimeError("tokenizer exploded")
-        return real(text)
-    monkeypatch.setattr(tok, "encode", encode)
+    def poisoned_on(real):
+        def encode(text: str) -> list[int]:
+            if "POISON" in text:
+                raise RuntimeError("tokenizer exploded")
+            return real(text)
+        return encode
+    monkeypatch.setattr(tok, "encode", poisoned_on(tok.encode))  # prompts and chat-template markup
+    monkeypatch.setattr(tok, "encode_text", poisoned_on(tok.encode_text))  # message text
     poisoned = [("/v1/completions", {"prompt": "POISON", "max_tokens": 8}),
                 ("/v1/completions", {"prompt": ["A", "POISON"], "max_tokens": 8, "stream": True}),
                 ("/v1/chat/completions", {"messages": [{"role": "user", "content": "POISON"}], "stream": True})]
