@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 
-from unmask.server.config import ModelConfig
 from unmask.server.models.attention_meta import AttentionMetadata
 from unmask.server.models.llada import LLaDAModelLM
 
@@ -29,35 +28,18 @@ def shift_rows(hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
 class DreamModel(LLaDAModelLM):
     """Dream-7B; the Qwen2 differences (bias, GQA) live in the shared layers, switched by ModelConfig."""
 
+    HF_TOP = {"embed": "model.embed_tokens.weight", "norm.weight": "model.norm.weight", "lm_head": "lm_head.weight"}
+    HF_LEAVES = {"attn_norm.weight": "input_layernorm.weight", "attn.o_proj": "self_attn.o_proj.weight",
+                 "ff_norm.weight": "post_attention_layernorm.weight", "ffn.down_proj": "mlp.down_proj.weight"}
+    HF_LAYER_PREFIX = "model.layers.{i}."
+    HF_FUSED = {**{f"attn.qkv_{ours}": tuple((f"self_attn.{n}_proj.{theirs}", rows)
+                                             for n, rows in (("q", "q"), ("k", "kv"), ("v", "kv")))
+                   for ours, theirs in (("proj", "weight"), ("bias", "bias"))},
+                "ffn.gate_up_proj": (("mlp.gate_proj.weight", "ffn"), ("mlp.up_proj.weight", "ffn"))}
+    """q/k/v weights into qkv_proj and q/k/v biases into qkv_bias, gate/up into gate_up_proj."""
+
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """input_ids [N] int64, positions [N] int64 -> [N, D] final hidden states, row i holding the state that
         predicts position i (Dream's one-position logits shift)."""
         return shift_rows(super().forward(input_ids, positions, meta), meta.cu_seqlens_q)
 
-    @staticmethod
-    def hf_names(cfg: ModelConfig) -> dict[str, str]:
-        """Internal parameter name -> HF tensor name, for parameters stored as one HF tensor."""
-        top = {"embed": "model.embed_tokens.weight", "norm.weight": "model.norm.weight", "lm_head": "lm_head.weight"}
-        leaves = {"attn_norm.weight": "input_layernorm.weight", "attn.o_proj": "self_attn.o_proj.weight",
-                  "ff_norm.weight": "post_attention_layernorm.weight", "ffn.down_proj": "mlp.down_proj.weight"}
-        return {**top, **{f"blocks.{i}.{ours}": f"model.layers.{i}.{theirs}"
-                          for i in range(cfg.num_layers) for ours, theirs in leaves.items()}}
-
-    @staticmethod
-    def hf_fused_names(cfg: ModelConfig) -> dict[str, list[tuple[str, int]]]:
-        """Fused parameter -> the HF tensors (name, rows) concatenated along dim 0, in order."""
-        hq, hk = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-        out = {}
-        for i in range(cfg.num_layers):
-            p = f"model.layers.{i}."
-            for kind in ("weight", "bias"):
-                ours = f"blocks.{i}.attn.qkv_proj" if kind == "weight" else f"blocks.{i}.attn.qkv_bias"
-                out[ours] = [(f"{p}self_attn.{n}_proj.{kind}", rows) for n, rows in (("q", hq), ("k", hk), ("v", hk))]
-            out[f"blocks.{i}.ffn.gate_up_proj"] = [(p + "mlp.gate_proj.weight", cfg.intermediate_size),
-                                                   (p + "mlp.up_proj.weight", cfg.intermediate_size)]
-        return out
-
-    @staticmethod
-    def hf_stacked_names(cfg: ModelConfig) -> dict[str, list[list[str]]]:
-        """No stacked parameters."""
-        return {}

@@ -52,27 +52,29 @@ class LLaDAModelLM(nn.Module):
         """hidden [M, D] -> logits [M, V] in the model dtype (no upcast, as the reference)."""
         return ops.linear(hidden, self.lm_head)
 
-    @staticmethod
-    def hf_names(cfg: ModelConfig) -> dict[str, str]:
-        """Internal parameter name -> HF tensor name, for parameters stored as one HF tensor (LLADA-SPEC.md §3)."""
-        top = {"embed": "model.transformer.wte.weight", "norm.weight": "model.transformer.ln_f.weight",
-               "lm_head": "model.transformer.ff_out.weight"}
-        leaves = {"attn_norm.weight": "attn_norm.weight", "attn.o_proj": "attn_out.weight",
-                  "ff_norm.weight": "ff_norm.weight", "ffn.down_proj": "ff_out.weight"}
-        return name_table(cfg.num_layers, top, leaves, "model.transformer.blocks.{i}.")
+    HF_TOP = {"embed": "model.transformer.wte.weight", "norm.weight": "model.transformer.ln_f.weight",
+              "lm_head": "model.transformer.ff_out.weight"}
+    """Model-level parameters stored as one HF tensor (LLADA-SPEC.md §3)."""
+    HF_LEAVES = {"attn_norm.weight": "attn_norm.weight", "attn.o_proj": "attn_out.weight",
+                 "ff_norm.weight": "ff_norm.weight", "ffn.down_proj": "ff_out.weight"}
+    """Per-layer parameters stored as one HF tensor: ours (under ``blocks.{i}.``) -> theirs (under the prefix)."""
+    HF_LAYER_PREFIX = "model.transformer.blocks.{i}."
+    HF_FUSED = {"attn.qkv_proj": (("q_proj.weight", "q"), ("k_proj.weight", "kv"), ("v_proj.weight", "kv")),
+                "ffn.gate_up_proj": (("ff_proj.weight", "ffn"), ("up_proj.weight", "ffn"))}
+    """Per-layer parameters fused at load time: ours -> the HF tensors (name, row kind) concatenated in order."""
 
-    @staticmethod
-    def hf_fused_names(cfg: ModelConfig) -> dict[str, list[tuple[str, int]]]:
+    @classmethod
+    def hf_names(cls, cfg: ModelConfig) -> dict[str, str]:
+        """Internal parameter name -> HF tensor name, for parameters stored as one HF tensor."""
+        return name_table(cfg.num_layers, cls.HF_TOP, cls.HF_LEAVES, cls.HF_LAYER_PREFIX)
+
+    @classmethod
+    def hf_fused_names(cls, cfg: ModelConfig) -> dict[str, list[tuple[str, int]]]:
         """Fused parameter -> the HF tensors (name, rows) concatenated along dim 0, in order."""
-        hq, hk = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-        out = {}
-        for i in range(cfg.num_layers):
-            p = f"model.transformer.blocks.{i}."
-            out[f"blocks.{i}.attn.qkv_proj"] = [(p + "q_proj.weight", hq), (p + "k_proj.weight", hk),
-                                                (p + "v_proj.weight", hk)]
-            out[f"blocks.{i}.ffn.gate_up_proj"] = [(p + "ff_proj.weight", cfg.intermediate_size),
-                                                   (p + "up_proj.weight", cfg.intermediate_size)]
-        return out
+        rows = {"q": cfg.num_heads * cfg.head_dim, "kv": cfg.num_kv_heads * cfg.head_dim,
+                "ffn": cfg.intermediate_size}
+        return {f"blocks.{i}.{ours}": [(cls.HF_LAYER_PREFIX.format(i=i) + theirs, rows[kind]) for theirs, kind in parts]
+                for i in range(cfg.num_layers) for ours, parts in cls.HF_FUSED.items()}
 
     @staticmethod
     def hf_stacked_names(cfg: ModelConfig) -> dict[str, list[list[str]]]:

@@ -16,16 +16,18 @@ from unmask.server.models.llada import LLaDAModelLM
 class LLaDA2MoeModelLM(LLaDAModelLM):
     """LLaDA2; the math differences live in the shared layers, switched by ModelConfig."""
 
-    @staticmethod
-    def hf_names(cfg: ModelConfig) -> dict[str, str]:
-        """Internal parameter name -> HF tensor name, for parameters stored as one HF tensor."""
-        top = {"embed": "model.word_embeddings.weight", "norm.weight": "model.norm.weight", "lm_head": "lm_head.weight"}
-        leaves = {"attn_norm.weight": "input_layernorm.weight", "attn.qkv_proj": "attention.query_key_value.weight",
-                  "attn.o_proj": "attention.dense.weight", "attn.q_norm.weight": "attention.query_layernorm.weight",
-                  "attn.k_norm.weight": "attention.key_layernorm.weight",
-                  "ff_norm.weight": "post_attention_layernorm.weight"}
-        names = {**top, **{f"blocks.{i}.{ours}": f"model.layers.{i}.{theirs}"
-                          for i in range(cfg.num_layers) for ours, theirs in leaves.items()}}
+    HF_TOP = {"embed": "model.word_embeddings.weight", "norm.weight": "model.norm.weight", "lm_head": "lm_head.weight"}
+    HF_LEAVES = {"attn_norm.weight": "input_layernorm.weight", "attn.qkv_proj": "attention.query_key_value.weight",
+                 "attn.o_proj": "attention.dense.weight", "attn.q_norm.weight": "attention.query_layernorm.weight",
+                 "attn.k_norm.weight": "attention.key_layernorm.weight",
+                 "ff_norm.weight": "post_attention_layernorm.weight"}
+    HF_LAYER_PREFIX = "model.layers.{i}."
+
+    @classmethod
+    def hf_names(cls, cfg: ModelConfig) -> dict[str, str]:
+        """Internal parameter name -> HF tensor name, for parameters stored as one HF tensor (the shared table,
+        then each layer's dense MLP or router, expert bias and shared-expert down projection)."""
+        names = super().hf_names(cfg)
         for i in range(cfg.num_layers):
             p = f"model.layers.{i}.mlp."
             if cfg.is_dense_layer(i):

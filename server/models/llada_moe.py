@@ -8,28 +8,19 @@ w_down [E, D, I].
 from __future__ import annotations
 
 from unmask.server.config import ModelConfig
-from unmask.server.models.llada import LLaDAModelLM, name_table
+from unmask.server.models.llada import LLaDAModelLM
 
 
 class LLaDAMoEModelLM(LLaDAModelLM):
     """LLaDA-MoE; the math differences live in the shared layers, switched by ModelConfig."""
 
-    @staticmethod
-    def hf_names(cfg: ModelConfig) -> dict[str, str]:
-        """Internal parameter name -> HF tensor name, for parameters stored as one HF tensor."""
-        top = {"embed": "model.embed_tokens.weight", "norm.weight": "model.norm.weight", "lm_head": "lm_head.weight"}
-        leaves = {"attn_norm.weight": "input_layernorm.weight", "attn.o_proj": "self_attn.o_proj.weight",
-                  "attn.q_norm.weight": "self_attn.q_norm.weight", "attn.k_norm.weight": "self_attn.k_norm.weight",
-                  "ff_norm.weight": "post_attention_layernorm.weight", "ffn.gate": "mlp.gate.weight"}
-        return name_table(cfg.num_layers, top, leaves, "model.layers.{i}.")
-
-    @staticmethod
-    def hf_fused_names(cfg: ModelConfig) -> dict[str, list[tuple[str, int]]]:
-        """Fused parameter -> the HF tensors (name, rows) concatenated along dim 0, in order."""
-        hq, hk = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-        return {f"blocks.{i}.attn.qkv_proj": [(f"model.layers.{i}.self_attn.{n}_proj.weight", rows)
-                                              for n, rows in (("q", hq), ("k", hk), ("v", hk))]
-                for i in range(cfg.num_layers)}
+    HF_TOP = {"embed": "model.embed_tokens.weight", "norm.weight": "model.norm.weight", "lm_head": "lm_head.weight"}
+    HF_LEAVES = {"attn_norm.weight": "input_layernorm.weight", "attn.o_proj": "self_attn.o_proj.weight",
+                 "attn.q_norm.weight": "self_attn.q_norm.weight", "attn.k_norm.weight": "self_attn.k_norm.weight",
+                 "ff_norm.weight": "post_attention_layernorm.weight", "ffn.gate": "mlp.gate.weight"}
+    HF_LAYER_PREFIX = "model.layers.{i}."
+    HF_FUSED = {"attn.qkv_proj": (("self_attn.q_proj.weight", "q"), ("self_attn.k_proj.weight", "kv"),
+                                  ("self_attn.v_proj.weight", "kv"))}
 
     @staticmethod
     def hf_stacked_names(cfg: ModelConfig) -> dict[str, list[list[str]]]:
