@@ -6,6 +6,6 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 copy="$(mktemp -d)"
 trap 'rm -rf "$copy"' EXIT
-pip install -q --no-deps --no-build-isolation --target "$copy" "$root" >/dev/null
+pip install -q --no-deps --target "$copy" "$root" >/dev/null
 cd "$copy"  # lint-imports puts the working directory first on the path: keep the checkout's unmask/ off it
 PYTHONPATH="$copy:$root" lint-imports --config "$root/pyproject.toml"
