@@ -128,7 +128,7 @@ def render(checkpoint: Path, stages: list[tuple[Path, str]], exact: dict, fast: 
         "step count follows the hardware; resumable with `--resume`):", "", "```", *commands, "```", "",
         "## Measured accuracy (held-out, exact match)", "",
         *([note, ""] if note else []),
-        f"Settings: {_settings(exact)}; `python benchmarks/quality.py --model {checkpoint.name} "
+        f"Settings: {_settings(exact)}; `python -m benchmarks.quality --model {checkpoint.name} "
         f"--preset exact --n {exact['settings']['n_per_task']} --seed {exact['settings']['seed']}`.", "",
         *_accuracy_table(exact), "",
     ]
