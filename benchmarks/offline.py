@@ -5,20 +5,25 @@
 Part 1 (embedded model, task-suite prompts through the chat template): useful tokens/s (generated tokens
 before the first EOS/EoT), NFE, TPF, per-step latency and held-out accuracy for both; the ratio
 engine / reference. Part 2 (``compute_bound``): a larger random-weight LLaDA-shaped model where the
-forward dominates, random prompts, fixed steps, no early stop. Prints a table and writes JSON whose top
-level holds ``ratio_vs_reference``, ``accuracy`` and ``compute_bound``.
+forward dominates, random prompts, fixed steps, no early stop. Part 3 (``padded``, with ``--padded-rounds N``;
+``--padded-only`` runs it alone): the engine's exact preset without early stop vs the padded-batch baseline
+(``benchmarks/padded_baseline.py``, LLaDA's generate over left-padded batches of C prompts) on the same
+prompts at equal work, N interleaved A/B rounds (the order alternates), medians and the ratio. Prints a table
+and writes JSON whose top level holds ``ratio_vs_reference``, ``accuracy``, ``compute_bound`` and ``padded``.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.padded_baseline import padded_run
 from benchmarks.reference.checkpoints import write_checkpoint
 from benchmarks.reference.llada_generate import generate as reference_generate
 from recipes.tasks import check, heldout_set
@@ -119,6 +124,29 @@ def compute_bound_part(args) -> dict:
     return out
 
 
+def padded_part(args) -> dict:
+    """Engine (exact, every step, no early stop) vs the padded-batch baseline at batch C: interleaved rounds."""
+    llm = LLM(args.model, device=args.device, dtype=args.dtype, max_num_seqs=args.concurrency)
+    examples = heldout_set(args.n_per_task, seed=args.seed)[: args.num_prompts]
+    prompts = [llm.tokenizer.encode_chat([{"role": "user", "content": e.prompt}]) for e in examples]
+    p = DiffusionParams(max_tokens=args.max_tokens, block_length=args.block_length, steps=args.max_tokens,
+                        early_stop=False)
+    sides = {"padded": lambda: padded_run(llm, prompts, p, args.concurrency), "engine": lambda: engine_run(llm, prompts, p)}
+    for _ in range(args.warmup_runs):
+        padded_run(llm, prompts[:2], p, 2), engine_run(llm, prompts[:2], p)
+    runs: dict[str, list[dict]] = {"padded": [], "engine": []}
+    for r in range(args.padded_rounds):  # A/B, then B/A: drift of the shared machine hits both sides alike
+        for name in (("padded", "engine") if r % 2 == 0 else ("engine", "padded")):
+            runs[name].append(sides[name]())
+    same = sum(a == b for a, b in zip(runs["padded"][0]["outputs"], runs["engine"][0]["outputs"]))
+    tps = {k: [summarise(k, run)["tokens_per_s"] for run in v] for k, v in runs.items()}
+    ratios = [e / max(b, 1e-9) for e, b in zip(tps["engine"], tps["padded"])]
+    return {"concurrency": args.concurrency, "rounds": args.padded_rounds, "identical_outputs": same,
+            "requests": len(prompts), "tokens_per_s": tps,
+            "median_tokens_per_s": {k: round(statistics.median(v), 2) for k, v in tps.items()},
+            "ratio_per_round": [round(x, 3) for x in ratios], "ratio_median": round(statistics.median(ratios), 3)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None)
@@ -139,6 +167,9 @@ def main() -> None:
                     help="also run the compute-bound model's engine with weights quantized at load time (same run)")
     ap.add_argument("--warmup-runs", type=int, default=None,
                     help="untimed runs of both sides before the timed ones (default: 1 on CUDA, 0 on CPU)")
+    ap.add_argument("--padded-rounds", type=int, default=0,
+                    help="interleaved rounds of the engine (exact, no early stop) vs the padded-batch baseline")
+    ap.add_argument("--padded-only", action="store_true", help="run only the padded-baseline comparison")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if args.warmup_runs is None:
@@ -149,6 +180,9 @@ def main() -> None:
         machine += f", {torch.cuda.get_device_name(args.device)}"
     res = {"machine": machine, "warmup_runs": args.warmup_runs,
            "preset": args.preset, "concurrency": args.concurrency}
+    if args.padded_only:
+        args.padded_rounds = args.padded_rounds or 3
+        return report_padded(res, padded_part(args), args.json)
     res.update(embedded_part(args))
     if not args.skip_compute_bound:
         res["compute_bound"] = compute_bound_part(args)
@@ -162,8 +196,20 @@ def main() -> None:
     quantized = res.get("compute_bound", {}).get("quantized")
     if quantized:
         print(" | ".join(f"{k}={v}" for k, v in quantized.items()))
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    if args.padded_rounds:
+        res["padded"] = padded_part(args)
+    report_padded(res, res.get("padded"), args.json)
+
+
+def report_padded(res: dict, padded: dict | None, path: str | None) -> None:
+    if padded:
+        res["padded"] = padded
+        m = padded["median_tokens_per_s"]
+        print(f"padded baseline (batch {padded['concurrency']}) {m['padded']} tok/s | engine exact C={padded['concurrency']} "
+              f"{m['engine']} tok/s | ratio engine/padded median {padded['ratio_median']}x "
+              f"(rounds {padded['ratio_per_round']}), identical outputs {padded['identical_outputs']}/{padded['requests']}")
+    if path:
+        Path(path).write_text(json.dumps(res, indent=2) + "\n")
 
 
 if __name__ == "__main__":
