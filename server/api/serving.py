@@ -250,6 +250,16 @@ async def serve(state, prep: Prepared, http: HTTPRequest) -> Response:
     return await until_disconnect(http, _collect(state, stream, responder))
 
 
+async def _send_within(send, message: dict, seconds: float) -> None:
+    """``await send(message)``, raising asyncio.TimeoutError after ``seconds`` (``asyncio.timeout`` costs a
+    timer handle per call; ``wait_for``, Python 3.10's only way, a task: about 5x more per chunk)."""
+    if hasattr(asyncio, "timeout"):
+        async with asyncio.timeout(seconds):
+            await send(message)
+    else:
+        await asyncio.wait_for(send(message), seconds)
+
+
 class BoundedStreamingResponse(StreamingResponse):
     """An SSE response whose client must keep reading: a chunk that cannot be handed to the connection
     within ``write_timeout`` seconds (the client's receive window and the server's send buffer are full)
@@ -263,8 +273,8 @@ class BoundedStreamingResponse(StreamingResponse):
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         async for chunk in self.body_iterator:
             try:
-                await asyncio.wait_for(send({"type": "http.response.body", "body": chunk, "more_body": True}),
-                                       self.write_timeout)
+                await _send_within(send, {"type": "http.response.body", "body": chunk, "more_body": True},
+                                   self.write_timeout)
             except asyncio.TimeoutError:
                 log.warning("a streaming client read nothing for %.1f s: disconnecting it", self.write_timeout)
                 self.on_stall()
