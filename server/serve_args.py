@@ -122,7 +122,8 @@ def build_configs(args: argparse.Namespace) -> tuple[EngineConfig, ServerSetting
         kernels=KernelOptions(args.attention_loop, args.gemm, args.serial_combine))
     names = tuple(args.served_model_name or [args.model or DEFAULT_MODEL])  # vLLM: the argument as given
     settings = ServerSettings(
-        served_model_name=names[0], served_model_aliases=names[1:], model_root=str(path.resolve()), api_keys=keys, open_paths=tuple(args.open_paths),
+        served_model_name=names[0], served_model_aliases=names[1:], model_root=str(path.resolve()), api_keys=keys,
+        open_paths=tuple(args.open_paths),
         max_prompt_tokens=args.max_prompt_tokens, max_tokens_limit=args.max_tokens_limit, max_steps=args.max_steps,
         max_choices=args.max_choices, max_body_bytes=args.max_body_bytes, default_max_tokens=args.default_max_tokens,
         default_preset=args.default_preset, drain_timeout=args.drain_timeout,
