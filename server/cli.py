@@ -18,6 +18,11 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", default=None, choices=["none", "prefix", "dual"])
     p.add_argument("--preset", default=None, choices=["exact", "fast"])
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None, help="at temperature > 0: nucleus mass kept per position")
+    p.add_argument("--top-k", type=int, default=None, help="at temperature > 0: best tokens kept per position")
+    p.add_argument("--min-p", type=float, default=None, help="at temperature > 0: drop tokens below min_p × the best")
+    p.add_argument("--ignore-eos", action="store_true", default=None,
+                   help="exactly --max-tokens tokens: EOS, EoT and stop ids are never generated")
 
 
 def json_object(text: str) -> dict:
@@ -67,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(gen)
     gen.add_argument("--prompt", required=True, help="prompt text")
     gen.add_argument("--chat", action="store_true", help="wrap the prompt as one user turn of the chat template")
+    gen.add_argument("--suffix", default=None,
+                     help="infilling: text after the generated middle (canvas = prompt + masks + suffix)")
     _add_sampling_args(gen)
     serve = sub.add_parser("serve", help="run the OpenAI-compatible HTTP server")
     _add_model_args(serve)
@@ -85,9 +92,10 @@ def _generate(args: argparse.Namespace) -> int:
               override_generation_config=args.override_generation_config, **model_source_kwargs(args))
     params = llm.default_params(max_tokens=args.max_tokens, block_length=args.block_length, steps=args.steps,
                                 temperature=args.temperature, remasking=args.remasking, cfg_scale=args.cfg_scale,
-                                threshold=args.threshold, cache=args.cache, preset=args.preset, seed=args.seed)
+                                threshold=args.threshold, cache=args.cache, preset=args.preset, seed=args.seed,
+                                top_p=args.top_p, top_k=args.top_k, min_p=args.min_p, ignore_eos=args.ignore_eos)
     prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
-    out = llm.generate(prompt, params)[0]
+    out = llm.generate(prompt, params, suffix=args.suffix)[0]
     print(out.text)
     print(f"[finish_reason={out.finish_reason} tokens={len(out.token_ids)} nfe={out.nfe}]", file=sys.stderr)
     return 0

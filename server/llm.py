@@ -60,15 +60,20 @@ class LLM:
             return list(prompt)
         raise ValueError("a prompt is a string, a list of token ids, or a list of chat messages")
 
-    def generate(self, prompts, params: DiffusionParams | list[DiffusionParams] | None = None) -> list[RequestOutput]:
+    def generate(self, prompts, params: DiffusionParams | list[DiffusionParams] | None = None,
+                 suffix: str | list[int] | list | None = None) -> list[RequestOutput]:
         """One RequestOutput per prompt, in order. ``params``: one for all, or one per prompt (default: the
-        checkpoint's generation defaults, :meth:`default_params`). Raises ValueError (RequestRejected) before
-        anything runs if a prompt or its settings can never run."""
+        checkpoint's generation defaults, :meth:`default_params`). ``suffix`` (infilling: text or token ids
+        after the generated middle, one for all or a list with one per prompt): the canvas is prompt +
+        masks + suffix and the answer is the middle. Raises ValueError (RequestRejected) before anything runs
+        if a prompt or its settings can never run."""
         batch = [prompts] if _is_single(prompts) else list(prompts)
         plist = params if isinstance(params, list) else [params or self.default_params()] * len(batch)
         if len(plist) != len(batch):
             raise ValueError(f"{len(plist)} params for {len(batch)} prompts")
-        reqs = [Request(f"offline-{next(self._ids)}", tuple(self.encode(p)), sp) for p, sp in zip(batch, plist)]
+        suffixes = self._suffixes(suffix, len(batch))
+        reqs = [Request(f"offline-{next(self._ids)}", tuple(self.encode(p)), sp, suffix_token_ids=sfx)
+                for p, sp, sfx in zip(batch, plist, suffixes)]
         self.engine.add_requests(reqs)
         procs = {r.request_id: OutputProcessor(self.tokenizer, r.params, r.request_id, r.prompt_token_ids)
                  for r in reqs}
@@ -78,6 +83,16 @@ class LLM:
                 if proc.process(out).finished and not out.finished:
                     self.engine.abort(out.request_id)  # budget or stop string reached: free the slot
         return [procs[r.request_id].result() for r in reqs]
+
+    def _suffixes(self, suffix, n: int) -> list[tuple[int, ...]]:
+        """``suffix`` of :meth:`generate` -> one tuple of token ids per prompt."""
+        if not suffix:
+            return [()] * n
+        if isinstance(suffix, str) or (suffix and all(isinstance(t, int) for t in suffix)):
+            suffix = [suffix] * n
+        if len(suffix) != n:
+            raise ValueError(f"{len(suffix)} suffixes for {n} prompts")
+        return [tuple(self.tokenizer.encode(s) if isinstance(s, str) else s) for s in suffix]
 
     @torch.inference_mode()
     def logits(self, token_ids: list[int]) -> torch.Tensor:

@@ -41,10 +41,16 @@ def get_num_transfer_tokens(mask_index, steps):
 @torch.no_grad()
 def generate(model, prompt, steps=128, gen_length=128, block_length=128, temperature=0.0, cfg_scale=0.0,
              remasking="low_confidence", mask_id=126336, eos_id=126081, eot_id=126348,
-             logits_eos_inf=False, confidence_eos_eot_inf=False, generator=None):
-    """prompt [B, P] int64 -> x [B, P + gen_length] int64 (prompt + every generated position)."""
-    x = torch.full((prompt.shape[0], prompt.shape[1] + gen_length), mask_id, dtype=torch.long, device=prompt.device)
+             logits_eos_inf=False, confidence_eos_eot_inf=False, generator=None, suffix=None):
+    """prompt [B, P] int64 -> x [B, P + gen_length (+ S)] int64 (prompt + every generated position). Infilling
+    extension (not in the original): ``suffix`` [B, S] is appended after the masks; being unmasked it joins
+    ``prompt_index`` (masked in CFG's unconditional copy), and ``x0_p[:, hi:] = -inf`` keeps it from commits."""
+    s = 0 if suffix is None else suffix.shape[1]
+    x = torch.full((prompt.shape[0], prompt.shape[1] + gen_length + s), mask_id, dtype=torch.long,
+                   device=prompt.device)
     x[:, :prompt.shape[1]] = prompt.clone()
+    if s:
+        x[:, prompt.shape[1] + gen_length:] = suffix.clone()
     prompt_index = x != mask_id
 
     assert gen_length % block_length == 0

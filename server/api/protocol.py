@@ -24,6 +24,8 @@ from unmask.server.engine.params import DiffusionParams
 
 INT64 = 1 << 63
 WHY = "A masked diffusion LM commits tokens by its denoising schedule; these controls do not apply."
+NO_PROMPT_LOGPROBS = ("prompt logprobs, which have no meaning for a masked diffusion LM: it never predicts the "
+                      "prompt left to right (a prompt token is context), so it has no log-probability")
 
 
 class OpenAIBase(BaseModel):
@@ -94,15 +96,7 @@ class GenerateRequest(DiffusionFields):
     def unsupported_common(self) -> list[tuple[str, bool]]:
         """(field, acceptable) for the shared fields we cannot honour, in the OpenAI reference's order."""
         return [
-            ("frequency_penalty", self.frequency_penalty in (None, 0)),
-            ("logit_bias", not self.logit_bias),
-            ("presence_penalty", self.presence_penalty in (None, 0)),
-            ("top_p", self.top_p in (None, 1)),
-            ("top_k", self.top_k in (None, 0, -1)), ("min_p", self.min_p in (None, 0)),
-            ("repetition_penalty", self.repetition_penalty in (None, 1)),
-            ("length_penalty", self.length_penalty in (None, 1)),
-            ("min_tokens", self.min_tokens == 0), ("use_beam_search", not self.use_beam_search),
-            ("prompt_logprobs", self.prompt_logprobs is None), ("stop_token_ids", not self.stop_token_ids),
+            ("length_penalty", self.length_penalty in (None, 1)), ("use_beam_search", not self.use_beam_search),
             ("guided_json", self.guided_json is None), ("guided_regex", self.guided_regex is None),
             ("guided_choice", self.guided_choice is None), ("guided_grammar", self.guided_grammar is None),
             ("structured_outputs", self.structured_outputs is None),
@@ -111,6 +105,9 @@ class GenerateRequest(DiffusionFields):
     def check_common(self, fields: list[tuple[str, bool]], why: str = "") -> None:
         """400 naming every unsupported field of ``fields`` (already in reference order), then the
         combination rules of the shared fields."""
+        if self.prompt_logprobs is not None:
+            raise bad_request("prompt_logprobs asks for " + NO_PROMPT_LOGPROBS, "prompt_logprobs",
+                              "unsupported_parameter")
         bad = [name for name, ok in fields if not ok]
         if bad:
             raise unsupported(bad, WHY + why)
@@ -140,10 +137,9 @@ class GenerateRequest(DiffusionFields):
             "max_tokens": max_tokens, "block_length": self.block_length, "steps": self.steps,
             "temperature": self.temperature, "remasking": self.remasking, "cfg_scale": self.cfg_scale,
             "seed": self.seed, "stop": self.stop_list(), "include_stop_str_in_output": self.include_stop_str_in_output,
-            "skip_special_tokens": self.skip_special_tokens,
-            "logits_eos_inf": True if (self.logits_eos_inf or self.ignore_eos) else None,
+            "skip_special_tokens": self.skip_special_tokens, "logits_eos_inf": self.logits_eos_inf,
             "confidence_eos_eot_inf": self.confidence_eos_eot_inf, "threshold": self.threshold, "factor": self.factor,
-            "cache": self.cache, "early_stop": self.early_stop, "preset": self.preset}
+            "cache": self.cache, "early_stop": self.early_stop, "preset": self.preset, **self.sampling_fields()}
         try:
             params = DiffusionParams.from_fields(fields, defaults)
         except ValueError as exc:
@@ -152,6 +148,21 @@ class GenerateRequest(DiffusionFields):
             raise bad_request(f"steps={params.steps} exceeds this server's limit of {settings.max_steps} "
                               f"(--max-steps)", "steps")
         return params
+
+    def sampling_fields(self) -> dict[str, Any]:
+        """The sampling controls as DiffusionParams fields (None = not given). 400 for a non-integer logit_bias key."""
+        try:
+            bias = tuple((int(k), v) for k, v in self.logit_bias.items()) if self.logit_bias else None
+        except ValueError:
+            raise bad_request("logit_bias keys must be token ids (integers as strings)", "logit_bias") from None
+        return {"top_p": self.top_p, "top_k": self.top_k, "min_p": self.min_p, "logit_bias": bias,
+                "presence_penalty": self.presence_penalty, "frequency_penalty": self.frequency_penalty,
+                "repetition_penalty": self.repetition_penalty, "min_tokens": self.min_tokens or None,
+                "stop_token_ids": tuple(self.stop_token_ids) if self.stop_token_ids else None,
+                "ignore_eos": self.ignore_eos or None, "logprobs": self.logprobs_count()}
+
+    def logprobs_count(self) -> int | None:
+        """Top alternatives per output token when logprobs were asked for, else None."""
 
     def check_choices(self, num_prompts: int, settings: ServerSettings) -> None:
         """400 when prompts × n exceeds --max-choices."""
@@ -181,15 +192,19 @@ class CompletionRequest(GenerateRequest):
     suffix: StrictStr | None = None
 
     def check(self) -> None:
-        """400 for fields we cannot honour (OpenAI reference order), then max_tokens=0 without echo."""
-        common = dict(self.unsupported_common())
-        fields = [("best_of", self.best_of in (None, self.n)), ("frequency_penalty", common.pop("frequency_penalty")),
-                  ("logit_bias", common.pop("logit_bias")), ("logprobs", self.logprobs is None),
-                  ("presence_penalty", common.pop("presence_penalty")), ("suffix", self.suffix is None),
-                  ("top_p", common.pop("top_p")), *common.items()]
-        self.check_common(fields, " (best_of must equal n; infilling via suffix is not offered)")
+        """400 for fields we cannot honour (OpenAI reference order), then max_tokens=0 without echo, the
+        logprobs range, and echo with logprobs (prompt logprobs: no meaning here)."""
+        self.check_common([("best_of", self.best_of in (None, self.n)), *self.unsupported_common()],
+                          " (best_of must equal n)")
         if self.max_tokens == 0 and not self.echo:
             raise bad_request("max_tokens must be ≥ 1 (0 is only allowed with echo=true)", "max_tokens")
+        if self.logprobs is not None and not 0 <= self.logprobs <= 5:
+            raise bad_request(f"logprobs={self.logprobs} is not valid; use an integer in [0, 5]", "logprobs")
+        if self.logprobs is not None and self.echo:
+            raise bad_request("echo with logprobs asks for " + NO_PROMPT_LOGPROBS, "logprobs", "unsupported_parameter")
+
+    def logprobs_count(self) -> int | None:
+        return self.logprobs
 
 
 class ContentPart(OpenAIBase):
@@ -231,20 +246,29 @@ class ChatCompletionRequest(GenerateRequest):
     def check(self) -> None:
         """400 for fields we cannot honour, in the OpenAI reference's order."""
         fmt = (self.response_format or {}).get("type", "text")
-        common = dict(self.unsupported_common())
         fields = [
-            ("audio", self.audio is None), ("frequency_penalty", common.pop("frequency_penalty")),
-            ("function_call", self.function_call in (None, "none")), ("functions", not self.functions),
-            ("logit_bias", common.pop("logit_bias")), ("logprobs", not self.logprobs),
-            ("modalities", self.modalities in (None, ["text"])), ("prediction", self.prediction is None),
-            ("presence_penalty", common.pop("presence_penalty")), ("response_format", fmt == "text"),
+            ("audio", self.audio is None), ("function_call", self.function_call in (None, "none")),
+            ("functions", not self.functions), ("modalities", self.modalities in (None, ["text"])),
+            ("prediction", self.prediction is None), ("response_format", fmt == "text"),
             ("tool_choice", self.tool_choice in (None, "none") or (self.tool_choice == "auto" and not self.tools)),
-            ("tools", not self.tools or self.tool_choice == "none"), ("top_logprobs", not self.top_logprobs),
-            ("top_p", common.pop("top_p")), ("web_search_options", self.web_search_options is None),
+            ("tools", not self.tools or self.tool_choice == "none"),
+            ("web_search_options", self.web_search_options is None),
             ("echo", not self.echo), ("continue_final_message", not self.continue_final_message),
-            ("chat_template", self.chat_template is None), *common.items(),
+            ("chat_template", self.chat_template is None), *self.unsupported_common(),
         ]
-        self.check_common(fields, " Tool calls, structured output, logprobs and audio are not offered.")
+        self.check_common(fields, " Tool calls, structured output and audio are not offered.")
+        check_top_logprobs(self.top_logprobs, bool(self.logprobs))
+
+    def logprobs_count(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+
+def check_top_logprobs(top: int | None, asked: bool, flag: str = "logprobs") -> None:
+    """top_logprobs is in [0, 20] and needs logprobs (OpenAI)."""
+    if top is not None and not 0 <= top <= 20:
+        raise bad_request(f"top_logprobs={top} is not valid; use an integer in [0, 20]", "top_logprobs")
+    if top and not asked:
+        raise bad_request(f"top_logprobs needs {flag}", "top_logprobs")
 
 
 def message_text(message: "ChatMessage", i: int) -> str:

@@ -13,9 +13,10 @@ from typing import Any, Literal
 from pydantic import Field, StrictBool, StrictInt, StrictStr
 
 from unmask.server.api.errors import bad_request
-from unmask.server.api.protocol import ChatMessage, ContentPart, GenerateRequest, OpenAIBase
+from unmask.server.api.protocol import ChatMessage, ContentPart, GenerateRequest, OpenAIBase, check_top_logprobs
 
 _TEXT_PARTS = ("input_text", "output_text", "text")
+LOGPROBS_INCLUDE = "message.output_text.logprobs"
 
 
 class InputPart(OpenAIBase):
@@ -43,15 +44,16 @@ class ResponsesRequest(GenerateRequest):
     reasoning: dict[str, Any] | None = None
     truncation: Literal["auto", "disabled"] | None = None
     include: list[StrictStr] | None = None
+    top_logprobs: StrictInt | None = None
 
     def check(self) -> None:
         """400 for what this server cannot do, in the reference's field order."""
         fmt = ((self.text or {}).get("format") or {}).get("type", "text")
-        common = dict(self.unsupported_common())
-        fields = [("include", not self.include), ("previous_response_id", self.previous_response_id is None),
+        fields = [("include", set(self.include or ()) <= {LOGPROBS_INCLUDE}),
+                  ("previous_response_id", self.previous_response_id is None),
                   ("reasoning", not (self.reasoning or {}).get("effort")), ("text", fmt == "text"),
                   ("tool_choice", self.tool_choice in (None, "none", "auto") or not self.tools),
-                  ("tools", not self.tools), ("top_p", common.pop("top_p")), *common.items()]
+                  ("tools", not self.tools), *self.unsupported_common()]
         bad = [name for name, ok in fields if not ok]
         if "previous_response_id" in bad:
             raise bad_request("previous_response_id is not supported: this server stores no responses (every "
@@ -60,6 +62,12 @@ class ResponsesRequest(GenerateRequest):
         self.check_common(fields, " Tools, structured output and reasoning are not offered on /v1/responses.")
         if self.n != 1:
             raise bad_request("the Responses API returns one output; n must be 1", "n")
+        asked = LOGPROBS_INCLUDE in (self.include or ())
+        check_top_logprobs(self.top_logprobs, asked, f"include=[{LOGPROBS_INCLUDE!r}]")
+
+    def logprobs_count(self) -> int | None:
+        """``include: ["message.output_text.logprobs"]`` asks for logprobs, with ``top_logprobs`` alternatives."""
+        return (self.top_logprobs or 0) if LOGPROBS_INCLUDE in (self.include or ()) else None
 
     def messages(self) -> list[ChatMessage]:
         """``instructions`` + ``input`` as chat messages (400 naming the item that cannot be one)."""

@@ -60,8 +60,9 @@ class Shape(Protocol):
     def head(self) -> list[bytes]:
         """Events that open a stream, before any text."""
     def chunk(self, index: int, text: str, finish_reason: str | None = None, stop_reason: str | None = None,
-              usage_: dict | None = None) -> dict | None:
-        """A stream delta of choice ``index`` (the last one carries its finish reason); None: no event."""
+              usage_: dict | None = None, logprobs: list | None = None) -> dict | None:
+        """A stream delta of choice ``index`` (the last one carries its finish reason); None: no event.
+        ``logprobs``: (token id, entry) of the tokens it carries (api/logprobs.py), None when not asked for."""
     def role_chunk(self, index: int) -> dict | None:
         """Chat's first chunk of a choice, sent with its first text (None: no such chunk)."""
     def usage_chunk(self, usage_: dict | None) -> dict:
@@ -98,11 +99,14 @@ class Prepared:
     t0: float
     prompt_param: str = "prompt"
     """The body field that holds the prompt ('prompt' or 'messages'), named in prompt errors."""
+    suffix: tuple[int, ...] = ()
+    """Infilling (completions ``suffix``): token ids after the generated middle, the same for every prompt."""
 
     def requests(self, ids: list[str]) -> list[Request]:
         """One engine Request per choice: prompt p, sample i -> choice p * n + i."""
         prompts = [tuple(p) for p in self.prompts]  # one tuple per prompt, shared by its n choices
-        return [Request(ids[p * self.n + i], prompt, self.params.for_choice(i), stream_canvas=self.flags.denoise)
+        return [Request(ids[p * self.n + i], prompt, self.params.for_choice(i), stream_canvas=self.flags.denoise,
+                        suffix_token_ids=self.suffix)
                 for p, prompt in enumerate(prompts) for i in range(self.n)]
 
 
@@ -127,6 +131,7 @@ class Responder:
         self._recorded = [False] * len(choices)
         self._last_chunk: list[float | None] = [None] * len(choices)
         self._timing: list[tuple[float | None, float | None]] = [(None, None)] * len(choices)  # (scheduled, queued)
+        self._logprobs: list[list] = [[] for _ in choices]  # per choice: token logprobs not yet sent
 
     def on_delta(self, index: int, delta: Delta, stream: bool) -> list[bytes]:
         """Apply one choice's delta; return the SSE events to send (none when not streaming). Raises
@@ -144,6 +149,8 @@ class Responder:
             self._ttft[index] = time.monotonic() - self.prep.t0
         if delta.finished:
             self._record(index)
+        if stream and delta.logprobs:
+            self._logprobs[index] += zip(delta.token_ids, delta.logprobs)
         if stream and (delta.text or delta.finished):
             out.extend(self._chunks(index, delta.text))
         return out
@@ -162,7 +169,10 @@ class Responder:
         if text:
             self._last_chunk[index] = now
         running = self._usage([index]) if self.prep.flags.continuous_usage else None
-        chunk = shape.chunk(index, text, choice.finish_reason, choice.stop_reason, running)
+        lps = None
+        if getattr(choice, "logprobs", None) is not None:  # tokens held back with their text go with it
+            lps, self._logprobs[index] = self._logprobs[index], []
+        chunk = shape.chunk(index, text, choice.finish_reason, choice.stop_reason, running, lps)
         if chunk is not None:  # a shape may have no event for a finish without text (Responses: the tail says it)
             out.append(shape.encode(chunk))
         return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+from unmask.server.api import logprobs as lp
 from unmask.server.api.errors import bad_request
 from unmask.server.api.protocol import ChatCompletionRequest, ChatMessage, message_text
 from unmask.server.api.serving import Prepared
@@ -17,8 +18,9 @@ class ChatShape(CompletionShape):
     """The chat.completion / chat.completion.chunk shapes."""
 
     def chunk(self, index: int, text: str, finish_reason: str | None = None, stop_reason: str | None = None,
-              usage_: dict | None = None) -> dict:
-        choice = {"index": index, "delta": {"content": text} if text else {}, "logprobs": None,
+              usage_: dict | None = None, logprobs: list | None = None) -> dict:
+        choice = {"index": index, "delta": {"content": text} if text else {},
+                  "logprobs": None if logprobs is None else lp.chat(logprobs, self.strings),
                   "finish_reason": finish_reason}
         if finish_reason is not None:
             choice["stop_reason"] = stop_reason
@@ -38,7 +40,8 @@ class ChatShape(CompletionShape):
     def final(self, choices, usage_: dict, prefixes: list[str]) -> dict:
         out = [{"index": i,
                 "message": {"role": "assistant", "content": c.text, "tool_calls": [], "refusal": None},
-                "logprobs": None, "finish_reason": c.finish_reason, "stop_reason": c.stop_reason}
+                "logprobs": None if c.logprobs is None else lp.chat(lp.pairs(c.token_ids, c.logprobs), self.strings),
+                "finish_reason": c.finish_reason, "stop_reason": c.stop_reason}
                for i, c in enumerate(choices)]
         return {**self._head("chat.completion"), "choices": out, "usage": usage_, "system_fingerprint": None}
 
@@ -74,5 +77,5 @@ def prepare_chat(state, body: ChatCompletionRequest, request_id: str | None) -> 
         requested = default_budget(state, len(ids), want, body.block_length)
     params = body.engine_params(requested, settings, state.defaults.values, param)
     model = body.model or settings.served_model_name
-    shape = ChatShape(response_id("chatcmpl-", request_id), int(time.time()), model)
+    shape = ChatShape(response_id("chatcmpl-", request_id), int(time.time()), model, state.strings)
     return Prepared(shape, [ids], [""], params, body.n, bool(body.stream), stream_flags(body), t0, "messages")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from unmask.server.api import streaming
+from unmask.server.api import logprobs, streaming
 from unmask.server.api.errors import APIError, bad_request
 from unmask.server.api.protocol import CompletionRequest, GenerateRequest
 from unmask.server.api.serving import Prepared, StreamFlags
@@ -17,17 +17,27 @@ class CompletionShape:
     """``chunk()`` for a stream delta, ``role_chunk()`` (None here; chat's first chunk), ``usage_chunk()`` for
     the ``choices: []`` usage chunk and ``final()`` for a non-streaming answer."""
 
-    def __init__(self, response_id: str, created: int, model: str):
+    def __init__(self, response_id: str, created: int, model: str, strings=None):
         self.id, self.created, self.model = response_id, created, model
+        self.strings = strings  # token id -> its text (streaming.TokenStrings), for logprobs
+        self._offsets: dict[int, int] = {}  # choice -> text offset of its next token (completions logprobs)
 
     def _head(self, obj: str) -> dict:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
 
     def chunk(self, index: int, text: str, finish_reason: str | None = None, stop_reason: str | None = None,
-              usage_: dict | None = None) -> dict:
-        choice = {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason,
-                  "stop_reason": stop_reason}
+              usage_: dict | None = None, logprobs: list | None = None) -> dict:
+        """``logprobs``: (token id, entry) of the tokens this chunk carries (None: not asked for)."""
+        choice = {"index": index, "text": text, "logprobs": self._logprobs(index, logprobs),
+                  "finish_reason": finish_reason, "stop_reason": stop_reason}
         return {**self._head("text_completion"), "choices": [choice], "usage": usage_}
+
+    def _logprobs(self, index: int, entries: list | None) -> dict | None:
+        if entries is None:
+            return None
+        out = logprobs.completion(entries, self.strings, self._offsets.get(index, 0))
+        self._offsets[index] = self._offsets.get(index, 0) + sum(len(t) for t in out["tokens"])
+        return out
 
     def role_chunk(self, index: int) -> dict | None:
         return None
@@ -50,9 +60,15 @@ class CompletionShape:
 
     def final(self, choices, usage_: dict, prefixes: list[str]) -> dict:
         """``prefixes[i]``: the echoed prompt text of choice i ('' without echo)."""
-        out = [{"index": i, "text": p + c.text, "logprobs": None, "finish_reason": c.finish_reason,
-                "stop_reason": c.stop_reason} for i, (c, p) in enumerate(zip(choices, prefixes))]
+        out = [{"index": i, "text": p + c.text, "logprobs": _final_logprobs(c, self.strings, len(p)),
+                "finish_reason": c.finish_reason, "stop_reason": c.stop_reason}
+               for i, (c, p) in enumerate(zip(choices, prefixes))]
         return {**self._head("text_completion"), "choices": out, "usage": usage_, "system_fingerprint": None}
+
+
+def _final_logprobs(choice, strings, offset: int) -> dict | None:
+    lps = getattr(choice, "logprobs", None)
+    return None if lps is None else logprobs.completion(logprobs.pairs(choice.token_ids, lps), strings, offset)
 
 
 def stream_flags(body: GenerateRequest) -> StreamFlags:
@@ -139,8 +155,10 @@ def prepare_completion(state, body: CompletionRequest, request_id: str | None) -
     echo = [(t if t is not None else client.tokenizer.decode(ids)) if body.echo else ""
             for ids, t in zip(prompts, texts)]
     model = body.model or settings.served_model_name
-    shape = CompletionShape(response_id("cmpl-", request_id), int(time.time()), model)
-    return Prepared(shape, prompts, echo, params, body.n, bool(body.stream), stream_flags(body), t0, "prompt")
+    shape = CompletionShape(response_id("cmpl-", request_id), int(time.time()), model, state.strings)
+    suffix = tuple(encode_text(client.tokenizer, body.suffix, "suffix")) if body.suffix else ()
+    return Prepared(shape, prompts, echo, params, body.n, bool(body.stream), stream_flags(body), t0, "prompt",
+                    suffix)
 
 
 def check_prompt(state, ids: list[int], param: str) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from unmask.server.api import streaming
+from unmask.server.api import logprobs as lp, streaming
 from unmask.server.api.protocol_responses import ResponsesRequest
 from unmask.server.api.serving import Prepared, StreamFlags
 from unmask.server.api.serving_chat import render_messages
@@ -17,17 +17,18 @@ from unmask.server.api.serving_completion import check_prompt, default_budget
 class ResponseShape:
     """One response's object and events (``n`` is always 1: choice 0)."""
 
-    def __init__(self, body: ResponsesRequest, model: str, request_id: str | None):
+    def __init__(self, body: ResponsesRequest, model: str, request_id: str | None, strings=None):
         self.id = "resp_" + (request_id[:256] if request_id else uuid.uuid4().hex)
         self.item_id = "msg_" + uuid.uuid4().hex
         self.body, self.model, self.created = body, model, int(time.time())
         self._seq = 0
+        self.strings = strings  # token id -> text, for logprobs
 
     def response(self, status: str, text: str | None = None, usage_: dict | None = None,
-                 finish_reason: str | None = None) -> dict:
+                 finish_reason: str | None = None, logprobs: list | None = None) -> dict:
         """The ``response`` object: in progress (no output yet) or finished with its one message."""
         b = self.body
-        output = [] if text is None else [self._item("completed", text)]
+        output = [] if text is None else [self._item("completed", text, logprobs)]
         incomplete = {"reason": "max_output_tokens"} if finish_reason == "length" else None
         return {"id": self.id, "object": "response", "created_at": self.created, "model": self.model,
                 "status": status, "output": output, "error": None, "incomplete_details": incomplete,
@@ -37,8 +38,8 @@ class ResponseShape:
                 "text": {"format": {"type": "text"}}, "truncation": "disabled",
                 "usage": None if usage_ is None else _usage(usage_)}
 
-    def _item(self, status: str, text: str | None) -> dict:
-        content = [] if text is None else [_part(text)]
+    def _item(self, status: str, text: str | None, logprobs: list | None = None) -> dict:
+        content = [] if text is None else [_part(text, logprobs)]
         return {"id": self.item_id, "type": "message", "status": status, "role": "assistant", "content": content}
 
     def _event(self, kind: str, **fields) -> dict:
@@ -53,11 +54,11 @@ class ResponseShape:
                         part=_part("")))]
 
     def chunk(self, index: int, text: str, finish_reason: str | None = None, stop_reason: str | None = None,
-              usage_: dict | None = None) -> dict | None:
+              usage_: dict | None = None, logprobs: list | None = None) -> dict | None:
         if not text:
             return None
         return self._event("response.output_text.delta", item_id=self.item_id, output_index=0, content_index=0,
-                           delta=text, logprobs=[])
+                           delta=text, logprobs=lp.chat_content(logprobs or [], self.strings))
 
     def role_chunk(self, index: int) -> dict | None:
         return None
@@ -70,16 +71,20 @@ class ResponseShape:
         self._seq += 1
         return streaming.event(event["type"], event)
 
+    def _logprobs(self, choice) -> list:
+        return lp.chat_content(lp.pairs(choice.token_ids, choice.logprobs), self.strings)
+
     def tail(self, choices, usage_: dict, include_usage: bool) -> list[bytes]:
         c = choices[0]
         ids = {"item_id": self.item_id, "output_index": 0, "content_index": 0}
+        lps = self._logprobs(c)
         final = self.response("incomplete" if c.finish_reason == "length" else "completed", c.text, usage_,
-                              c.finish_reason)
+                              c.finish_reason, lps)
         done = "response.incomplete" if c.finish_reason == "length" else "response.completed"
         return [self.encode(e) for e in (
-            self._event("response.output_text.done", **ids, text=c.text, logprobs=[]),
-            self._event("response.content_part.done", **ids, part=_part(c.text)),
-            self._event("response.output_item.done", output_index=0, item=self._item("completed", c.text)),
+            self._event("response.output_text.done", **ids, text=c.text, logprobs=lps),
+            self._event("response.content_part.done", **ids, part=_part(c.text, lps)),
+            self._event("response.output_item.done", output_index=0, item=self._item("completed", c.text, lps)),
             self._event(done, response=final))]
 
     def error_events(self, body: dict) -> bytes:
@@ -89,11 +94,11 @@ class ResponseShape:
     def final(self, choices, usage_: dict, prefixes: list[str]) -> dict:
         c = choices[0]
         status = "incomplete" if c.finish_reason == "length" else "completed"
-        return self.response(status, c.text, usage_, c.finish_reason)
+        return self.response(status, c.text, usage_, c.finish_reason, self._logprobs(c))
 
 
-def _part(text: str) -> dict:
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+def _part(text: str, logprobs: list | None = None) -> dict:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs or []}
 
 
 def _usage(u: dict) -> dict:
@@ -117,5 +122,5 @@ def prepare_responses(state, body: ResponsesRequest, request_id: str | None) -> 
         want = state.defaults.values.get("max_tokens", settings.default_max_tokens)
         budget = default_budget(state, len(ids), want, body.block_length)
     params = body.engine_params(budget, settings, state.defaults.values, "max_output_tokens")
-    shape = ResponseShape(body, body.model or settings.served_model_name, request_id)
+    shape = ResponseShape(body, body.model or settings.served_model_name, request_id, state.strings)
     return Prepared(shape, [ids], [""], params, 1, bool(body.stream), StreamFlags(), t0, "input")

@@ -37,6 +37,8 @@ class StepOutput:
     num_committed: int = 0
     """Generation positions committed so far (final or not)."""
     error: str | None = None
+    new_logprobs: tuple[tuple, ...] | None = None
+    """Per new token: (logprob, top ids, top logprobs) at the step that committed it (``logprobs`` requests)."""
     canvas: tuple[int, ...] | None = None
     """The generation region after this step (masks included), only for requests that asked for it."""
     scheduled_at: float | None = None

@@ -64,6 +64,8 @@ class Request:
     arrival_time: float = dataclasses.field(default_factory=time.monotonic)
     stream_canvas: bool = False
     """Attach the generation region (masks included) to every output (the ``denoise`` stream)."""
+    suffix_token_ids: tuple[int, ...] = ()
+    """Infilling: context after the generation region (canvas = prompt + masks + suffix); never changed."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,10 +16,11 @@ Where each rule runs, and why:
   host ints from the sequence's state, shipped with the step's inputs (k [B], threshold [B], factor [B]).
 - Logit rules (``apply_logit_rules``): the mask token −inf for non-exact requests (fast modes never
   propose it, so blocks progress), EOS −inf for ``logits_eos_inf``. Per-row bias vectors, so the same code
-  runs inside a CUDA graph. This is the one batched logits stage before the commit policy: sampling
-  controls (top-p/top-k/min-p, penalties, logit bias) and logprobs plug in here, as further per-row
-  tensors of ``LogitRules``; a grammar constraint adds its allowed-token mask here and, as a commit rule,
-  narrows ``CommitPlan.cand``.
+  runs inside a CUDA graph. This is the one batched logits stage before the commit policy: the sampling
+  controls (top-p/top-k/min-p, penalties, logit bias, min_tokens / ignore_eos bans) are ``LogitRules.sampling``
+  (``sampling.py``: eager, and applied after the graph's replay on the graphed path); logprobs are read in
+  ``select`` from the processed logits for the rows that asked; a grammar constraint adds its allowed-token
+  mask here and, as a commit rule, narrows ``CommitPlan.cand``.
 - Fixed schedule (top k) and threshold (conf ≥ τ plus the best): on device, ``ops.select_commits`` (the
   Triton kernel on CUDA, its torch spec on CPU), one call for the whole batch.
 - Factor (accept the n best while c_n ≥ 1 − f/(n+1)): on device, vectorised: sort, first failing rank,
@@ -44,6 +45,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from unmask.kernels import ops
+from unmask.server.engine import sampling
 
 if TYPE_CHECKING:
     from unmask.server.engine.params import DiffusionParams
@@ -112,6 +114,7 @@ class LogitRules:
     seeds: torch.Tensor  # [M] int64: counter-based noise seed of the row (``row_seed``)
     mask_bias: torch.Tensor  # [M] float32: −inf on rows that may not propose the mask token, else 0
     eos_bias: torch.Tensor  # [M] float32: −inf on rows of logits_eos_inf requests, else 0
+    sampling: sampling.SamplingRules | None = None  # sampling controls, bans, penalties (None: no row uses one)
 
 
 @dataclasses.dataclass
@@ -128,6 +131,7 @@ class CommitPlan:
     is_random: torch.Tensor | None  # [B] bool device: the sequence uses random remasking
     eos_eot_rows: torch.Tensor | None  # [R] int64 device: logit rows of confidence_eos_eot_inf requests
     eos_eot_greedy: torch.Tensor | None  # [R] bool device: that row's request runs at T = 0 (EOS blocked too)
+    logprobs: sampling.LogprobRows | None = None  # rows of requests that asked for logprobs
 
 
 def build_rules(seqs: list[Sequence], slots: list[torch.Tensor], device: torch.device) -> LogitRules:
@@ -144,7 +148,8 @@ def build_rules(seqs: list[Sequence], slots: list[torch.Tensor], device: torch.d
         temperature=per_row([s.params.temperature for s in seqs], torch.float32),
         seeds=torch.tensor(seeds, dtype=torch.int64, device=device),
         mask_bias=per_row([0.0 if s.params.is_exact else NEG_INF for s in seqs], torch.float32),
-        eos_bias=per_row([NEG_INF if s.params.logits_eos_inf else 0.0 for s in seqs], torch.float32))
+        eos_bias=per_row([NEG_INF if s.params.logits_eos_inf else 0.0 for s in seqs], torch.float32),
+        sampling=sampling.build(seqs, slots, device))
 
 
 def build_plan(seqs: list[Sequence], slots: list[torch.Tensor], device: torch.device) -> CommitPlan:
@@ -169,7 +174,8 @@ def build_plan(seqs: list[Sequence], slots: list[torch.Tensor], device: torch.de
         random_conf=torch.nn.utils.rnn.pad_sequence(rand, batch_first=True).to(device) if any(is_random) else None,
         is_random=torch.tensor(is_random, device=device) if any(is_random) else None,
         eos_eot_rows=torch.cat([r for r, _ in eos_eot]).to(device) if eos_eot else None,
-        eos_eot_greedy=torch.cat([torch.full((r.numel(),), g) for r, g in eos_eot]).to(device) if eos_eot else None)
+        eos_eot_greedy=torch.cat([torch.full((r.numel(),), g) for r, g in eos_eot]).to(device) if eos_eot else None,
+        logprobs=sampling.logprob_rows(seqs, slots, device))
 
 
 def apply_logit_rules(logits: torch.Tensor, rules: LogitRules, mask_id: int, eos_id: int) -> torch.Tensor:
@@ -177,6 +183,8 @@ def apply_logit_rules(logits: torch.Tensor, rules: LogitRules, mask_id: int, eos
     Elementwise on per-row tensors only, so it can be captured in a CUDA graph."""
     logits[:, mask_id] += rules.mask_bias.to(logits.dtype)
     logits[:, eos_id] += rules.eos_bias.to(logits.dtype)
+    if rules.sampling is not None:
+        sampling.apply(logits, rules.sampling)
     return logits
 
 
@@ -184,6 +192,13 @@ def propose(logits: torch.Tensor, rules: LogitRules, mask_id: int, eos_id: int):
     """logits [M, V] -> (x0 [M] int64 proposed tokens, conf [M] fp32/fp64 their confidences), after the
     logit rules (``logits`` is modified in place). The same call on the eager and the graphed path."""
     apply_logit_rules(logits, rules, mask_id, eos_id)
+    return ops.remask_confidence(logits, rules.temperature, rules.seeds)
+
+
+def propose_sampled(logits: torch.Tensor, rules: LogitRules):
+    """The graphed path's fallback when rows use sampling controls: the captured step applied the mask/EOS
+    rules only; apply the controls to its logits [M, V] (in place) and propose again -> (x0 [M], conf [M])."""
+    sampling.apply(logits, rules.sampling)
     return ops.remask_confidence(logits, rules.temperature, rules.seeds)
 
 
@@ -253,6 +268,8 @@ def select(plan: CommitPlan, logits: torch.Tensor, x0: torch.Tensor, conf: torch
         for j, i in enumerate(tied.tolist()):
             out[i] = reference_topk(plan.slot_pos[i][cand_t[j]], conf_t[j][cand_t[j]], x0_t[j][cand_t[j]],
                                     plan.canvas_len[i], int(picked[i, w + 1]))
+    if plan.logprobs is not None:
+        sampling.token_logprobs(plan.logprobs, logits, x0, out)
     return out
 
 

@@ -10,13 +10,14 @@ inputs (``forward_inputs.build_inputs(..., all_block_rows=True)``) into static b
 launches per layer cost one graph launch (KERNELS.md §4: un-graphed launches eat 1.5-3.5 ms of a 4.6 ms
 floor). Padding sequences attend only to their own tokens (kv_len = W, offset 0) and are discarded.
 The commit selection (``commit_policy.select``) runs after the replay on the returned logits and
-proposals. Only used on CUDA; the kernels it runs perform no host synchronisation.
+proposals; a step whose rows use sampling controls (server/engine/sampling.py) has them applied to the
+returned logits and proposes again, eagerly. Only used on CUDA; the kernels it runs perform no host synchronisation.
 """
 from __future__ import annotations
 
 import torch
 
-from unmask.server.engine.commit_policy import LogitRules, propose
+from unmask.server.engine.commit_policy import LogitRules, propose, propose_sampled
 from unmask.server.models.attention_meta import AttentionMetadata
 
 BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
@@ -93,6 +94,9 @@ class GraphedBlockStep:
         else:
             graph.replay()
         n = b * w
+        if rules.sampling is not None:  # sampling controls are not captured: apply them and propose again
+            x0, conf = propose_sampled(out[0][:n], rules)
+            return out[0][:n], x0, conf
         return out[0][:n], out[1][:n], out[2][:n]
 
     @staticmethod

@@ -78,17 +78,31 @@ class Engine:
         if self.model_config.mask_token_id in ids:
             raise RequestRejected(f"the prompt contains the mask token (id {self.model_config.mask_token_id}), "
                                   "which marks positions to generate", "prompt")
+        self._validate_tokens(request)
         canvas = request.params.canvas_length
-        if len(ids) + canvas > self.max_model_len:
+        context = len(ids) + len(request.suffix_token_ids)  # prompt + suffix (infilling)
+        if context + canvas > self.max_model_len:
             raise RequestRejected(
                 f"This model's maximum context length is {self.max_model_len} tokens. However, your request has "
-                f"{len(ids)} input tokens and a generation canvas of {canvas} tokens (max_tokens rounded up to a "
+                f"{context} input tokens and a generation canvas of {canvas} tokens (max_tokens rounded up to a "
                 f"multiple of block_length). Please reduce the length of the input or of max_tokens.",
                 "prompt", "context_length_exceeded")
-        if request.params.cache != "none" and not self.kv.can_ever_fit(len(ids) + canvas):
+        if request.params.cache != "none" and not self.kv.can_ever_fit(context + canvas):
             cap = self.kv.num_pages * self.kv.page_size
-            raise RequestRejected(f"the cache holds {cap} tokens; this request needs {len(ids) + canvas} "
+            raise RequestRejected(f"the cache holds {cap} tokens; this request needs {context + canvas} "
                                   f"(raise --kv-cache-memory or use cache='none')", "cache", "cache_too_small")
+
+    def _validate_tokens(self, request: Request) -> None:
+        """Suffix, logit_bias and stop_token_ids name token ids of this vocabulary; the suffix holds no mask."""
+        vocab, p = self.model_config.vocab_size, request.params
+        for field, ids in (("suffix", request.suffix_token_ids), ("logit_bias", [t for t, _ in p.logit_bias]),
+                           ("stop_token_ids", p.stop_token_ids)):
+            bad = next((t for t in ids if not (isinstance(t, int) and 0 <= t < vocab)), None)
+            if bad is not None:
+                raise RequestRejected(f"{field} token id {bad} is out of range [0, {vocab})", field)
+        if self.model_config.mask_token_id in request.suffix_token_ids:
+            raise RequestRejected(f"the suffix contains the mask token (id {self.model_config.mask_token_id})",
+                                  "suffix")
 
     def add_requests(self, requests: list[Request]) -> None:
         """Validate every request, then queue them all (none is queued if any is refused)."""

@@ -31,6 +31,8 @@ class Delta:
     """The stop string that ended the text, if one did."""
     step: StepOutput
     """The engine output this delta came from (counters, the denoise canvas, an error message)."""
+    logprobs: tuple[tuple, ...] | None = None
+    """Per token of ``token_ids``: (logprob, top ids, top logprobs), for requests that asked for logprobs."""
 
 
 @dataclasses.dataclass
@@ -49,6 +51,8 @@ class RequestOutput:
     num_committed: int = 0
     error: str | None = None
     stop_reason: str | None = None
+    logprobs: list[tuple] | None = None
+    """Per token of ``token_ids``: (logprob, top ids, top logprobs) when the request asked for logprobs."""
 
     @property
     def tpf(self) -> float:
@@ -83,6 +87,8 @@ class OutputProcessor:
         self.include_stop = params.include_stop_str_in_output
         self.detok = tokenizer.detokenizer(params.skip_special_tokens)
         self.token_ids: list[int] = []
+        self.logprobs: list[tuple] | None = [] if params.logprobs is not None else None
+        """Per token of ``token_ids``: (logprob, top ids, top logprobs) when asked."""
         self.text = ""
         """Text handed out so far."""
         self._pending = ""  # decoded but held back (may start a stop string)
@@ -106,7 +112,8 @@ class OutputProcessor:
         """Apply one StepOutput of this request and return its Delta. Once finished (budget, stop string or
         the engine's finish) further outputs give empty deltas; the caller aborts the engine request."""
         if self.finished:
-            return Delta("", (), True, self.finish_reason, self.stop_reason, out)
+            return Delta("", (), True, self.finish_reason, self.stop_reason, out, () if self.logprobs is not None
+                         else None)
         self.last = out
         before = len(self.token_ids)
         new = out.new_token_ids[:max(self.max_tokens - before, 0)]
@@ -129,8 +136,12 @@ class OutputProcessor:
             elif out.finished:
                 self.finish_reason = out.finish_reason or "stop"
         text = self._release()
+        lps = None
+        if self.logprobs is not None:
+            self.logprobs += (out.new_logprobs or ())[:len(self.token_ids) - len(self.logprobs)]
+            lps = tuple(self.logprobs[before:])
         return Delta(text, tuple(self.token_ids[before:]), self.finished, self.finish_reason, self.stop_reason,
-                     out)
+                     out, lps)
 
     def fail(self, reason: str = "abort") -> None:
         """End the request without more text (engine error, client gone, shutdown abort)."""
@@ -142,7 +153,8 @@ class OutputProcessor:
         last = self.last
         return RequestOutput(self.request_id, list(self.prompt_token_ids), list(self.token_ids), self.text,
                              self.finish_reason, self.nfe, self.num_committed,
-                             last.error if last is not None else None, self.stop_reason)
+                             last.error if last is not None else None, self.stop_reason,
+                             None if self.logprobs is None else list(self.logprobs))
 
     def _cut_at_stop(self) -> bool:
         cut = find_stop(self._pending, self.stops)

@@ -102,6 +102,32 @@ class DiffusionParams:
     """Finish as soon as the final prefix holds EOS/EoT (exact: finished tokens never change)."""
     preset: str | None = None
     """'exact' or 'fast' (see the module docstring); None behaves as 'exact' unless fast fields are set."""
+    top_p: float = 1.0
+    """At T > 0: sample each masked position from its smallest token set of probability ≥ top_p (1 = off).
+    Sampling controls reshape the distribution the token is drawn from *and* the one its remasking
+    confidence is read from (the processed logits); at T = 0 top_p/top_k/min_p do nothing (greedy, vLLM)."""
+    top_k: int = 0
+    """At T > 0: sample from the k most likely tokens of each masked position (0 or −1 = off)."""
+    min_p: float = 0.0
+    """At T > 0: drop tokens whose probability is below min_p × the position's most likely one (0 = off)."""
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    """(token id, bias) pairs added to every masked position's logits (a dict is accepted)."""
+    presence_penalty: float = 0.0
+    """Subtracted from the logits of every token present in the prompt, suffix or committed tokens."""
+    frequency_penalty: float = 0.0
+    """× its count over the prompt, suffix and committed tokens, subtracted from a token's logits."""
+    repetition_penalty: float = 1.0
+    """Tokens present in the prompt, suffix or committed tokens: positive logits ÷ p, negative × p (1 = off).
+    Penalties are counted on the canvas before the step and applied to every masked position of the step."""
+    min_tokens: int = 0
+    """EOS, EoT and the stop ids are banned at the first min_tokens generation positions."""
+    stop_token_ids: tuple[int, ...] = ()
+    """More token ids that end the generation like EOS (cut before them, finish reason 'stop')."""
+    ignore_eos: bool = False
+    """vLLM's meaning: exactly max_tokens come back; EOS, EoT and every stop id are banned, nothing stops early."""
+    logprobs: int | None = None
+    """Per output token: its log-probability at the step that committed it plus this many top alternatives
+    (0–20); None = not computed (no cost)."""
 
     def __post_init__(self) -> None:
         if self.preset is not None and self.preset not in PRESETS:
@@ -110,6 +136,7 @@ class DiffusionParams:
         object.__setattr__(self, "block_length", plan.block_length)
         object.__setattr__(self, "steps", plan.steps)
         self._check_sampling()
+        _check_controls(self)
         self._resolve_preset()
 
     def _check_sampling(self) -> None:
@@ -169,6 +196,20 @@ class DiffusionParams:
         return self.threshold is not None or self.factor is not None
 
     @property
+    def uses_filters(self) -> bool:
+        """top_p / top_k / min_p reshape this request's sampling distribution (only at T > 0)."""
+        return self.temperature > 0 and (self.top_p < 1 or self.top_k > 0 or self.min_p > 0)
+
+    @property
+    def uses_penalties(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1)
+
+    @property
+    def bans_stops(self) -> bool:
+        """EOS, EoT and the stop ids are banned at some generation positions (min_tokens or ignore_eos)."""
+        return self.ignore_eos or self.min_tokens > 0
+
+    @property
     def is_exact(self) -> bool:
         """True for the reference algorithm (outputs equal LLaDA generate())."""
         return self.cache == "none" and not self.parallel
@@ -190,6 +231,47 @@ class DiffusionParams:
         if index == 0 or self.seed is None:
             return self
         return dataclasses.replace(self, seed=(self.seed + index) % SEED_SPACE)
+
+
+MAX_LOGPROBS = 20
+
+
+def _check_controls(p: DiffusionParams) -> None:
+    """Sampling controls, bans and logprobs: ValueError naming the field first; normalises containers."""
+    def bad(name, hint):
+        raise ValueError(f"{name}={getattr(p, name)!r} is not valid; {hint}")
+
+    if not _finite(p.top_p) or not 0 < p.top_p <= 1:
+        bad("top_p", "use a value in (0, 1]")
+    if not isinstance(p.top_k, int) or isinstance(p.top_k, bool) or p.top_k < -1:
+        bad("top_k", "use -1 or 0 (off) or an integer ≥ 1")
+    object.__setattr__(p, "top_k", max(p.top_k, 0))
+    if not _finite(p.min_p) or not 0 <= p.min_p <= 1:
+        bad("min_p", "use a value in [0, 1]")
+    for name in ("presence_penalty", "frequency_penalty"):
+        if not _finite(getattr(p, name)) or abs(getattr(p, name)) > 2:
+            bad(name, "use a value in [-2, 2]")
+    if not _finite(p.repetition_penalty) or p.repetition_penalty <= 0:
+        bad("repetition_penalty", "use a finite value > 0")
+    bias = p.logit_bias.items() if isinstance(p.logit_bias, Mapping) else p.logit_bias
+    bias = tuple((t, v) for t, v in bias)
+    if any(not _token(t) or not _finite(v) or abs(v) > 100 for t, v in bias):
+        bad("logit_bias", "use token ids ≥ 0 mapped to biases in [-100, 100]")
+    object.__setattr__(p, "logit_bias", bias)
+    object.__setattr__(p, "stop_token_ids", tuple(p.stop_token_ids))
+    if any(not _token(t) for t in p.stop_token_ids):
+        bad("stop_token_ids", "use token ids ≥ 0")
+    _check_int("min_tokens", p.min_tokens, 0)
+    if p.min_tokens > p.max_tokens:
+        bad("min_tokens", f"it must not exceed max_tokens={p.max_tokens}")
+    if not isinstance(p.ignore_eos, bool):
+        bad("ignore_eos", "use true or false")
+    if p.logprobs is not None and (not _token(p.logprobs) or p.logprobs > MAX_LOGPROBS):
+        bad("logprobs", f"use an integer in [0, {MAX_LOGPROBS}] (top alternatives per token) or None")
+
+
+def _token(t) -> bool:
+    return isinstance(t, int) and not isinstance(t, bool) and t >= 0
 
 
 def _finite(x) -> bool:

@@ -147,22 +147,27 @@ class Scheduler:
         prefix = seq.params.canvas_length if done else seq.final_prefix_len()
         out_ids = seq.output_token_ids(prefix)
         new = tuple(out_ids[seq.num_emitted:])
+        lps = None
+        if seq.params.logprobs is not None:
+            lo = seq.prompt_len + seq.num_emitted
+            lps = tuple(seq.token_logprobs.pop(p, (0.0, [], [])) for p in range(lo, lo + len(new)))
         seq.num_emitted = len(out_ids)
         hit_stop = len(out_ids) < prefix  # a stop token sits in the final prefix
         if finishes_on_stop(seq.params, hit_stop, done):
             self._finish(seq, "stop")
         elif done:
             self._finish(seq, "length")
-        return self._output(seq, new)
+        return self._output(seq, new, lps)
 
-    def _output(self, seq: Sequence, new: tuple[int, ...]) -> StepOutput:
+    def _output(self, seq: Sequence, new: tuple[int, ...], logprobs: tuple | None = None) -> StepOutput:
         canvas = None
         if seq.request.stream_canvas:
-            canvas = tuple(seq.canvas[seq.prompt_len:].tolist())
+            canvas = tuple(seq.canvas[seq.prompt_len:seq.gen_end].tolist())
         return StepOutput(
             request_id=seq.request_id, new_token_ids=new, finished=seq.status is SeqStatus.FINISHED,
             finish_reason=seq.finish_reason, num_prompt_tokens=seq.prompt_len, num_output_tokens=seq.num_emitted,
-            nfe=seq.nfe, num_committed=int((seq.canvas[seq.prompt_len:] != seq.mask_id).sum()),
+            new_logprobs=logprobs,
+            nfe=seq.nfe, num_committed=int((seq.canvas[seq.prompt_len:seq.gen_end] != seq.mask_id).sum()),
             error=seq.error, canvas=canvas, scheduled_at=seq.scheduled_at,
             queued_s=None if seq.scheduled_at is None else seq.scheduled_at - seq.request.arrival_time)
 

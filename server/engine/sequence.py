@@ -1,7 +1,8 @@
 """Sequence: the engine's mutable per-request state (its input, ``Request``, is defined in client.py).
 
 A sequence's **canvas** is its prompt followed by ``params.canvas_length`` generation positions, initially the mask
-token. The current **block** is committed over one or more **steps**; committed tokens are never
+token, then the request's suffix (infilling: context that is never changed; empty otherwise). The current
+**block** is committed over one or more **steps**; committed tokens are never
 re-masked, so the contiguous committed prefix of the generation region is final and can be streamed.
 """
 from __future__ import annotations
@@ -34,9 +35,12 @@ class Sequence:
         self.request = request
         self.params = request.params
         self.status = SeqStatus.WAITING
-        self.mask_id, self.stop_ids, self.seed = mask_id, frozenset(stop_ids), seed
+        self.ban_ids = tuple(dict.fromkeys(tuple(stop_ids) + self.params.stop_token_ids))
+        """EOS, EoT and every stop id: banned where min_tokens or ignore_eos say (sampling.py)."""
+        self.stop_ids = frozenset(() if self.params.ignore_eos else self.ban_ids)  # ignore_eos: nothing stops early
+        self.mask_id, self.seed = mask_id, seed
         self.prompt_len = len(request.prompt_token_ids)
-        canvas = list(request.prompt_token_ids) + [mask_id] * self.params.canvas_length
+        canvas = list(request.prompt_token_ids) + [mask_id] * self.params.canvas_length + list(request.suffix_token_ids)
         self.canvas = torch.tensor(canvas, dtype=torch.int64)  # [L] on CPU
         self.generator = torch.Generator().manual_seed(seed)  # random remasking draws (reference order)
         self.block_idx = 0
@@ -50,6 +54,8 @@ class Sequence:
         self.cache_valid = False  # the cache holds this sequence's K/V from the current block's refresh
         self.finish_reason: str | None = None
         self.error: str | None = None
+        self.token_logprobs: dict[int, tuple] = {}
+        """Canvas position -> (logprob, top ids, top logprobs) of its committed token (``logprobs`` requests)."""
 
     @property
     def request_id(self) -> str:
@@ -59,6 +65,11 @@ class Sequence:
     def length(self) -> int:
         """Canvas length L = prompt + params.canvas_length."""
         return self.canvas.shape[0]
+
+    @property
+    def gen_end(self) -> int:
+        """End of the generation region (the suffix, if any, follows it)."""
+        return self.prompt_len + self.params.canvas_length
 
     @property
     def block_start(self) -> int:
@@ -84,7 +95,7 @@ class Sequence:
 
     def final_prefix_len(self) -> int:
         """Number of leading generation positions already committed."""
-        gen = self.canvas[self.prompt_len:]
+        gen = self.canvas[self.prompt_len:self.gen_end]
         masked = (gen == self.mask_id).nonzero()
         return gen.shape[0] if masked.numel() == 0 else int(masked[0, 0])
 

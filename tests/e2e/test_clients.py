@@ -29,7 +29,7 @@ def test_sync_client(server, client):
         assert streamed == chat.text
         assert c.tokenize("AB") == [33, 34]
         with pytest.raises(UnmaskAPIError) as e:
-            c.complete("A", top_p=0.5)
+            c.complete("A", top_p=1.5)
         assert e.value.status == 400 and e.value.param == "top_p"
 
 

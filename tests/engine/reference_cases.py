@@ -26,8 +26,9 @@ def random_case(rng: random.Random, temperature: float = 0.0, short: bool = Fals
     return prompt, DiffusionParams(**kw)
 
 
-def oracle(model, prompt: list[int], p: DiffusionParams) -> list[int]:
-    """Reference generate() at batch 1 -> generated ids cut at the first EOS/EoT."""
+def oracle(model, prompt: list[int], p: DiffusionParams, suffix: list[int] | None = None) -> list[int]:
+    """Reference generate() at batch 1 (with ``suffix``: the infilling extension) -> generated ids (the middle)
+    cut at the first EOS/EoT."""
     def forward(x):
         b, length = x.shape
         h = model(x.reshape(-1), packed_positions([length] * b), AttentionMetadata.packed([length] * b))
@@ -36,7 +37,10 @@ def oracle(model, prompt: list[int], p: DiffusionParams) -> list[int]:
     x = generate(forward, torch.tensor([prompt]), steps=p.steps, gen_length=p.max_tokens, block_length=p.block_length,
                  temperature=p.temperature, cfg_scale=p.cfg_scale, remasking=p.remasking, mask_id=MASK_ID,
                  eos_id=EOS_ID, eot_id=EOT_ID, logits_eos_inf=p.logits_eos_inf,
-                 confidence_eos_eot_inf=p.confidence_eos_eot_inf, generator=torch.Generator().manual_seed(p.seed))
-    gen = x[0, len(prompt):].tolist()
+                 confidence_eos_eot_inf=p.confidence_eos_eot_inf, generator=torch.Generator().manual_seed(p.seed),
+                 suffix=torch.tensor([suffix]) if suffix else None)
+    if suffix:
+        assert x[0, len(prompt) + p.max_tokens:].tolist() == suffix, "the suffix must never change"
+    gen = x[0, len(prompt):len(prompt) + p.max_tokens].tolist()
     cut = next((i for i, t in enumerate(gen) if t in (EOS_ID, EOT_ID)), len(gen))
     return gen[:cut]

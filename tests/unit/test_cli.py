@@ -27,3 +27,9 @@ def test_console_entry_point_help():
     assert out.returncode == 0 and all(c in out.stdout for c in ("serve", "generate", "chat"))
     assert build_parser().parse_args(["chat", "--url", "http://127.0.0.1:9"]).url == "http://127.0.0.1:9"
     assert build_parser().parse_args(["serve"]).command == "serve"
+
+
+def test_generate_suffix_and_ignore_eos(dense_ckpt, capsys):
+    rc = main(["generate", str(dense_ckpt), "--prompt", "AB", "--suffix", "YZ", "--max-tokens", "5", "--block-length",
+               "5", "--ignore-eos", "--temperature", "0.5", "--top-k", "3", "--seed", "1", "--device", "cpu"])
+    assert rc == 0 and "tokens=5 " in capsys.readouterr().err

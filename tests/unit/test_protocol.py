@@ -40,14 +40,59 @@ def test_field_validation(field, value):
 
 def test_unsupported_fields_all_named_in_reference_order():
     with pytest.raises(APIError) as e:
-        chat(top_p=0.9, tools=[{"type": "function"}], logprobs=True, frequency_penalty=0.5).check()
+        chat(tools=[{"type": "function"}], audio={"voice": "x"}, response_format={"type": "json_object"},
+             use_beam_search=True).check()
     assert e.value.status == 400 and e.value.code == "unsupported_parameter"
-    names = ("frequency_penalty", "logprobs", "tools", "top_p")  # the order of OpenAI's chat reference
+    names = ("audio", "response_format", "tools", "use_beam_search")  # the order of OpenAI's chat reference
     positions = [e.value.message.index(name) for name in names]
-    assert positions == sorted(positions) and e.value.param == "frequency_penalty"
+    assert positions == sorted(positions) and e.value.param == "audio"
     with pytest.raises(APIError) as e:
-        comp(suffix="x", best_of=3, logprobs=1).check()
-    assert e.value.param == "best_of" and e.value.message.index("logprobs") < e.value.message.index("suffix")
+        comp(best_of=3, length_penalty=0.5).check()
+    assert e.value.param == "best_of" and "length_penalty" in e.value.message
+
+
+@pytest.mark.parametrize("body, param, needle", [
+    (dict(prompt_logprobs=1), "prompt_logprobs", "never predicts the prompt"),
+    (dict(echo=True, logprobs=1), "logprobs", "never predicts the prompt"),
+    (dict(logprobs=6), "logprobs", "[0, 5]"),
+])
+def test_prompt_logprobs_refused_with_reason(body, param, needle):
+    with pytest.raises(APIError) as e:
+        comp(**body).check()
+    assert e.value.status == 400 and e.value.param == param and needle in e.value.message
+
+
+def test_chat_top_logprobs_rules():
+    chat(logprobs=True, top_logprobs=20).check()
+    for body, needle in [(dict(logprobs=True, top_logprobs=21), "[0, 20]"), (dict(top_logprobs=2), "needs logprobs")]:
+        with pytest.raises(APIError) as e:
+            chat(**body).check()
+        assert e.value.param == "top_logprobs" and needle in e.value.message
+    assert chat(logprobs=True, top_logprobs=3).engine_params(8, S).logprobs == 3
+    assert chat(logprobs=True).engine_params(8, S).logprobs == 0 and chat().engine_params(8, S).logprobs is None
+
+
+def test_sampling_fields_reach_params():
+    p = comp(temperature=0.7, top_p=0.9, top_k=5, min_p=0.1, logit_bias={"5": -3.0}, presence_penalty=0.5,
+             frequency_penalty=-0.5, repetition_penalty=1.2, min_tokens=3, stop_token_ids=[7], ignore_eos=True,
+             logprobs=2, suffix="xy").engine_params(8, S)
+    assert (p.top_p, p.top_k, p.min_p, p.logit_bias, p.presence_penalty, p.frequency_penalty) == (
+        0.9, 5, 0.1, ((5, -3.0),), 0.5, -0.5)
+    assert (p.repetition_penalty, p.min_tokens, p.stop_token_ids, p.ignore_eos, p.logprobs) == (1.2, 3, (7,), True, 2)
+    assert not p.logits_eos_inf  # ignore_eos is its own field (vLLM's meaning), not LLaDA's flag
+
+
+@pytest.mark.parametrize("body, param", [
+    (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"), (dict(top_k=-2), "top_k"), (dict(min_p=1.5), "min_p"),
+    (dict(logit_bias={"x": 1.0}), "logit_bias"), (dict(logit_bias={"5": 101.0}), "logit_bias"),
+    (dict(presence_penalty=2.5), "presence_penalty"), (dict(repetition_penalty=0.0), "repetition_penalty"),
+    (dict(min_tokens=9), "min_tokens"), (dict(min_tokens=-1), "min_tokens"),
+    (dict(stop_token_ids=[-1]), "stop_token_ids"),
+])
+def test_sampling_field_errors_name_the_field(body, param):
+    with pytest.raises(APIError) as e:
+        comp(**body).engine_params(8, S)
+    assert e.value.status == 400 and e.value.param == param
 
 
 def test_neutral_defaults_pass():
@@ -139,10 +184,6 @@ def test_defaults_apply_to_unset_fields_and_never_mix_commit_rules():
     assert (p.block_length, p.steps, p.threshold, p.temperature) == (4, 4, 0.7, 0.5)
     q = comp(block_length=8, temperature=0.0, preset="exact").engine_params(8, S, ckpt)
     assert (q.block_length, q.steps, q.temperature, q.threshold, q.is_exact) == (8, 4, 0.0, None, True)
-
-
-def test_ignore_eos_maps_to_eos_logit():
-    assert comp(ignore_eos=True).engine_params(8, S).logits_eos_inf
 
 
 def test_output_fields_reach_params():
