@@ -199,7 +199,7 @@ def _operand(w, x: torch.Tensor):
     if isinstance(w, QuantizedWeight):
         return (w.data.contiguous(), w.scales.contiguous(),
                 dict(QUANT=True, INT4=w.fmt == "int4", GROUP=w.group_size))
-    return w.contiguous(), x.new_empty((1, 1)), dict(QUANT=False, INT4=False, GROUP=1)
+    return w.contiguous(), torch.empty((1, 1), dtype=x.dtype, device=x.device), dict(QUANT=False, INT4=False, GROUP=1)
 
 
 def fused_moe(x: torch.Tensor, w_gate_up: torch.Tensor, w_down: torch.Tensor, topk_weights: torch.Tensor,
