@@ -142,11 +142,15 @@ def prepare_completion(state, body: CompletionRequest, request_id: str | None) -
     state.check_model(body.model)
     client, settings = state.client, state.settings
     prompts, texts = _prompts(state, body.prompt)
+    suffix = ()  # infilling: token ids after the generated middle
+    if body.suffix:
+        check_text_size(state, len(body.suffix), "suffix")
+        suffix = tuple(encode_text(client.tokenizer, body.suffix, "suffix"))
     body.check_choices(len(prompts), settings)
     max_tokens = body.max_tokens
     if max_tokens is None:  # the generation default (checkpoint), else OpenAI's 16; capped by the context
         fallback = state.defaults.values.get("max_tokens", settings.completion_default_max_tokens)
-        max_tokens = default_budget(state, max(len(p) for p in prompts), fallback)
+        max_tokens = default_budget(state, max(len(p) for p in prompts) + len(suffix), fallback)
     params = body.engine_params(max_tokens, settings, state.defaults.values) if max_tokens > 0 else None
     for ids in prompts:
         check_prompt(state, ids, "prompt")
@@ -156,7 +160,6 @@ def prepare_completion(state, body: CompletionRequest, request_id: str | None) -
             for ids, t in zip(prompts, texts)]
     model = body.model or settings.served_model_name
     shape = CompletionShape(response_id("cmpl-", request_id), int(time.time()), model, state.strings)
-    suffix = tuple(encode_text(client.tokenizer, body.suffix, "suffix")) if body.suffix else ()
     return Prepared(shape, prompts, echo, params, body.n, bool(body.stream), stream_flags(body), t0, "prompt",
                     suffix)
 

@@ -102,3 +102,12 @@ def test_responses_top_p_and_logprobs(client):
     part = r.output[0].content[0]
     assert len(part.logprobs) == 6 and all(len(e.top_logprobs) == 2 for e in part.logprobs)
     assert "".join(e.token for e in part.logprobs) == r.output_text
+
+
+def test_suffix_counts_toward_the_context(http):
+    long = "A" * 4000
+    r = http.post("/v1/completions", json={"model": MODEL, "prompt": "B", "suffix": long, "max_tokens": 4})
+    err = r.json()["error"]
+    assert r.status_code == 400 and err["code"] == "context_length_exceeded" and "4001 input tokens" in err["message"]
+    ok = http.post("/v1/completions", json={"model": MODEL, "prompt": "B", "suffix": "C D", "ignore_eos": True})
+    assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 16

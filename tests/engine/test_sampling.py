@@ -50,15 +50,14 @@ def test_mixed_controls_equal_solo(llm64, preset):
 def test_controls_do_what_they_say(llm64):
     llm = llm64["dense"]
     prompts = [[random.Random(i).randint(0, 63) for _ in range(5)] for i in range(8)]
-    base = dict(max_tokens=12, block_length=4, temperature=1.0)
+    base = dict(max_tokens=12, block_length=4, temperature=1.0, preset="fast")
     out = llm.generate(prompts, [DiffusionParams(**base, seed=i, logit_bias={21: 100.0}) for i in range(8)])
     assert all(set(o.token_ids) == {21} for o in out)
     out = llm.generate(prompts, [DiffusionParams(**base, seed=i, min_tokens=12) for i in range(8)])
     assert all(len(o.token_ids) == 12 for o in out)
     out = llm.generate(prompts, [DiffusionParams(**base, seed=i, stop_token_ids=(7,)) for i in range(8)])
     assert all(7 not in o.token_ids for o in out)
-    # top_k=1 at T > 0 is greedy: the same tokens as T = 0 (same commit order: the confidence is of the
-    # processed distribution, where the only kept token has probability 1, so ties break by position)
+    # top_k=1 at T > 0 keeps one token per position: its processed probability (and confidence) is 1
     k1 = llm.generate(prompts, [DiffusionParams(**base, seed=i, top_k=1, logprobs=0) for i in range(8)])
     assert all(all(abs(e[0]) < 1e-12 for e in o.logprobs) for o in k1)
 
