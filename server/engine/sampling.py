@@ -68,18 +68,24 @@ def build(seqs: list[Sequence], slots: list[torch.Tensor], device: torch.device)
 
 
 def _bias_entries(seqs, slots, starts):
+    """(row, token, value) for every row's logit_bias and bans, built per sequence with tensor ops."""
     rows, toks, vals = [], [], []
+
+    def add(row_idx: torch.Tensor, tokens: list[int], values: list[float]) -> None:
+        rows.append(row_idx.repeat_interleave(len(tokens)))
+        toks.append(torch.tensor(tokens).repeat(row_idx.numel()))
+        vals.append(torch.tensor(values, dtype=torch.float32).repeat(row_idx.numel()))
+
     for seq, pos, a in zip(seqs, slots, starts):
-        p = seq.params
-        for i, position in enumerate(pos.tolist()):
-            for t, v in p.logit_bias:
-                rows.append(a + i), toks.append(t), vals.append(v)
-            if p.ignore_eos or position - seq.prompt_len < p.min_tokens:
-                for t in seq.ban_ids:
-                    rows.append(a + i), toks.append(t), vals.append(NEG_INF)
+        p, idx = seq.params, torch.arange(a, a + pos.numel())
+        if p.logit_bias:
+            add(idx, [t for t, _ in p.logit_bias], [v for _, v in p.logit_bias])
+        if p.bans_stops and seq.ban_ids:
+            banned = idx if p.ignore_eos else idx[pos - seq.prompt_len < p.min_tokens]
+            add(banned, list(seq.ban_ids), [NEG_INF] * len(seq.ban_ids))
     if not rows:
         return None
-    return torch.tensor(rows), torch.tensor(toks), torch.tensor(vals, dtype=torch.float32)
+    return torch.cat(rows), torch.cat(toks), torch.cat(vals)
 
 
 def _rows(seqs, slots, starts, use):
