@@ -10,9 +10,10 @@ run, so they are read from the checkpoint like vLLM reads ``generation_config.js
 
 Field names: the standard ones (``max_new_tokens``, ``temperature``, ``eos_token_id`` as an id or a list)
 and the diffusion fields the published checkpoints use (``gen_length``, ``block_length``, ``steps``,
-``threshold``, ``remasking``, ``cfg_scale``, ``eos_early_stop``/``early_stop``, ``preset``). Fields that
-have no meaning here yet (e.g. ``top_p`` before sampling controls exist) are reported by
-:attr:`GenerationDefaults.ignored` and in the startup log, never silently applied differently.
+``threshold``, ``remasking``, ``cfg_scale``, ``eos_early_stop``/``early_stop``, ``preset``), and vLLM's
+sampling defaults (``top_p``, ``top_k``, ``min_p``, ``repetition_penalty``). Fields that have no meaning here
+(e.g. ``num_beams``) are reported by :attr:`GenerationDefaults.ignored` and in the startup log, never silently
+applied differently.
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ _TO_PARAMS = {
     "max_new_tokens": "max_tokens", "max_tokens": "max_tokens", "gen_length": "max_tokens",
     "block_length": "block_length", "steps": "steps", "temperature": "temperature", "threshold": "threshold",
     "factor": "factor", "remasking": "remasking", "cfg_scale": "cfg_scale", "early_stop": "early_stop",
-    "eos_early_stop": "early_stop", "preset": "preset", "cache": "cache",
+    "eos_early_stop": "early_stop", "preset": "preset", "cache": "cache", "top_p": "top_p", "top_k": "top_k",
+    "min_p": "min_p", "repetition_penalty": "repetition_penalty",
 }
 """generation_config.json name -> DiffusionParams field."""
 _HF_BOOKKEEPING = ("_from_model_config", "transformers_version", "bos_token_id", "pad_token_id", "do_sample",

@@ -10,7 +10,7 @@ from unmask import DiffusionParams
 from unmask.server.engine.generation_config import read_generation_config, resolve_defaults, with_server_defaults
 
 CKPT = {"max_new_tokens": 24, "block_length": 8, "steps": 12, "temperature": 0.25, "eos_token_id": [3, 4],
-        "top_p": 0.9, "transformers_version": "4.56.0", "eos_early_stop": False}
+        "top_p": 0.9, "num_beams": 2, "transformers_version": "4.56.0", "eos_early_stop": False}
 
 
 def test_read_modes(tmp_path):
@@ -33,12 +33,12 @@ def test_layers_and_sources():
     d = with_server_defaults(resolve_defaults(CKPT, {"block_length": 4, "threshold": 0.8}),
                              {"preset": "fast", "block_length": 32, "temperature": None})
     assert d.values == {"preset": "fast", "block_length": 4, "max_tokens": 24, "steps": 12, "temperature": 0.25,
-                        "early_stop": False, "threshold": 0.8}
+                        "early_stop": False, "threshold": 0.8, "top_p": 0.9}
     assert d.sources == {"preset": "server", "block_length": "override", "max_tokens": "checkpoint",
                          "steps": "checkpoint", "temperature": "checkpoint", "early_stop": "checkpoint",
-                         "threshold": "override"}
-    assert d.stop_token_ids == (3, 4) and d.ignored == ("top_p (checkpoint)",)
-    assert "block_length=4 (override)" in d.describe() and "ignored: top_p" in d.describe()
+                         "threshold": "override", "top_p": "checkpoint"}
+    assert d.stop_token_ids == (3, 4) and d.ignored == ("num_beams (checkpoint)",)
+    assert "block_length=4 (override)" in d.describe() and "ignored: num_beams" in d.describe()
     with pytest.raises(ValueError, match="eos_token_id"):
         resolve_defaults({"eos_token_id": "x"})
 
