@@ -120,4 +120,4 @@ def test_ci_installs_the_ray_extra_with_the_readme_command():
     assert install in readme
     assert 'pip install -q -c constraints.txt -e ".[dev,ray]" && python -m pytest -q -p no:cacheprovider' in ci
     sections = re.findall(r"^## (.+)$", readme, re.M)
-    assert sections[sections.index("Serving") + 1] == "Scale-out with Ray Serve"
+    assert sections.index("Scale-out with Ray Serve") > sections.index("Serving")  # documented with the serving docs
