@@ -24,11 +24,9 @@ def attention(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_cache=
     ``attn_blocks`` [B] int32: where attn_blocks[b] = s > 0, sequence b is block-causal (LLaDA2): the query at
     canvas position i sees key position j only if j // s <= i // s (its own block and every earlier one).
 
-    Bidirectional sequences run in length buckets: queries and keys are padded up to a multiple of ``BUCKET``
-    (pad rows repeat the sequence's own last row; pad keys are masked out) and every sequence of a bucket runs
-    in one batched masked call. The padding depends only on the sequence's own lengths and each (sequence,
-    head) softmax is independent, so a sequence's output is the same bits alone or in any batch. Block-causal
-    sequences run grouped by exact (query count, key count, block size, offset), unpadded.
+    Sequences with the same (query count, key count) run as one batched call: per sequence this is the
+    same computation as a call of its own (each (sequence, head) softmax is independent), so a
+    sequence's output does not depend on what else is in the batch.
     """
     if q.shape[0] == 0:
         return torch.empty_like(q)
@@ -42,43 +40,19 @@ def attention(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_cache=
     q_off = [0] * len(n_q) if k_cache is None else new_offsets.tolist()
     groups: dict[tuple[int, int, int, int], list[int]] = {}
     for b, n in enumerate(n_q):
-        if n and blocks[b]:  # the block-causal mask depends on the block size and the queries' first position
-            groups.setdefault((n, n_k[b], blocks[b], q_off[b]), []).append(b)
-        elif n:
-            groups.setdefault((_bucket(n), _bucket(n_k[b]), 0, 0), []).append(b)
+        if n:  # the block-causal mask depends on the block size and the queries' first position
+            groups.setdefault((n, n_k[b], blocks[b], q_off[b] if blocks[b] else 0), []).append(b)
     rep = q.shape[1] // k.shape[1]
+    if k_cache is None and len(groups) == 1 and all(n_q):  # one shape, no cache: plain reshapes
+        (n, _, s, off), = groups
+        return _batched(q, k, v, n, n, rep, scale, block_mask(n, n, s, off, q.device))
     out = torch.empty_like(q)
     dev = q.device
     for (n, m, s, off), seqs in groups.items():
-        if s == 0:
-            _padded_group(out, q, keys, vals, [(cu[b], n_q[b], k_start[b], n_k[b]) for b in seqs], n, m, rep, scale)
-            continue
         q_rows = _rows([cu[b] for b in seqs], n, dev)  # [G·n]
         k_rows = _rows([k_start[b] for b in seqs], m, dev)  # [G·m]
         out[q_rows] = _batched(q[q_rows], keys[k_rows], vals[k_rows], n, m, rep, scale, block_mask(n, m, s, off, dev))
     return out
-
-
-BUCKET = 32
-"""Bidirectional sequences pad their query and key counts up to a multiple of this (CPU reference path)."""
-
-
-def _bucket(n: int) -> int:
-    return -(-n // BUCKET) * BUCKET
-
-
-def _padded_group(out, q, keys, vals, spans: list[tuple[int, int, int, int]], n: int, m: int, rep: int,
-                  scale: float) -> None:
-    """One masked SDPA call for G bidirectional sequences padded to n queries and m keys; writes their rows of
-    ``out``. spans: per sequence (first query row, queries, first key row, keys)."""
-    dev = q.device
-    t = torch.tensor(spans, device=dev)  # [G, 4]
-    qi = torch.minimum(torch.arange(n, device=dev)[None, :], t[:, 1:2] - 1) + t[:, 0:1]  # [G, n] pads repeat the last
-    ki = torch.minimum(torch.arange(m, device=dev)[None, :], t[:, 3:4] - 1) + t[:, 2:3]  # [G, m]
-    key_ok = (torch.arange(m, device=dev)[None, :] < t[:, 3:4])[:, None, None, :]  # [G, 1, 1, m]
-    o = _batched(q[qi.flatten()], keys[ki.flatten()], vals[ki.flatten()], n, m, rep, scale, key_ok)  # [G·n, H, D]
-    real = (torch.arange(n, device=dev)[None, :] < t[:, 1:2]).flatten()  # [G·n]
-    out[qi.flatten()[real]] = o[real]
 
 
 def block_mask(n: int, m: int, block: int, q_offset: int, dev) -> torch.Tensor | None:
@@ -120,8 +94,8 @@ def _rows(starts: list[int], n: int, dev) -> torch.Tensor:
 
 
 def _batched(q, k, v, n: int, m: int, rep: int, scale: float, mask=None) -> torch.Tensor:
-    """q [G·n, H, D], k/v [G·m, Hk, D]: G sequences of ``n`` queries and ``m`` keys, optional mask [n, m] or
-    [G, 1, n or 1, m] bool (True = attend) -> [G·n, H, D]."""
+    """q [G·n, H, D], k/v [G·m, Hk, D]: G sequences of ``n`` queries and ``m`` keys, optional mask [n, m] bool
+    (True = attend) -> [G·n, H, D]."""
     g = q.shape[0] // n
     qq = q.reshape(g, n, *q.shape[1:]).transpose(1, 2)  # [G, H, n, D]
     kk = k.reshape(g, m, *k.shape[1:]).transpose(1, 2)  # [G, Hk, m, D]

@@ -94,27 +94,6 @@ def test_alone_equals_packed_bitwise(seed, cached, dtype):
         assert torch.equal(alone, packed[sl]), (b, lens, kv)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_length_buckets_one_call_each_and_bitwise_alone(dtype, monkeypatch):
-    """Bidirectional sequences of any lengths within one bucket share one SDPA call per bucket, and each
-    sequence's rows are the same bits as its own call (lengths on both sides of the bucket edges)."""
-    g = torch.Generator().manual_seed(7)
-    lens = [5, 31, 32, 33, 70, 64, 1, 40]
-    n = sum(lens)
-    q, k, v = (torch.randn(n, h, D, generator=g, dtype=dtype) for h in (H, HK, HK))
-    calls = []
-    sdpa = ref.F.scaled_dot_product_attention
-    monkeypatch.setattr(ref.F, "scaled_dot_product_attention", lambda *a, **kw: calls.append(1) or sdpa(*a, **kw))
-    packed = ref.attention(q, k, v, _cu(lens), max(lens), 0.3)
-    assert len(calls) == len({-(-m // ref.BUCKET) for m in lens})  # one call per bucket (3 here)
-    cu = _cu(lens).tolist()
-    for b in range(len(lens)):
-        sl = slice(cu[b], cu[b + 1])
-        assert torch.equal(ref.attention(q[sl], k[sl], v[sl], _cu([lens[b]]), lens[b], 0.3), packed[sl]), lens[b]
-        torch.testing.assert_close(packed[sl], _naive(b, lens, lens, [0] * len(lens), None, q, k, v, None, None,
-                                                      cached=False), rtol=1e-5, atol=1e-5)
-
-
 def test_kernels_import_without_the_server_stack():
     """``import unmask.kernels`` (what a GPU kernel check needs) loads neither tokenizers nor the server."""
     code = ("import sys, unmask.kernels.ops; "
