@@ -132,19 +132,24 @@ def padded_part(args) -> dict:
     p = DiffusionParams(max_tokens=args.max_tokens, block_length=args.block_length, steps=args.max_tokens,
                         early_stop=False)
     sides = {"padded": lambda: padded_run(llm, prompts, p, args.concurrency), "engine": lambda: engine_run(llm, prompts, p)}
+    cpu: dict[str, list[float]] = {"padded": [], "engine": []}
     for _ in range(args.warmup_runs):
         padded_run(llm, prompts[:2], p, 2), engine_run(llm, prompts[:2], p)
     runs: dict[str, list[dict]] = {"padded": [], "engine": []}
     for r in range(args.padded_rounds):  # A/B, then B/A: drift of the shared machine hits both sides alike
         for name in (("padded", "engine") if r % 2 == 0 else ("engine", "padded")):
+            c0 = time.process_time()
             runs[name].append(sides[name]())
+            cpu[name].append(time.process_time() - c0)
     same = sum(a == b for a, b in zip(runs["padded"][0]["outputs"], runs["engine"][0]["outputs"]))
-    tps = {k: [summarise(k, run)["tokens_per_s"] for run in v] for k, v in runs.items()}
+    tps = {k: [sum(map(len, run["outputs"])) / run["wall_s"] for run in v] for k, v in runs.items()}  # unrounded
     ratios = [e / max(b, 1e-9) for e, b in zip(tps["engine"], tps["padded"])]
     return {"concurrency": args.concurrency, "rounds": args.padded_rounds, "identical_outputs": same,
-            "requests": len(prompts), "tokens_per_s": tps,
-            "median_tokens_per_s": {k: round(statistics.median(v), 2) for k, v in tps.items()},
-            "ratio_per_round": [round(x, 3) for x in ratios], "ratio_median": round(statistics.median(ratios), 3)}
+            "requests": len(prompts), "tokens_per_s": {k: [round(x, 3) for x in v] for k, v in tps.items()},
+            "median_tokens_per_s": {k: round(statistics.median(v), 3) for k, v in tps.items()},
+            "ratio_per_round": [round(x, 3) for x in ratios], "ratio_median": round(statistics.median(ratios), 3),
+            "cpu_s": {k: [round(x, 3) for x in v] for k, v in cpu.items()},
+            "cpu_ratio_median": round(statistics.median(b / e for b, e in zip(cpu["padded"], cpu["engine"])), 3)}
 
 
 def main() -> None:
@@ -170,8 +175,11 @@ def main() -> None:
     ap.add_argument("--padded-rounds", type=int, default=0,
                     help="interleaved rounds of the engine (exact, no early stop) vs the padded-batch baseline")
     ap.add_argument("--padded-only", action="store_true", help="run only the padded-baseline comparison")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.warmup_runs is None:
         args.warmup_runs = 1 if args.device.startswith("cuda") else 0
     torch.manual_seed(args.seed)
@@ -207,7 +215,8 @@ def report_padded(res: dict, padded: dict | None, path: str | None) -> None:
         m = padded["median_tokens_per_s"]
         print(f"padded baseline (batch {padded['concurrency']}) {m['padded']} tok/s | engine exact C={padded['concurrency']} "
               f"{m['engine']} tok/s | ratio engine/padded median {padded['ratio_median']}x "
-              f"(rounds {padded['ratio_per_round']}), identical outputs {padded['identical_outputs']}/{padded['requests']}")
+              f"(rounds {padded['ratio_per_round']}), CPU-time ratio padded/engine median {padded['cpu_ratio_median']}x, "
+              f"identical outputs {padded['identical_outputs']}/{padded['requests']}")
     if path:
         Path(path).write_text(json.dumps(res, indent=2) + "\n")
 

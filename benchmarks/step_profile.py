@@ -9,7 +9,8 @@ Phases (exclusive wall time, milliseconds per iteration): ``schedule`` (Schedule
 incremental detokenizer) and ``other`` (the rest of the ``LLM.generate`` loop: step bookkeeping, stats).
 The engine is not edited: the phases are timers wrapped around those functions for the run. ``host`` is
 everything but forward + attention, as a share of the iteration. On CUDA every phase ends with a device
-synchronize, so device time is charged to the phase that queued it.
+synchronize, so device time is charged to the phase that queued it. ``--clock cpu`` times with the process's
+CPU time instead of wall time: with ``--threads 1`` it barely moves with other jobs' load on a shared machine.
 
 Work per request: ``exact`` = LLaDA's fixed schedule, steps = max_tokens, no early stop (every step runs
 its forward); ``fast`` = the fast preset (prefix cache, threshold 0.9, early stop). Prompts: the task
@@ -40,19 +41,19 @@ PHASES = ("schedule", "pack", "forward", "attention", "commit", "update", "outpu
 class PhaseTimer:
     """Exclusive wall time per phase: a nested timed call's time is charged to it, not to its caller."""
 
-    def __init__(self, sync):
-        self.sync, self.acc, self.stack = sync, dict.fromkeys(PHASES, 0.0), []
+    def __init__(self, sync, clock=time.perf_counter):
+        self.sync, self.clock, self.acc, self.stack = sync, clock, dict.fromkeys(PHASES, 0.0), []
 
     def wrap(self, phase: str, fn):
         def timed(*args, **kwargs):
             self.sync()
             self.stack.append(0.0)
-            t0 = time.perf_counter()
+            t0 = self.clock()
             try:
                 return fn(*args, **kwargs)
             finally:
                 self.sync()
-                dt = time.perf_counter() - t0
+                dt = self.clock() - t0
                 child = self.stack.pop()
                 self.acc[phase] += dt - child
                 if self.stack:
@@ -87,17 +88,20 @@ def params_for(preset: str, max_tokens: int, block_length: int) -> DiffusionPara
     return DiffusionParams(max_tokens=max_tokens, block_length=block_length, preset="fast")
 
 
-def profile_level(llm: LLM, prompts: list[list[int]], p: DiffusionParams, device: str) -> dict:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def profile_level(llm: LLM, prompts: list[list[int]], p: DiffusionParams, device: str, clock: str = "wall") -> dict:
     """One closed-loop run of every prompt (all queued at once) under the phase timers."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    timer = PhaseTimer(sync)
+    timer = PhaseTimer(sync, CLOCKS[clock])
     it0, tok0 = llm.engine.stats.iterations, llm.engine.stats.forward_tokens
     with patched(timer, llm.engine.model):
         sync()
-        t0 = time.perf_counter()
+        t0 = timer.clock()
         res = llm.generate(prompts, p)
         sync()
-        wall = time.perf_counter() - t0
+        wall = timer.clock() - t0
     iters = llm.engine.stats.iterations - it0
     timer.acc["other"] = wall - sum(timer.acc.values())
     ms = {k: round(1000 * v / iters, 3) for k, v in timer.acc.items()}
@@ -122,10 +126,10 @@ def run(args) -> dict:
                 p = params_for(preset, args.max_tokens, args.block_length)
                 llm.generate(prompts[:min(n, 2)], p)  # warm-up: allocator growth, lazy imports
                 row = {"model": model, "preset": preset, "concurrency": c, "prompts": n,
-                       **profile_level(llm, prompts, p, args.device)}
+                       **profile_level(llm, prompts, p, args.device, args.clock)}
                 rows.append(row)
                 print(table_row(row), flush=True)
-    return {"machine": machine(args.device), "device": args.device, "max_tokens": args.max_tokens,
+    return {"machine": machine(args.device), "device": args.device, "clock": args.clock, "max_tokens": args.max_tokens,
             "block_length": args.block_length, "rows": rows}
 
 
@@ -159,8 +163,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="wall time, or the process's CPU time")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     print(HEADER, flush=True)
     res = run(args)

@@ -22,7 +22,7 @@ def _prompts(llm):
 
 def test_profile_phases_add_up_and_restore(llm):
     before = (Scheduler.schedule, ops.attention, commit_policy.select)
-    row = profile_level(llm, _prompts(llm), params_for("exact", 8, 8), "cpu")
+    row = profile_level(llm, _prompts(llm), params_for("exact", 8, 8), "cpu", clock="cpu")
     assert (Scheduler.schedule, ops.attention, commit_policy.select) == before
     assert "forward" not in vars(llm.engine.model)
     assert row["iterations"] == 8 and set(row["phases_ms"]) == set(PHASES)
