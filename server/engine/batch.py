@@ -39,6 +39,8 @@ class StepOutput:
     error: str | None = None
     new_logprobs: tuple[tuple, ...] | None = None
     """Per new token: (logprob, top ids, top logprobs) at the step that committed it (``logprobs`` requests)."""
+    stop_token: int | None = None
+    """The request's own ``stop_token_ids`` entry that finished it (vLLM's ``stop_reason``), if one did."""
     canvas: tuple[int, ...] | None = None
     """The generation region after this step (masks included), only for requests that asked for it."""
     scheduled_at: float | None = None

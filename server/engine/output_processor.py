@@ -27,8 +27,8 @@ class Delta:
     finished: bool
     finish_reason: str | None
     """'stop', 'length', 'abort' or 'error' once finished."""
-    stop_reason: str | None
-    """The stop string that ended the text, if one did."""
+    stop_reason: str | int | None
+    """The stop string, or the ``stop_token_ids`` entry, that ended the text, if one did."""
     step: StepOutput
     """The engine output this delta came from (counters, the denoise canvas, an error message)."""
     logprobs: tuple[tuple, ...] | None = None
@@ -50,7 +50,8 @@ class RequestOutput:
     """Forward evaluations this request took part in."""
     num_committed: int = 0
     error: str | None = None
-    stop_reason: str | None = None
+    stop_reason: str | int | None = None
+    """The stop string, or the ``stop_token_ids`` entry, that ended the text (vLLM)."""
     logprobs: list[tuple] | None = None
     """Per token of ``token_ids``: (logprob, top ids, top logprobs) when the request asked for logprobs."""
 
@@ -135,6 +136,7 @@ class OutputProcessor:
                 self.finish_reason = "length"
             elif out.finished:
                 self.finish_reason = out.finish_reason or "stop"
+                self.stop_reason = out.stop_token  # a stop_token_ids entry (vLLM), else None
         text = self._release()
         lps = None
         if self.logprobs is not None:
@@ -167,7 +169,7 @@ class OutputProcessor:
 
     def _release(self) -> str:
         """Move the text that can no longer start a stop string from pending to ``text``; return it."""
-        if self.finished and self.stop_reason is None:
+        if self.finished and not isinstance(self.stop_reason, str):  # no stop string cut the text yet
             self._pending += self.detok.flush()
             if self.stops:
                 self._cut_at_stop()

@@ -153,20 +153,24 @@ class Scheduler:
             lps = tuple(seq.token_logprobs.pop(p, (0.0, [], [])) for p in range(lo, lo + len(new)))
         seq.num_emitted = len(out_ids)
         hit_stop = len(out_ids) < prefix  # a stop token sits in the final prefix
+        stop_token = None
         if finishes_on_stop(seq.params, hit_stop, done):
             self._finish(seq, "stop")
+            token = int(seq.canvas[seq.prompt_len + len(out_ids)])
+            stop_token = token if token in seq.params.stop_token_ids else None
         elif done:
             self._finish(seq, "length")
-        return self._output(seq, new, lps)
+        return self._output(seq, new, lps, stop_token)
 
-    def _output(self, seq: Sequence, new: tuple[int, ...], logprobs: tuple | None = None) -> StepOutput:
+    def _output(self, seq: Sequence, new: tuple[int, ...], logprobs: tuple | None = None,
+                stop_token: int | None = None) -> StepOutput:
         canvas = None
         if seq.request.stream_canvas:
             canvas = tuple(seq.canvas[seq.prompt_len:seq.gen_end].tolist())
         return StepOutput(
             request_id=seq.request_id, new_token_ids=new, finished=seq.status is SeqStatus.FINISHED,
             finish_reason=seq.finish_reason, num_prompt_tokens=seq.prompt_len, num_output_tokens=seq.num_emitted,
-            new_logprobs=logprobs,
+            new_logprobs=logprobs, stop_token=stop_token,
             nfe=seq.nfe, num_committed=int((seq.canvas[seq.prompt_len:seq.gen_end] != seq.mask_id).sum()),
             error=seq.error, canvas=canvas, scheduled_at=seq.scheduled_at,
             queued_s=None if seq.scheduled_at is None else seq.scheduled_at - seq.request.arrival_time)

@@ -89,6 +89,12 @@ def test_suffix_infilling(client):
     assert fast.usage.completion_tokens <= 8
 
 
+def test_stop_token_id_is_the_stop_reason(http):
+    body = {"model": MODEL, "prompt": "HELLO", "max_tokens": 8, "stop_token_ids": [40], "logit_bias": {"40": 100.0}}
+    choice = http.post("/v1/completions", json=body).json()["choices"][0]
+    assert (choice["finish_reason"], choice["stop_reason"], choice["text"]) == ("stop", 40, "")
+
+
 def test_ignore_eos_is_exact_length(client):
     for n in (3, 17):
         out = client.completions.create(model=MODEL, prompt="A", max_tokens=n, extra_body={"ignore_eos": True})

@@ -55,8 +55,11 @@ def test_controls_do_what_they_say(llm64):
     assert all(set(o.token_ids) == {21} for o in out)
     out = llm.generate(prompts, [DiffusionParams(**base, seed=i, min_tokens=12) for i in range(8)])
     assert all(len(o.token_ids) == 12 for o in out)
-    out = llm.generate(prompts, [DiffusionParams(**base, seed=i, stop_token_ids=(7,)) for i in range(8)])
+    out = llm.generate(prompts, [DiffusionParams(**base, seed=i, stop_token_ids=(7,), logit_bias={7: 3.0})
+                                 for i in range(8)])
     assert all(7 not in o.token_ids for o in out)
+    by_7 = [o for o in out if o.stop_reason == 7]  # vLLM: the stop token id is the stop_reason
+    assert by_7 and all(o.finish_reason == "stop" for o in by_7)
     # top_k=1 at T > 0 keeps one token per position: its processed probability (and confidence) is 1
     k1 = llm.generate(prompts, [DiffusionParams(**base, seed=i, top_k=1, logprobs=0) for i in range(8)])
     assert all(all(abs(e[0]) < 1e-12 for e in o.logprobs) for o in k1)
