@@ -271,28 +271,6 @@ def check_top_logprobs(top: int | None, asked: bool, flag: str = "logprobs") -> 
         raise bad_request(f"top_logprobs needs {flag}", "top_logprobs")
 
 
-def message_text(message: "ChatMessage", i: int) -> str:
-    """A message's content as one string: text parts joined by newlines (vLLM). 400 for other part types,
-    for missing content (only an assistant turn may omit it) and for history ``tool_calls`` (which the
-    chat templates served here cannot render, so they are refused rather than dropped)."""
-    if message.tool_calls:
-        raise bad_request("assistant messages with tool_calls cannot be rendered by this model's chat template",
-                          f"messages.{i}.tool_calls", "unsupported_content")
-    if message.content is None:
-        if message.role != "assistant":
-            raise bad_request(f"a {message.role} message needs content", f"messages.{i}.content")
-        return ""
-    if isinstance(message.content, str):
-        return message.content
-    texts = []
-    for j, part in enumerate(message.content):
-        if part.type != "text" or part.text is None:
-            raise bad_request(f"content part type {part.type!r} is not supported; only text parts are",
-                              f"messages.{i}.content.{j}.type", "unsupported_content")
-        texts.append(part.text)
-    return "\n".join(texts)
-
-
 class TokenizeRequest(OpenAIBase):
     model: StrictStr | None = None
     prompt: StrictStr | None = None

@@ -16,16 +16,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import time
 from typing import Protocol
 
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import Response, StreamingResponse
 
 from unmask.server.api import streaming
+from unmask.server.api.responder import Responder
 from unmask.server.api.errors import APIError, JSONAnswer, engine_refusal
 from unmask.server.engine.client import EngineClient, EngineDeadError, Request, StreamStalledError
-from unmask.server.engine.output_processor import Delta
 from unmask.server.engine.params import DiffusionParams
 
 log = logging.getLogger("unmask.api")
@@ -110,130 +109,6 @@ class Prepared:
                 for p, prompt in enumerate(prompts) for i in range(self.n)]
 
 
-def usage(prompt_tokens: int, completion_tokens: int, extra: dict | None = None) -> dict:
-    out = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-           "total_tokens": prompt_tokens + completion_tokens}
-    if extra:
-        out.update(extra)
-    return out
-
-
-class Responder:
-    """One request's deltas -> SSE chunks (streaming) or one answer (non-streaming), plus its metrics."""
-
-    def __init__(self, state, prep: Prepared, choices: list[Choice]):
-        self.state, self.prep, self.choices, self.n = state, prep, choices, prep.n
-        self.prompt_tokens = [len(p) for p in prep.prompts for _ in range(prep.n)]
-        self.echo = [e for e in prep.echo for _ in range(prep.n)]
-        self._started = [False] * len(choices)
-        self._ttft: list[float | None] = [None] * len(choices)
-        self._steps = [0] * len(choices)
-        self._recorded = [False] * len(choices)
-        self._last_chunk: list[float | None] = [None] * len(choices)
-        self._timing: list[tuple[float | None, float | None]] = [(None, None)] * len(choices)  # (scheduled, queued)
-        self._logprobs: list[list] = [[] for _ in choices]  # per choice: token logprobs not yet sent
-
-    def on_delta(self, index: int, delta: Delta, stream: bool) -> list[bytes]:
-        """Apply one choice's delta; return the SSE events to send (none when not streaming). Raises
-        APIError when the engine failed this request."""
-        if delta.finish_reason == "error":
-            self.record_unfinished("error")
-            raise APIError(500, f"the engine step failed: {delta.step.error}", None, "engine_error")
-        out: list[bytes] = []
-        self._steps[index] += 1
-        if delta.step.scheduled_at is not None:
-            self._timing[index] = (delta.step.scheduled_at, delta.step.queued_s)
-        if stream and self.prep.flags.denoise and delta.step.canvas is not None:
-            out.append(self._denoise_event(index, delta))
-        if delta.text and self._ttft[index] is None:
-            self._ttft[index] = time.monotonic() - self.prep.t0
-        if delta.finished:
-            self._record(index)
-        if stream and delta.logprobs:
-            self._logprobs[index] += zip(delta.token_ids, delta.logprobs)
-        if stream and (delta.text or delta.finished):
-            out.extend(self._chunks(index, delta.text))
-        return out
-
-    def _chunks(self, index: int, text: str) -> list[bytes]:
-        choice, shape, out = self.choices[index], self.prep.shape, []
-        if not self._started[index]:
-            self._started[index] = True
-            role = shape.role_chunk(index)
-            if role is not None:
-                out.append(shape.encode(role))
-            text = self.echo[index] + text
-        now = time.monotonic()
-        if text and self._last_chunk[index] is not None:
-            self.state.metrics.itl.observe(now - self._last_chunk[index])
-        if text:
-            self._last_chunk[index] = now
-        running = self._usage([index]) if self.prep.flags.continuous_usage else None
-        lps = None
-        if getattr(choice, "logprobs", None) is not None:  # tokens held back with their text go with it
-            lps, self._logprobs[index] = self._logprobs[index], []
-        chunk = shape.chunk(index, text, choice.finish_reason, choice.stop_reason, running, lps)
-        if chunk is not None:  # a shape may have no event for a finish without text (Responses: the tail says it)
-            out.append(shape.encode(chunk))
-        return out
-
-    def _denoise_event(self, index: int, delta: Delta) -> bytes:
-        client, step = self.state.client, delta.step
-        payload = streaming.denoise_payload(step.canvas, index, self._steps[index], step.nfe, step.num_committed,
-                                            step.finished, client.model_info.mask_token_id,
-                                            self.prep.params.block_length, self.prep.params.max_tokens,
-                                            self.state.strings)
-        return streaming.event(streaming.DENOISE_EVENT, {**self.prep.shape.usage_chunk(None),
-                                                         "object": "denoise.step", "denoise": payload})
-
-    def _usage(self, indices: list[int]) -> dict:
-        prompt = sum(self.prompt_tokens[i] for i in indices)
-        completion = sum(len(self.choices[i].token_ids) for i in indices)
-        nfe = sum(self.choices[i].nfe for i in indices)
-        committed = sum(self.choices[i].num_committed for i in indices)
-        extra = {"nfe": nfe, "tokens_per_forward": round(committed / nfe, 4) if nfe else 0.0}  # diffusion extras
-        return usage(prompt, completion, extra)
-
-    def total_usage(self) -> dict:
-        """Aggregate usage; a prompt counts once for its n choices (as vLLM counts it)."""
-        u = self._usage(list(range(len(self.choices))))
-        u["prompt_tokens"] = sum(self.prompt_tokens[::self.n])
-        u["total_tokens"] = u["prompt_tokens"] + u["completion_tokens"]
-        return u
-
-    def head(self) -> list[bytes]:
-        """What a stream starts with (before any engine output)."""
-        return self.prep.shape.head()
-
-    def tail(self) -> list[bytes]:
-        """What a finished stream ends with (chat/completions: the usage chunk if asked, then [DONE])."""
-        return self.prep.shape.tail(self.choices, self.total_usage(), self.prep.flags.include_usage)
-
-    def final(self) -> dict:
-        return self.prep.shape.final(self.choices, self.total_usage(), self.echo)
-
-    def record_unfinished(self, reason: str = "abort") -> None:
-        """The request ended early (client gone, engine error): count its open choices as ``reason``."""
-        for i, c in enumerate(self.choices):
-            if c.finish_reason is None:
-                c.fail(reason)
-            if not self._recorded[i]:
-                self._record(i)
-
-    def _record(self, index: int) -> None:
-        if self._recorded[index]:
-            return
-        self._recorded[index] = True
-        c = self.choices[index]
-        prompt = self.prompt_tokens[index] if index % self.n == 0 else 0
-        tpf = c.num_committed / c.nfe if c.nfe else 0.0
-        scheduled, queued = self._timing[index]
-        now = time.monotonic()
-        self.state.metrics.choice_finished(c.finish_reason, prompt, len(c.token_ids), c.nfe, tpf,
-                                           self._ttft[index], now - self.prep.t0, queued,
-                                           None if scheduled is None else now - scheduled)
-
-
 async def serve(state, prep: Prepared, http: HTTPRequest) -> Response:
     """Run ``prep`` on the engine client (``state.client``) and answer."""
     if prep.params is None:  # echo with max_tokens=0: the prompt is the whole answer
@@ -255,42 +130,10 @@ async def serve(state, prep: Prepared, http: HTTPRequest) -> Response:
     state.streams.add(stream)
     responder = Responder(state, prep, stream.processors)
     if prep.stream:
-        return BoundedStreamingResponse(_stream(state, stream, responder), state.settings.stream_write_timeout,
-                                        state.metrics.stalled_streams.inc)
+        return streaming.BoundedStreamingResponse(_stream(state, stream, responder),
+                                                  state.settings.stream_write_timeout,
+                                                  state.metrics.stalled_streams.inc)
     return await until_disconnect(http, _collect(state, stream, responder))
-
-
-async def _send_within(send, message: dict, seconds: float) -> None:
-    """``await send(message)``, raising asyncio.TimeoutError after ``seconds`` (``asyncio.timeout`` costs a
-    timer handle per call; ``wait_for``, Python 3.10's only way, a task: about 5x more per chunk)."""
-    if hasattr(asyncio, "timeout"):
-        async with asyncio.timeout(seconds):
-            await send(message)
-    else:
-        await asyncio.wait_for(send(message), seconds)
-
-
-class BoundedStreamingResponse(StreamingResponse):
-    """An SSE response whose client must keep reading: a chunk that cannot be handed to the connection
-    within ``write_timeout`` seconds (the client's receive window and the server's send buffer are full)
-    ends the response; closing the body iterator aborts the request in the engine."""
-
-    def __init__(self, body, write_timeout: float, on_stall):
-        super().__init__(body, media_type=streaming.MEDIA_TYPE, headers=streaming.HEADERS)
-        self.write_timeout, self.on_stall = write_timeout, on_stall
-
-    async def stream_response(self, send) -> None:
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        async for chunk in self.body_iterator:
-            try:
-                await _send_within(send, {"type": "http.response.body", "body": chunk, "more_body": True},
-                                   self.write_timeout)
-            except asyncio.TimeoutError:
-                log.warning("a streaming client read nothing for %.1f s: disconnecting it", self.write_timeout)
-                self.on_stall()
-                await self.body_iterator.aclose()
-                return  # the response stays incomplete: the server closes the connection
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def _echo_only(state, prep: Prepared) -> Response:

@@ -7,7 +7,7 @@ import time
 
 from unmask.server.api import logprobs as lp
 from unmask.server.api.errors import bad_request
-from unmask.server.api.protocol import ChatCompletionRequest, ChatMessage, message_text
+from unmask.server.api.protocol import ChatCompletionRequest, ChatMessage
 from unmask.server.api.serving import Prepared
 from unmask.server.api.serving_completion import (CompletionShape, check_prompt, check_text_size, default_budget,
                                                   response_id, stream_flags)
@@ -44,6 +44,28 @@ class ChatShape(CompletionShape):
                 "finish_reason": c.finish_reason, "stop_reason": c.stop_reason}
                for i, c in enumerate(choices)]
         return {**self._head("chat.completion"), "choices": out, "usage": usage_, "system_fingerprint": None}
+
+
+def message_text(message: ChatMessage, i: int) -> str:
+    """A message's content as one string: text parts joined by newlines (vLLM). 400 for other part types,
+    for missing content (only an assistant turn may omit it) and for history ``tool_calls`` (which the
+    chat templates served here cannot render, so they are refused rather than dropped)."""
+    if message.tool_calls:
+        raise bad_request("assistant messages with tool_calls cannot be rendered by this model's chat template",
+                          f"messages.{i}.tool_calls", "unsupported_content")
+    if message.content is None:
+        if message.role != "assistant":
+            raise bad_request(f"a {message.role} message needs content", f"messages.{i}.content")
+        return ""
+    if isinstance(message.content, str):
+        return message.content
+    texts = []
+    for j, part in enumerate(message.content):
+        if part.type != "text" or part.text is None:
+            raise bad_request(f"content part type {part.type!r} is not supported; only text parts are",
+                              f"messages.{i}.content.{j}.type", "unsupported_content")
+        texts.append(part.text)
+    return "\n".join(texts)
 
 
 def render_messages(state, messages: list[ChatMessage], add_generation_prompt: bool) -> list[int]:

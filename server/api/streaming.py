@@ -18,9 +18,15 @@ shaped like a chunk with empty ``choices`` plus a ``denoise`` object::
 """
 from __future__ import annotations
 
+import asyncio
+import logging
+
+from starlette.responses import StreamingResponse
+
 from unmask.server.api.errors import dumps
 from unmask.server.tokenizer import Tokenizer
 
+log = logging.getLogger("unmask.api")
 DONE = b"data: [DONE]\n\n"
 DENOISE_EVENT = "denoise"
 MEDIA_TYPE = "text/event-stream"
@@ -79,3 +85,36 @@ def denoise_payload(canvas: tuple[int, ...], index: int, step: int, nfe: int, nu
         "token_ids": canvas, "tokens": [None if t == mask_id else strings(t) for t in canvas],
         "masked": masked, "mask_token_id": mask_id, "finished": finished,
     }
+
+
+async def _send_within(send, message: dict, seconds: float) -> None:
+    """``await send(message)``, raising asyncio.TimeoutError after ``seconds`` (``asyncio.timeout`` costs a
+    timer handle per call; ``wait_for``, Python 3.10's only way, a task: about 5x more per chunk)."""
+    if hasattr(asyncio, "timeout"):
+        async with asyncio.timeout(seconds):
+            await send(message)
+    else:
+        await asyncio.wait_for(send(message), seconds)
+
+
+class BoundedStreamingResponse(StreamingResponse):
+    """An SSE response whose client must keep reading: a chunk that cannot be handed to the connection
+    within ``write_timeout`` seconds (the client's receive window and the server's send buffer are full)
+    ends the response; closing the body iterator aborts the request in the engine."""
+
+    def __init__(self, body, write_timeout: float, on_stall):
+        super().__init__(body, media_type=MEDIA_TYPE, headers=HEADERS)
+        self.write_timeout, self.on_stall = write_timeout, on_stall
+
+    async def stream_response(self, send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        async for chunk in self.body_iterator:
+            try:
+                await _send_within(send, {"type": "http.response.body", "body": chunk, "more_body": True},
+                                   self.write_timeout)
+            except asyncio.TimeoutError:
+                log.warning("a streaming client read nothing for %.1f s: disconnecting it", self.write_timeout)
+                self.on_stall()
+                await self.body_iterator.aclose()
+                return  # the response stays incomplete: the server closes the connection
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -6,7 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from unmask.server.api.errors import APIError, validation_error
-from unmask.server.api.protocol import ChatCompletionRequest, CompletionRequest, message_text
+from unmask.server.api.protocol import ChatCompletionRequest, CompletionRequest
+from unmask.server.api.serving_chat import message_text
 from unmask.server.api.settings import ServerSettings
 
 S = ServerSettings()

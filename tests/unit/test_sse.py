@@ -12,7 +12,8 @@ from tests.unit.steps import step_out
 from unmask.clients.sse import SSEDecoder, iter_events
 from unmask.server.api import streaming as sse
 from unmask.server.api.metrics import Metrics
-from unmask.server.api.serving import Prepared, Responder, StreamFlags
+from unmask.server.api.responder import Responder
+from unmask.server.api.serving import Prepared, StreamFlags
 from unmask.server.api.serving_chat import ChatShape
 from unmask.server.api.serving_completion import CompletionShape
 from unmask.server.engine.async_engine import ChoiceStream
