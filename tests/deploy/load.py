@@ -87,15 +87,29 @@ async def send(client: httpx.AsyncClient, path: str, body: dict) -> Result:
     return res
 
 
-async def send_many(base_url: str, jobs: list[tuple[str, dict]], timeout: float = 90.0) -> list[Result | BaseException]:
+async def send_obeying_retry_after(client: httpx.AsyncClient, path: str, body: dict, retries: int) -> Result:
+    """``send``, and after a 503 with Retry-After wait that long and send again, up to ``retries`` times (what the
+    openai SDK does by default): the answer a well-behaved client ends with."""
+    for _ in range(retries):
+        res = await send(client, path, body)
+        if res.status != 503 or "retry-after" not in res.headers:
+            return res
+        await asyncio.sleep(float(res.headers["retry-after"]))
+    return await send(client, path, body)
+
+
+async def send_many(base_url: str, jobs: list[tuple[str, dict]], timeout: float = 90.0,
+                    retries: int = 0) -> list[Result | BaseException]:
     """Every job at once; an exception (transport error, timeout) is returned in its slot."""
     limits = httpx.Limits(max_connections=len(jobs) + 8, max_keepalive_connections=len(jobs) + 8)
     async with httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits) as client:
-        return await asyncio.gather(*(send(client, p, b) for p, b in jobs), return_exceptions=True)
+        return await asyncio.gather(*(send_obeying_retry_after(client, p, b, retries) for p, b in jobs),
+                                    return_exceptions=True)
 
 
-def run_many(base_url: str, jobs: list[tuple[str, dict]], timeout: float = 90.0) -> list[Result | BaseException]:
-    return asyncio.run(send_many(base_url, jobs, timeout))
+def run_many(base_url: str, jobs: list[tuple[str, dict]], timeout: float = 90.0,
+             retries: int = 0) -> list[Result | BaseException]:
+    return asyncio.run(send_many(base_url, jobs, timeout, retries))
 
 
 def mixed_jobs(count: int, **extra) -> list[tuple[tuple[str, str], tuple[str, dict]]]:
