@@ -145,8 +145,10 @@ def test_engine_metrics_exported_through_ray_per_replica(cluster):
 def test_overload_gets_the_openai_503_with_retry_after(cluster):
     """More requests than both engines' slots + queues and the proxy's queue: the refusals are 503s in the
     OpenAI shape with Retry-After (from an engine or from the proxy), the rest succeed."""
-    path, body = load.request("completion", "reverse: abcdef", max_tokens=8, block_length=8, steps=1)
-    results = load.run_many(cluster.url, [(path, body)] * 450)
+    # each request denoises its whole canvas (64 steps, no early stop), so none finishes while the burst arrives
+    path, body = load.request("completion", "reverse: abcdef", max_tokens=64, block_length=64, steps=64,
+                              logits_eos_inf=True, early_stop=False)
+    results = load.run_many(cluster.url, [(path, body)] * 450, timeout=180.0)
     assert all(isinstance(r, load.Result) for r in results), [r for r in results if not isinstance(r, load.Result)][:3]
     assert {r.status for r in results} <= {200, 503}
     refused = [r for r in results if r.status == 503]
