@@ -152,18 +152,23 @@ def padded_part(args) -> dict:
             "cpu_ratio_median": round(statistics.median(b / e for b, e in zip(cpu["padded"], cpu["engine"])), 3)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--preset", choices=["exact", "fast"], default="exact")
-    ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--num-prompts", type=int, default=64)
+def add_workload_args(ap) -> None:
+    """The workload flags the offline benchmarks share (task prompts per task, generation shape, device, seed)."""
     ap.add_argument("--n-per-task", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--block-length", type=int, default=32)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--seed", type=int, default=0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--preset", choices=["exact", "fast"], default="exact")
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--num-prompts", type=int, default=64)
+    add_workload_args(ap)
     ap.add_argument("--cb-hidden", type=int, default=512)
     ap.add_argument("--cb-layers", type=int, default=6)
     ap.add_argument("--cb-prompts", type=int, default=16)

@@ -32,6 +32,7 @@ from unmask.server.engine.output_processor import OutputProcessor
 from unmask.server.engine.scheduler import Scheduler
 from unmask.server.tokenizer import IncrementalDetokenizer
 
+from benchmarks.offline import add_workload_args
 from recipes.tasks import heldout_set
 from unmask import LLM, DiffusionParams
 
@@ -157,12 +158,7 @@ def main() -> None:
     ap.add_argument("--preset", nargs="+", choices=["exact", "fast"], default=["exact", "fast"])
     ap.add_argument("--concurrency", nargs="+", type=int, default=[1, 8, 32, 64])
     ap.add_argument("--min-prompts", type=int, default=8, help="prompts per level: max(C, this)")
-    ap.add_argument("--n-per-task", type=int, default=8)
-    ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--block-length", type=int, default=32)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--seed", type=int, default=0)
+    add_workload_args(ap)
     ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="wall time, or the process's CPU time")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
     ap.add_argument("--json", default=None)

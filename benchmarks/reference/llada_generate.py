@@ -91,7 +91,7 @@ def generate(model, prompt, steps=128, gen_length=128, block_length=128, tempera
             elif remasking == "random":
                 x0_p = torch.rand((x0.shape[0], x0.shape[1]), generator=generator, device=x0.device)
             else:
-                raise NotImplementedError(remasking)
+                raise ValueError(f"remasking={remasking!r}: expected 'low_confidence' or 'random'")
 
             x0_p[:, hi:] = -torch.inf
 

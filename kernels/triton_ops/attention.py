@@ -198,6 +198,16 @@ def _num_splits(work: int, device: torch.device, key_tiles_bound: int | None) ->
     return max(1, min(splits, key_tiles_bound)) if key_tiles_bound is not None else splits
 
 
+def cache_operands(k, v, cu_seqlens_q, k_cache, v_cache, block_table, kv_lens, new_offsets):
+    """The paged-cache kernel arguments: (k_cache, v_cache, block_table, kv_lens, new_offsets, the six cache
+    strides, page size, block-table row stride); without a cache (k_cache None) placeholders the kernel ignores."""
+    if k_cache is None:
+        return k, v, cu_seqlens_q, cu_seqlens_q, cu_seqlens_q, (0,) * 6, 1, 0
+    kc, vc = k_cache, v_cache
+    strides = (kc.stride(0), kc.stride(1), kc.stride(2), vc.stride(0), vc.stride(1), vc.stride(2))
+    return kc, vc, block_table, kv_lens, new_offsets, strides, kc.shape[1], block_table.stride(0)
+
+
 def attention_fwd(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_cache=None, block_table=None,
                   kv_lens=None, new_offsets=None, num_splits: int | None = None,
                   loop: str | None = None, serial_combine: bool | None = None) -> torch.Tensor:
@@ -222,13 +232,8 @@ def attention_fwd(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_ca
     if num_splits is None:
         bound = None if has_cache else triton.cdiv(max_seqlen_q, block_n)
         num_splits = _num_splits(batch * heads * q_tiles, q.device, bound)
-    if has_cache:
-        kc, vc, bt, kvl, off = k_cache, v_cache, block_table, kv_lens, new_offsets
-        cache_strides = (kc.stride(0), kc.stride(1), kc.stride(2), vc.stride(0), vc.stride(1), vc.stride(2))
-        page_size, stride_bt = kc.shape[1], bt.stride(0)
-    else:
-        kc, vc, bt, kvl, off = k, v, cu_seqlens_q, cu_seqlens_q, cu_seqlens_q  # unused placeholders
-        cache_strides, page_size, stride_bt = (0,) * 6, 1, 0
+    kc, vc, bt, kvl, off, cache_strides, page_size, stride_bt = cache_operands(
+        k, v, cu_seqlens_q, k_cache, v_cache, block_table, kv_lens, new_offsets)
     counters = None
     if num_splits > 1:
         part = torch.empty((n, heads, num_splits, head_dim), dtype=torch.float32, device=q.device)

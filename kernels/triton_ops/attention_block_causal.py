@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from unmask.kernels.triton_ops._common import FP_FUSION, interpreting, next_pow2, upcast
+from unmask.kernels.triton_ops.attention import cache_operands
 from unmask.kernels.triton_ops.attention_loops import SRC_MIXED, SRC_NEW, _load_keys, softmax_update_masked
 
 _LOG2E = 1.4426950408889634
@@ -102,13 +103,8 @@ def block_causal_attention(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=N
         return out.zero_()
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     has_cache = k_cache is not None
-    if has_cache:
-        kc, vc, bt, kvl, off = k_cache, v_cache, block_table, kv_lens, new_offsets
-        cache_strides = (kc.stride(0), kc.stride(1), kc.stride(2), vc.stride(0), vc.stride(1), vc.stride(2))
-        page_size, stride_bt = kc.shape[1], bt.stride(0)
-    else:
-        kc, vc, bt, kvl, off = k, v, cu_seqlens_q, cu_seqlens_q, cu_seqlens_q  # unused placeholders
-        cache_strides, page_size, stride_bt = (0,) * 6, 1, 0
+    kc, vc, bt, kvl, off, cache_strides, page_size, stride_bt = cache_operands(
+        k, v, cu_seqlens_q, k_cache, v_cache, block_table, kv_lens, new_offsets)
     block_m = min(64, max(16, next_pow2(max_seqlen_q)))
     block_d = max(16, next_pow2(head_dim))
     grid = (triton.cdiv(max_seqlen_q, block_m), batch * heads)
