@@ -1,5 +1,6 @@
 """Two replicas of the embedded model behind Ray Serve's HTTP proxy, on a local Ray cluster of 2 CPUs (one
-cluster and one Serve application for the whole module; the replica-kill test runs last).
+cluster and one Serve application for the whole module; the replica-kill test runs before the overload
+test, whose refused burst could leave the proxy's queue accounting or a replica busy).
 
 The reference is a single ``unmask serve`` run first (alone on the CPUs): at temperature 0 every answer
 through the proxy must equal its answer, streamed or not.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections import Counter
 from types import SimpleNamespace
 
 import httpx
@@ -142,21 +144,6 @@ def test_engine_metrics_exported_through_ray_per_replica(cluster):
     assert any(k.startswith("ray_unmask_nfe") for k in seen)
 
 
-def test_overload_gets_the_openai_503_with_retry_after(cluster):
-    """More requests than both engines' slots + queues and the proxy's queue: the refusals are 503s in the
-    OpenAI shape with Retry-After (from an engine or from the proxy), the rest succeed."""
-    # each request denoises its whole canvas (64 steps, no early stop), so none finishes while the burst arrives
-    path, body = load.request("completion", "reverse: abcdef", max_tokens=64, block_length=64, steps=64,
-                              logits_eos_inf=True, early_stop=False)
-    results = load.run_many(cluster.url, [(path, body)] * 450, timeout=180.0)
-    assert all(isinstance(r, load.Result) for r in results), [r for r in results if not isinstance(r, load.Result)][:3]
-    assert {r.status for r in results} <= {200, 503}
-    refused = [r for r in results if r.status == 503]
-    assert refused, "expected some 503 answers"
-    for r in refused:
-        assert r.error["type"] == "service_unavailable" and r.headers.get("retry-after"), r
-
-
 def _replicas(handle, want: int = 2, timeout: float = 20.0, exclude: str | None = None) -> dict[str, dict]:
     """Serve replica id -> replica_info, asking through the handle until ``want`` distinct live ones answer."""
     deadline, out = time.monotonic() + timeout, {}
@@ -171,6 +158,22 @@ def _replicas(handle, want: int = 2, timeout: float = 20.0, exclude: str | None 
     return out
 
 
+def _settled(app: str, timeout: float = 60.0) -> None:
+    """Wait until Serve reports the deployment HEALTHY with exactly 2 RUNNING replicas (none starting, draining
+    or being replaced after the overload test): the kill test needs two serving replicas, not one and a
+    successor that is still loading."""
+    from ray import serve
+
+    deadline, seen = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        deployments = serve.status().applications[app].deployments
+        seen = {name: (d.status, dict(d.replica_states)) for name, d in deployments.items()}
+        if all(status == "HEALTHY" and states == {"RUNNING": 2} for status, states in seen.values()):
+            return
+        time.sleep(0.5)
+    pytest.fail(f"Serve did not settle on 2 running replicas: {seen}")
+
+
 FAIL_FAST_S = 10.0
 """Requests in flight on a killed replica are answered (an OpenAI-shaped error) within this many seconds."""
 
@@ -181,6 +184,7 @@ def test_killing_a_replica_under_load(cluster):
     import ray
     from ray import serve
 
+    _settled(cluster.app)
     handle = serve.get_app_handle(cluster.app)
     victim = next(iter(_replicas(handle).values()))
     kinds = ("completion-stream", "chat-stream", "completion", "chat")
@@ -205,17 +209,37 @@ def test_killing_a_replica_under_load(cluster):
     in_flight = [(r, t) for r, t in results if t > killed_at]
     assert in_flight, "every request had finished before the kill: nothing tested"
     failed = [(r, t) for r, t in results if not (r.status == 200 and r.finished and r.error is None)]
+    outcome = Counter((r.status, (r.error or {}).get("code")) for r, _ in results)
     for r, t in failed:
         assert r.error is not None and r.error["type"] == "service_unavailable", r
-        assert t - killed_at < FAIL_FAST_S, (t - killed_at, r)
+        # a request refused before the kill is a different fault than the one under test: name it
+        assert 0 <= t - killed_at < FAIL_FAST_S, (t - killed_at, r, outcome)
     ok = len(results) - len(failed)
-    assert ok > 0, "the surviving replica answered nothing"
-    with httpx.Client(base_url=cluster.url, timeout=30) as c:  # the survivor serves at once
-        path, body = load.request("chat", load.PROMPTS[0])
-        assert c.post(path, json=body).status_code == 200
+    # the survivor serves a burst sent right after the kill (how Serve's router split the first burst between the
+    # replicas is its own choice, often most of it to one): the few routed to the dead replica before the router
+    # learns of its death get the 503 + Retry-After above, which a client obeys
+    burst = load.run_many(cluster.url, [job for _, job in load.mixed_jobs(16)], retries=3)
+    bad = [r for r in burst if not (isinstance(r, load.Result) and r.status == 200 and r.finished and r.error is None)]
+    assert not bad, (bad[:3], outcome)
     fresh = _replicas(handle, timeout=RECOVERY_BOUND_S, exclude=victim["replica"])
     recovered = time.monotonic() - killed_at
     assert len(fresh) == 2 and recovered < RECOVERY_BOUND_S, (fresh, recovered)
     print(f"killed 1 of 2 replicas with {len(in_flight)} requests in flight: {ok} answered, {len(failed)} failed "
           f"fast (max {max((t - killed_at for _, t in failed), default=0):.2f} s after the kill); "
           f"2 replicas serving again {recovered:.1f} s after the kill")
+
+
+def test_overload_gets_the_openai_503_with_retry_after(cluster):
+    """More requests than both engines' slots + queues and the proxy's queue: the refusals are 503s in the
+    OpenAI shape with Retry-After (from an engine or from the proxy), the rest succeed."""
+    _settled(cluster.app)  # after the kill test: the replacement replica is serving
+    # each request denoises its whole canvas (64 steps, no early stop), so none finishes while the burst arrives
+    path, body = load.request("completion", "reverse: abcdef", max_tokens=64, block_length=64, steps=64,
+                              logits_eos_inf=True, early_stop=False)
+    results = load.run_many(cluster.url, [(path, body)] * 450, timeout=180.0)
+    assert all(isinstance(r, load.Result) for r in results), [r for r in results if not isinstance(r, load.Result)][:3]
+    assert {r.status for r in results} <= {200, 503}
+    refused = [r for r in results if r.status == 503]
+    assert refused, "expected some 503 answers"
+    for r in refused:
+        assert r.error["type"] == "service_unavailable" and r.headers.get("retry-after"), r
