@@ -263,21 +263,31 @@ def select(plan: CommitPlan, logits: torch.Tensor, x0: torch.Tensor, conf: torch
         out.append((pos[hit].tolist(), tok[hit].tolist()))
     tied = picked[:, w].nonzero(as_tuple=True)[0]  # [T] host
     if tied.numel():
-        rows = tied.to(conf_bw.device)
-        conf_t, x0_t, cand_t = conf_bw[rows].cpu(), x0_bw[rows].cpu(), plan.cand[rows].cpu()  # [T, W] each
-        for j, i in enumerate(tied.tolist()):
-            out[i] = reference_topk(plan.slot_pos[i][cand_t[j]], conf_t[j][cand_t[j]], x0_t[j][cand_t[j]],
-                                    plan.canvas_len[i], int(picked[i, w + 1]))
+        reference_topk(plan, tied, conf_bw, x0_bw, picked[:, w + 1], out)
     if plan.logprobs is not None:
         sampling.token_logprobs(plan.logprobs, logits, x0, out)
     return out
 
 
-def reference_topk(pos: torch.Tensor, conf: torch.Tensor, x0: torch.Tensor, length: int, k: int):
-    """One sequence's fixed-schedule commits exactly as the reference picks them: 1-D ``torch.topk`` on the host
-    over its canvas row [L] (−inf off candidates), whose order among equal confidences is topk's own.
-    pos/conf/x0 [C] its candidates (ascending positions, host) -> (canvas positions, tokens)."""
-    row = torch.full((length,), NEG_INF, dtype=conf.dtype)  # [L]
-    row[pos] = conf
-    chosen = torch.topk(row, k).indices  # [k] canvas positions
-    return chosen.tolist(), x0[torch.searchsorted(pos, chosen)].tolist()
+def reference_topk(plan: CommitPlan, tied: torch.Tensor, conf_bw: torch.Tensor, x0_bw: torch.Tensor,
+                   k: torch.Tensor, out: list[tuple[list[int], list[int]]]) -> None:
+    """Fixed-schedule commits exactly as the reference picks them, for the sequences whose k-th best confidence
+    ties the next: ``torch.topk`` on the host over each one's canvas row [L] (−inf off candidates), whose order
+    among equal confidences is topk's own. One 2-D ``topk`` per (L, k) group: row by row it picks the same
+    indices, in the same order, as the reference's 1-D call on that row. tied [T] host batch indices,
+    conf_bw/x0_bw [B, W] (device), k [B] host -> ``out[i]`` replaced by (canvas positions, tokens)."""
+    rows = tied.to(conf_bw.device)
+    conf_t, x0_t, cand_t = conf_bw[rows].cpu(), x0_bw[rows].cpu(), plan.cand[rows].cpu()  # [T, W] each
+    pos_t = plan.slot_pos[tied]  # [T, W] host canvas positions, −1 on padding slots
+    groups: dict[tuple[int, int], list[int]] = {}
+    for j, i in enumerate(tied.tolist()):
+        groups.setdefault((plan.canvas_len[i], int(k[i])), []).append(j)
+    for (length, kk), js in groups.items():
+        g = torch.tensor(js)  # [G]
+        at = torch.where(pos_t[g] >= 0, pos_t[g], length)  # [G, W] padding goes to a spare column L
+        canvas = torch.full((g.numel(), length + 1), NEG_INF, dtype=conf_t.dtype)  # [G, L + 1]
+        canvas.scatter_(1, at, torch.where(cand_t[g], conf_t[g], NEG_INF))
+        tokens = torch.zeros(g.numel(), length + 1, dtype=x0_t.dtype).scatter_(1, at, x0_t[g])  # [G, L + 1]
+        chosen = torch.topk(canvas[:, :length], kk, dim=1).indices  # [G, k] canvas positions
+        for j, c, t in zip(js, chosen, tokens.gather(1, chosen)):
+            out[int(tied[j])] = (c.tolist(), t.tolist())

@@ -88,3 +88,30 @@ def test_fixed_schedule_ties_follow_reference_topk():
     want = sorted(torch.topk(row, 2).indices.tolist())
     (pos, tok), = commit_policy.select(plan, torch.zeros(8, 96, dtype=torch.float64), x0, conf, 94, 93)
     assert sorted(pos) == want and tok == [10 + p - 3 for p in pos]
+
+
+def test_tied_sequences_of_a_batch_each_follow_their_own_1d_topk():
+    """A batch of tied sequences with different canvas lengths, k and candidate counts (so padded slots): each
+    one's committed set equals 1-D topk's over its own canvas row."""
+    specs = [(8, 8, 4), (16, 16, 4), (8, 8, 2), (16, 8, 8), (8, 8, 4)]  # (max_tokens, block_length, steps)
+    seqs = [Sequence(Request(f"t{i}", (1, 2, 3)[: 1 + i % 3], DiffusionParams(max_tokens=m, block_length=bl, steps=s)),
+                     95, (94,), 0) for i, (m, bl, s) in enumerate(specs)]
+    slots = [commit_policy.candidates(s) for s in seqs]
+    plan = commit_policy.build_plan(seqs, slots, torch.device("cpu"))
+    g = torch.Generator().manual_seed(3)
+    conf = [torch.where(torch.rand(sl.numel(), generator=g) < 0.6, 0.9, torch.rand(sl.numel(), generator=g) / 2)
+            .double() for sl in slots]
+    x0 = torch.arange(sum(sl.numel() for sl in slots))
+    commits = commit_policy.select(plan, torch.zeros(x0.numel(), 96, dtype=torch.float64), x0, torch.cat(conf), 94, 93)
+    start, tied = 0, 0
+    for seq, sl, c, (pos, tok) in zip(seqs, slots, conf, commits):
+        row = torch.full((seq.length,), float("-inf"), dtype=torch.float64)
+        row[sl] = c
+        k = commit_policy.step_k(seq)
+        want = torch.topk(row, k).indices.sort().values
+        assert sorted(pos) == want.tolist()
+        assert sorted(tok) == (torch.searchsorted(sl, want) + start).tolist()
+        best = c.sort(descending=True).values
+        tied += bool(best[k - 1] == best[k])
+        start += sl.numel()
+    assert tied >= 3  # the tie path ran for most of them
