@@ -72,6 +72,10 @@ class Tokenizer:
         """Number of ids the tokenizer defines (may be below the model's embedding rows)."""
         return self._tok.get_vocab_size(with_added_tokens=True)
 
+    def backend_json(self) -> str:
+        """The tokenizer as ``tokenizer.json`` text (what the grammar engine builds its token table from)."""
+        return self._tok.to_str()
+
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 
@@ -98,21 +102,22 @@ class Tokenizer:
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        """messages [{role, content: str}] -> the prompt string the checkpoint's template produces."""
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = True, tools: list | None = None) -> str:
+        """messages [{role, content: str}] -> the prompt string the checkpoint's template produces (``tools``, the
+        OpenAI tool definitions, are passed to templates that render them)."""
         if not self.chat_template:
             raise ChatTemplateError("this model has no chat template (tokenizer_config.json chat_template); "
                                     "use /v1/completions with a raw prompt")
         try:
             template = self._env.from_string(self.chat_template)
-            return template.render(messages=messages, bos_token=self.bos_token or "",
-                                   eos_token=self.eos_token or "", add_generation_prompt=add_generation_prompt)
+            return template.render(messages=messages, bos_token=self.bos_token or "", eos_token=self.eos_token or "",
+                                   add_generation_prompt=add_generation_prompt, tools=tools)
         except ChatTemplateError:
             raise
         except jinja2.TemplateError as exc:
             raise ChatTemplateError(f"chat template failed: {exc}") from exc
 
-    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True, tools: list | None = None) -> list[int]:
         """Render with the chat template, then encode (the template already holds BOS). Message text is data,
         not control: only the template's own markup becomes special tokens; a special-token string inside a
         message (a role header, end of turn, the mask token) is encoded as the plain text it is, so a client
@@ -120,11 +125,11 @@ class Tokenizer:
         that alters the placeholders (it rewrites message text) falls back to encoding the whole rendering."""
         marked = [{**m, "content": f"{_MARK_OPEN}{i}{_MARK_CLOSE}"} if isinstance(m.get("content"), str) else m
                   for i, m in enumerate(messages)]
-        pieces = _MARK.split(self.render_chat(marked, add_generation_prompt))
+        pieces = _MARK.split(self.render_chat(marked, add_generation_prompt, tools))
         used = [int(p) for p in pieces[1::2]]
         if sorted(used) != [i for i, m in enumerate(marked) if m is not messages[i]]:
             log.warning("the chat template rewrites message text; encoding the rendered prompt as a whole")
-            return self.encode(self.render_chat(messages, add_generation_prompt))
+            return self.encode(self.render_chat(messages, add_generation_prompt, tools))
         ids: list[int] = []
         for k, piece in enumerate(pieces):
             if k % 2 == 0:

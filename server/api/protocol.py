@@ -19,7 +19,10 @@ from typing import Any, Literal, Mapping, Union
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from unmask.server.api.errors import bad_request, unsupported
+from unmask.server.api.protocol_structured import request_constraint
+from unmask.server.api.tools import ToolPlan, tool_plan
 from unmask.server.api.settings import ServerSettings
+from unmask.server.engine.constraint import StructuredOutputs
 from unmask.server.engine.params import DiffusionParams
 
 INT64 = 1 << 63
@@ -97,9 +100,6 @@ class GenerateRequest(DiffusionFields):
         """(field, acceptable) for the shared fields we cannot honour, in the OpenAI reference's order."""
         return [
             ("length_penalty", self.length_penalty in (None, 1)), ("use_beam_search", not self.use_beam_search),
-            ("guided_json", self.guided_json is None), ("guided_regex", self.guided_regex is None),
-            ("guided_choice", self.guided_choice is None), ("guided_grammar", self.guided_grammar is None),
-            ("structured_outputs", self.structured_outputs is None),
         ]
 
     def check_common(self, fields: list[tuple[str, bool]], why: str = "") -> None:
@@ -139,7 +139,8 @@ class GenerateRequest(DiffusionFields):
             "seed": self.seed, "stop": self.stop_list(), "include_stop_str_in_output": self.include_stop_str_in_output,
             "skip_special_tokens": self.skip_special_tokens, "logits_eos_inf": self.logits_eos_inf,
             "confidence_eos_eot_inf": self.confidence_eos_eot_inf, "threshold": self.threshold, "factor": self.factor,
-            "cache": self.cache, "early_stop": self.early_stop, "preset": self.preset, **self.sampling_fields()}
+            "cache": self.cache, "early_stop": self.early_stop, "preset": self.preset, **self.sampling_fields(),
+            "structured_outputs": self.constraint()[0]}
         try:
             params = DiffusionParams.from_fields(fields, defaults)
         except ValueError as exc:
@@ -163,6 +164,10 @@ class GenerateRequest(DiffusionFields):
 
     def logprobs_count(self) -> int | None:
         """Top alternatives per output token when logprobs were asked for, else None."""
+
+    def constraint(self) -> tuple[StructuredOutputs | None, str | None]:
+        """(structured-output constraint, the field it came from), or (None, None) (protocol_structured.py)."""
+        return request_constraint(self)
 
     def check_choices(self, num_prompts: int, settings: ServerSettings) -> None:
         """400 when prompts × n exceeds --max-choices."""
@@ -190,6 +195,7 @@ class CompletionRequest(GenerateRequest):
     logprobs: StrictInt | None = None
     best_of: StrictInt | None = None
     suffix: StrictStr | None = None
+    response_format: dict[StrictStr, Any] | None = None
 
     def check(self) -> None:
         """400 for fields we cannot honour (OpenAI reference order), then max_tokens=0 without echo, the
@@ -227,6 +233,7 @@ class ChatCompletionRequest(GenerateRequest):
     top_logprobs: StrictInt | None = None
     tools: list[Any] | None = None
     tool_choice: Any = None
+    parallel_tool_calls: StrictBool | None = None
     functions: list[Any] | None = None
     function_call: Any = None
     response_format: dict[StrictStr, Any] | None = None
@@ -245,19 +252,31 @@ class ChatCompletionRequest(GenerateRequest):
 
     def check(self) -> None:
         """400 for fields we cannot honour, in the OpenAI reference's order."""
-        fmt = (self.response_format or {}).get("type", "text")
         fields = [
             ("audio", self.audio is None), ("function_call", self.function_call in (None, "none")),
             ("functions", not self.functions), ("modalities", self.modalities in (None, ["text"])),
-            ("prediction", self.prediction is None), ("response_format", fmt == "text"),
-            ("tool_choice", self.tool_choice in (None, "none") or (self.tool_choice == "auto" and not self.tools)),
-            ("tools", not self.tools or self.tool_choice == "none"),
+            ("prediction", self.prediction is None),
             ("web_search_options", self.web_search_options is None),
             ("echo", not self.echo), ("continue_final_message", not self.continue_final_message),
             ("chat_template", self.chat_template is None), *self.unsupported_common(),
         ]
-        self.check_common(fields, " Tool calls, structured output and audio are not offered.")
+        self.check_common(fields, " Audio, predicted outputs, web search and the deprecated functions are not offered.")
         check_top_logprobs(self.top_logprobs, bool(self.logprobs))
+
+    def tool_plan(self) -> ToolPlan | None:
+        """The validated tools (tools.py), or None without tools."""
+        return tool_plan(self)
+
+    def constraint(self) -> tuple[StructuredOutputs | None, str | None]:
+        """A forced tool call (tool_choice required / named) is this request's constraint; with it, no other."""
+        own = request_constraint(self)
+        plan = self.tool_plan()
+        if plan is None or not plan.forced:
+            return own
+        if own[0] is not None:
+            raise bad_request(f"tool_choice={self.tool_choice!r} forces a tool call; it cannot be combined with "
+                              f"{own[1]}", own[1])
+        return plan.constraint(), "tools"
 
     def logprobs_count(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None

@@ -48,10 +48,9 @@ class ResponsesRequest(GenerateRequest):
 
     def check(self) -> None:
         """400 for what this server cannot do, in the reference's field order."""
-        fmt = ((self.text or {}).get("format") or {}).get("type", "text")
         fields = [("include", set(self.include or ()) <= {LOGPROBS_INCLUDE}),
                   ("previous_response_id", self.previous_response_id is None),
-                  ("reasoning", not (self.reasoning or {}).get("effort")), ("text", fmt == "text"),
+                  ("reasoning", not (self.reasoning or {}).get("effort")),
                   ("tool_choice", self.tool_choice in (None, "none", "auto") or not self.tools),
                   ("tools", not self.tools), *self.unsupported_common()]
         bad = [name for name, ok in fields if not ok]

@@ -100,6 +100,8 @@ class Prepared:
     """The body field that holds the prompt ('prompt' or 'messages'), named in prompt errors."""
     suffix: tuple[int, ...] = ()
     """Infilling (completions ``suffix``): token ids after the generated middle, the same for every prompt."""
+    constraint_param: str = "structured_outputs"
+    """The body field the structured-output constraint came from, named when the engine cannot compile it."""
 
     def requests(self, ids: list[str]) -> list[Request]:
         """One engine Request per choice: prompt p, sample i -> choice p * n + i."""
@@ -123,6 +125,8 @@ async def serve(state, prep: Prepared, http: HTTPRequest) -> Response:
             raise
         if err.param == "prompt":
             err.param = prep.prompt_param
+        elif err.param == "structured_outputs":
+            err.param = prep.constraint_param
         if err.status == 503:
             state.metrics.rejections.inc()
         raise err from None

@@ -161,7 +161,7 @@ def prepare_completion(state, body: CompletionRequest, request_id: str | None) -
     model = body.model or settings.served_model_name
     shape = CompletionShape(response_id("cmpl-", request_id), int(time.time()), model, state.strings)
     return Prepared(shape, prompts, echo, params, body.n, bool(body.stream), stream_flags(body), t0, "prompt",
-                    suffix)
+                    suffix, body.constraint()[1] or "structured_outputs")
 
 
 def check_prompt(state, ids: list[int], param: str) -> None:

@@ -35,7 +35,7 @@ class ResponseShape:
                 "instructions": b.instructions, "max_output_tokens": b.max_output_tokens,
                 "temperature": b.temperature, "top_p": b.top_p, "parallel_tool_calls": False, "tool_choice": "none",
                 "tools": [], "store": False, "previous_response_id": None, "metadata": b.metadata or {},
-                "text": {"format": {"type": "text"}}, "truncation": "disabled",
+                "text": {"format": (b.text or {}).get("format") or {"type": "text"}}, "truncation": "disabled",
                 "usage": None if usage_ is None else _usage(usage_)}
 
     def _item(self, status: str, text: str | None, logprobs: list | None = None) -> dict:
@@ -123,4 +123,5 @@ def prepare_responses(state, body: ResponsesRequest, request_id: str | None) -> 
         budget = default_budget(state, len(ids), want, body.block_length)
     params = body.engine_params(budget, settings, state.defaults.values, "max_output_tokens")
     shape = ResponseShape(body, body.model or settings.served_model_name, request_id, state.strings)
-    return Prepared(shape, [ids], [""], params, 1, bool(body.stream), StreamFlags(), t0, "input")
+    return Prepared(shape, [ids], [""], params, 1, bool(body.stream), StreamFlags(), t0, "input",
+                    constraint_param=body.constraint()[1] or "structured_outputs")

@@ -40,12 +40,13 @@ parity holds wherever the k-th and (k+1)-th best differ, always in the float64 t
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import TYPE_CHECKING
 
 import torch
 
 from unmask.kernels import ops
-from unmask.server.engine import sampling
+from unmask.server.engine import sampling, structured
 
 if TYPE_CHECKING:
     from unmask.server.engine.params import DiffusionParams
@@ -77,7 +78,10 @@ def candidates(seq: Sequence) -> torch.Tensor:
 
 
 def needs_forward(seq: Sequence) -> bool:
-    """A fixed-schedule step that commits nothing changes nothing at any temperature: skip its forward."""
+    """A fixed-schedule step that commits nothing changes nothing at any temperature: skip its forward. A
+    constrained sequence needs one while its block has masks the grammar did not force."""
+    if seq.grammar is not None:
+        return bool(seq.masked_in_block().any())
     return seq.params.parallel or step_k(seq) > 0
 
 
@@ -92,6 +96,8 @@ def block_finished(seq: Sequence, masked_left: int) -> bool:
     plan sums to its masks). Once nothing is masked the remaining steps commit nothing; they are skipped
     unless random remasking must still draw its noise in the reference's order."""
     p = seq.params
+    if seq.grammar is not None:  # constrained: the block ends when it is full, whatever the schedule
+        return masked_left == 0
     if masked_left == 0 and (p.parallel or p.remasking != "random"):
         return True
     return not p.parallel and seq.step_in_block >= p.steps_per_block
@@ -115,6 +121,7 @@ class LogitRules:
     mask_bias: torch.Tensor  # [M] float32: −inf on rows that may not propose the mask token, else 0
     eos_bias: torch.Tensor  # [M] float32: −inf on rows of logits_eos_inf requests, else 0
     sampling: sampling.SamplingRules | None = None  # sampling controls, bans, penalties (None: no row uses one)
+    grammar: structured.MaskJob | None = None  # grammar masks of constrained rows (None: no sequence has one)
 
 
 @dataclasses.dataclass
@@ -132,6 +139,7 @@ class CommitPlan:
     eos_eot_rows: torch.Tensor | None  # [R] int64 device: logit rows of confidence_eos_eot_inf requests
     eos_eot_greedy: torch.Tensor | None  # [R] bool device: that row's request runs at T = 0 (EOS blocked too)
     logprobs: sampling.LogprobRows | None = None  # rows of requests that asked for logprobs
+    grammar: list[tuple[int, Sequence]] | None = None  # (batch index, sequence) of constrained ones, else None
 
 
 def build_rules(seqs: list[Sequence], slots: list[torch.Tensor], device: torch.device) -> LogitRules:
@@ -149,7 +157,7 @@ def build_rules(seqs: list[Sequence], slots: list[torch.Tensor], device: torch.d
         seeds=torch.tensor(seeds, dtype=torch.int64, device=device),
         mask_bias=per_row([0.0 if s.params.is_exact else NEG_INF for s in seqs], torch.float32),
         eos_bias=per_row([NEG_INF if s.params.logits_eos_inf else 0.0 for s in seqs], torch.float32),
-        sampling=sampling.build(seqs, slots, device))
+        sampling=sampling.build(seqs, slots, device), grammar=structured.mask_job(seqs, slots, device))
 
 
 def build_plan(seqs: list[Sequence], slots: list[torch.Tensor], device: torch.device) -> CommitPlan:
@@ -175,7 +183,8 @@ def build_plan(seqs: list[Sequence], slots: list[torch.Tensor], device: torch.de
         is_random=torch.tensor(is_random, device=device) if any(is_random) else None,
         eos_eot_rows=torch.cat([r for r, _ in eos_eot]).to(device) if eos_eot else None,
         eos_eot_greedy=torch.cat([torch.full((r.numel(),), g) for r, g in eos_eot]).to(device) if eos_eot else None,
-        logprobs=sampling.logprob_rows(seqs, slots, device))
+        logprobs=sampling.logprob_rows(seqs, slots, device),
+        grammar=[(b, s) for b, s in enumerate(seqs) if s.grammar is not None] or None)
 
 
 def apply_logit_rules(logits: torch.Tensor, rules: LogitRules, mask_id: int, eos_id: int) -> torch.Tensor:
@@ -183,6 +192,8 @@ def apply_logit_rules(logits: torch.Tensor, rules: LogitRules, mask_id: int, eos
     Elementwise on per-row tensors only, so it can be captured in a CUDA graph."""
     logits[:, mask_id] += rules.mask_bias.to(logits.dtype)
     logits[:, eos_id] += rules.eos_bias.to(logits.dtype)
+    if rules.grammar is not None:
+        rules.grammar.apply(logits)
     if rules.sampling is not None:
         sampling.apply(logits, rules.sampling)
     return logits
@@ -264,6 +275,8 @@ def select(plan: CommitPlan, logits: torch.Tensor, x0: torch.Tensor, conf: torch
     tied = picked[:, w].nonzero(as_tuple=True)[0]  # [T] host
     if tied.numel():
         reference_topk(plan, tied, conf_bw, x0_bw, picked[:, w + 1], out)
+    if plan.grammar is not None:
+        constrained_commits(plan, conf_bw, x0_bw, out)
     if plan.logprobs is not None:
         sampling.token_logprobs(plan.logprobs, logits, x0, out)
     return out
@@ -291,3 +304,123 @@ def reference_topk(plan: CommitPlan, tied: torch.Tensor, conf_bw: torch.Tensor, 
         chosen = torch.topk(canvas[:, :length], kk, dim=1).indices  # [G, k] canvas positions
         for j, c, t in zip(js, chosen, tokens.gather(1, chosen)):
             out[int(tied[j])] = (c.tolist(), t.tolist())
+
+
+# ---- The constrained commit rule (structured outputs; grammar machinery in structured.py) ----------------------
+#
+# A grammar is matched left to right, a diffusion step commits anywhere in its block. A constrained sequence
+# therefore commits only a contiguous run starting at its leftmost masked position, so its committed text is
+# always a valid prefix of the grammar and its canvas is always committed prefix + masks:
+#
+# 1. before the step, ``force_grammar`` commits the tokens the grammar forces (no forward needed for them);
+# 2. the leftmost masked position's logits are masked by the matcher (``structured.MaskJob``, a bitmask applied
+#    on device in ``apply_logit_rules``), so its proposal is always valid and always commits;
+# 3. ``constrained_commits`` extends the run over the next positions while the preset's rule accepts them
+#    (threshold: conf ≥ τ; factor: the i-th of the run has conf ≥ 1 − f/(i+2); fixed schedule: the step's k,
+#    at least 1) *and* each proposal is a valid continuation of the tokens before it (``validate_tokens``).
+#    Those positions' logits were not masked: when the model's proposal is allowed, it is exactly the token the
+#    masked distribution gives with the same noise (argmax / Gumbel-max over a subset that contains the winner),
+#    and its confidence is a lower bound of the masked one, so the run never commits more than the masked rule
+#    would; the first disallowed proposal ends the run and becomes the next step's masked leftmost position.
+# 4. once the grammar is complete and the model (or the grammar) ends it, the end token fills the rest of the
+#    canvas; the request finishes as any request that produced EOS. If the budget runs out first, the output is
+#    a valid but incomplete prefix and the finish reason is ``length``.
+#
+# A constrained block ends when it is full (not after ``steps_per_block``): a step may commit fewer tokens than
+# the fixed schedule's k when a proposal is refused.
+
+
+def force_grammar(seqs: list[Sequence]) -> list[tuple[list[int], list[int]]] | None:
+    """Before a step: each constrained sequence's grammar-forced tokens, written into its canvas (so the forward
+    sees them) -> per sequence (positions, tokens) committed, or None when no sequence is constrained."""
+    if all(s.grammar is None for s in seqs):
+        return None
+    return [([], []) if s.grammar is None else _force_one(s) for s in seqs]
+
+
+def _force_one(seq: Sequence) -> tuple[list[int], list[int]]:
+    st, stats = seq.grammar, seq.grammar.compiler.stats
+    t0 = time.perf_counter()
+    positions, tokens, filled = [], [], 0
+    while True:
+        masked = (seq.canvas[seq.block_start:seq.block_end] == seq.mask_id).nonzero(as_tuple=True)[0]  # [n]
+        forced = st.forced() if masked.numel() else []
+        if not forced:
+            break
+        if st.ended():  # the grammar is complete: its end token fills every masked generation position
+            pos, tok = _end_fill(seq)
+            positions += pos
+            tokens += tok
+            filled = len(tok)
+            break
+        run = forced[:masked.numel()]
+        pos = (masked[:len(run)] + seq.block_start).tolist()
+        st.consume(run)
+        seq.canvas[pos] = torch.tensor(run, dtype=seq.canvas.dtype)
+        positions += pos
+        tokens += run
+        if len(run) < len(forced):
+            break
+    stats.forced_tokens += len(tokens) - filled  # end tokens are counted by _end_fill
+    stats.host_s += time.perf_counter() - t0
+    return positions, tokens
+
+
+def _end_fill(seq: Sequence) -> tuple[list[int], list[int]]:
+    """Commit the grammar's end token at every still-masked generation position (into the canvas)."""
+    gen = torch.arange(seq.prompt_len, seq.gen_end)
+    pos = gen[seq.canvas[seq.prompt_len:seq.gen_end] == seq.mask_id]  # [n]
+    seq.canvas[pos] = seq.grammar.end_token
+    seq.grammar.compiler.stats.end_tokens += pos.numel()
+    return pos.tolist(), [seq.grammar.end_token] * pos.numel()
+
+
+def merge_forced(commits: list[tuple[list[int], list[int]]], forced: list[tuple[list[int], list[int]]] | None):
+    """The step's commits with each sequence's forced commits in front (``force_grammar``); in place."""
+    if forced is not None:
+        for i, (pos, tok) in enumerate(forced):
+            if pos:
+                commits[i] = (pos + commits[i][0], tok + commits[i][1])
+    return commits
+
+
+def run_length(seq: Sequence, conf: torch.Tensor) -> int:
+    """How many positions of a constrained sequence's masked run (from its leftmost mask) the preset's rule
+    accepts, before the grammar check. conf [n] float64 host: the run's confidences in position order."""
+    p, n = seq.params, conf.numel()
+    if n == 0:
+        return 0
+    if not p.parallel:
+        return min(max(step_k(seq), 1), n)
+    i = torch.arange(1, n, dtype=torch.float64)  # [n − 1] index in the run
+    limit = torch.full_like(i, p.threshold) if p.threshold is not None else 1.0 - p.factor / (i + 2)
+    fails = (conf[1:] < limit).nonzero(as_tuple=True)[0]
+    return 1 + (int(fails[0]) if fails.numel() else n - 1)
+
+
+def constrained_commits(plan: CommitPlan, conf_bw: torch.Tensor, x0_bw: torch.Tensor,
+                        out: list[tuple[list[int], list[int]]]) -> None:
+    """Replace each constrained sequence's commits in ``out`` by its contiguous valid run (rule above) and advance
+    its matcher. conf_bw [B, W], x0_bw [B, W] on device; one extra device -> host copy of the constrained rows."""
+    t0 = time.perf_counter()
+    idx = torch.tensor([b for b, _ in plan.grammar], device=conf_bw.device)  # [G]
+    host = torch.stack([conf_bw[idx].double(), x0_bw[idx].double()]).cpu()  # [2, G, W]
+    for j, (b, seq) in enumerate(plan.grammar):
+        st = seq.grammar
+        slots = plan.slot_pos[b]
+        run = slots[slots >= 0]  # [n] the masked run from the leftmost mask, ascending
+        n = run_length(seq, host[0, j, :run.numel()])
+        proposed = host[1, j, :n].long().tolist()
+        ok = st.valid_prefix(proposed)
+        st.compiler.stats.rejected_proposals += int(ok < n)
+        tokens = proposed[:ok] if ok else [st.first_allowed()]  # the masked row is always valid; guard anyway
+        positions = run[:len(tokens)].tolist()
+        st.consume(tokens)
+        st.compiler.stats.sampled_tokens += len(tokens)
+        if st.ended():
+            seq.canvas[positions] = torch.tensor(tokens, dtype=seq.canvas.dtype)
+            end_pos, end_tok = _end_fill(seq)
+            positions, tokens = positions + end_pos, tokens + end_tok
+        out[b] = (positions, tokens)
+    st.compiler.stats.steps += 1
+    st.compiler.stats.host_s += time.perf_counter() - t0

@@ -1,6 +1,7 @@
 """Engine: the synchronous core (validate → schedule → run → update), used by ``LLM`` and ``AsyncEngine``."""
 from __future__ import annotations
 
+import functools
 import logging
 import random
 
@@ -15,6 +16,7 @@ from unmask.server.engine.model_runner import ModelRunner
 from unmask.server.engine.scheduler import Scheduler
 from unmask.server.engine.sequence import Sequence, StepKind
 from unmask.server.engine.stats import EngineStats
+from unmask.server.engine.structured import GrammarCompiler, GrammarError
 from unmask.server.models.loader import load_model
 from unmask.server.models.resolve import resolve_device, resolve_dtype, resolve_model_path
 from unmask.server.tokenizer import Tokenizer
@@ -79,6 +81,7 @@ class Engine:
             raise RequestRejected(f"the prompt contains the mask token (id {self.model_config.mask_token_id}), "
                                   "which marks positions to generate", "prompt")
         self._validate_tokens(request)
+        self._validate_structured(request)
         canvas = request.params.canvas_length
         context = len(ids) + len(request.suffix_token_ids)  # prompt + suffix (infilling)
         if context + canvas > self.max_model_len:
@@ -104,6 +107,24 @@ class Engine:
             raise RequestRejected(f"the suffix contains the mask token (id {self.model_config.mask_token_id})",
                                   "suffix")
 
+    @functools.cached_property
+    def grammars(self) -> GrammarCompiler:
+        """The grammar compiler (built at the first constrained request: unconstrained serving never needs it)."""
+        if self.tokenizer is None:
+            raise RequestRejected("structured outputs need the model's tokenizer, which this engine lacks",
+                                  "structured_outputs")
+        return GrammarCompiler(self.tokenizer, self.model_config.vocab_size, self.stop_token_ids)
+
+    def _validate_structured(self, request: Request) -> None:
+        """Compile the request's constraint (cached): RequestRejected naming the problem if it cannot be."""
+        spec = request.params.structured_outputs
+        if spec is None:
+            return
+        try:
+            self.grammars.compile(spec)
+        except GrammarError as exc:
+            raise RequestRejected(str(exc), "structured_outputs", "invalid_structured_output") from None
+
     def add_requests(self, requests: list[Request]) -> None:
         """Validate every request, then queue them all (none is queued if any is refused)."""
         ids = [r.request_id for r in requests]
@@ -121,7 +142,10 @@ class Engine:
                 raise RequestRejected(f"request id {r.request_id!r} is already in use", None, "duplicate_id")
         for r in requests:
             seed = r.params.seed if r.params.seed is not None else self._rng.getrandbits(63)
-            self.scheduler.add(Sequence(r, self.model_config.mask_token_id, self.stop_token_ids, seed))
+            seq = Sequence(r, self.model_config.mask_token_id, self.stop_token_ids, seed)
+            if r.params.structured_outputs is not None:
+                seq.grammar = self.grammars.state(r.params.structured_outputs)
+            self.scheduler.add(seq)
             self._known.add(r.request_id)
 
     def add_request(self, request: Request) -> None:

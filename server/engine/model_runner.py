@@ -36,7 +36,8 @@ class ModelRunner:
 
     def graphable(self, seq: Sequence, kind: StepKind) -> bool:
         """Dual-cache block steps have static shapes: they run through the captured CUDA graph."""
-        return self.graphed is not None and kind is StepKind.BLOCK and seq.params.cache == "dual"
+        return (self.graphed is not None and kind is StepKind.BLOCK and seq.params.cache == "dual"
+                and seq.grammar is None)  # constrained steps mask logits between forward and proposal: eager
 
     @torch.inference_mode()
     def run(self, batch: Batch) -> StepResult:
@@ -46,6 +47,7 @@ class ModelRunner:
 
     def _run(self, batch: Batch) -> StepResult:
         commits: Commits = [([], []) for _ in batch.seqs]
+        forced = commit_policy.force_grammar(batch.seqs)  # None unless a sequence is constrained
         ran = [commit_policy.needs_forward(s) for s in batch.seqs]
         for seq, r in zip(batch.seqs, ran):
             if not r:
@@ -61,7 +63,7 @@ class ModelRunner:
             inputs = build_inputs([batch.seqs[i] for i in eager], [batch.kinds[i] for i in eager], self.kv, self.device)
             for i, c in zip(eager, self._step(inputs)):
                 commits[i] = c
-        return StepResult(commits=commits, ran_forward=ran)
+        return StepResult(commits=commit_policy.merge_forced(commits, forced), ran_forward=ran)
 
     def _graph_group(self, batch: Batch, fwd: list[int]) -> list[int]:
         """Indices of the graphable steps sharing the most common block width (one graph per width)."""

@@ -21,6 +21,8 @@ import dataclasses
 import math
 from typing import Any, Mapping
 
+from unmask.server.engine.constraint import StructuredOutputs
+
 REMASKING = ("low_confidence", "random")
 CACHE_MODES = ("none", "prefix", "dual")
 PRESETS = ("exact", "fast")
@@ -128,6 +130,9 @@ class DiffusionParams:
     logprobs: int | None = None
     """Per output token: its log-probability at the step that committed it plus this many top alternatives
     (0–20); None = not computed (no cost)."""
+    structured_outputs: StructuredOutputs | None = None
+    """The output must match this JSON schema / regex / choice / grammar (constraint.py; a dict of its fields is
+    accepted). Constrained sequences commit contiguous runs from the leftmost masked position (commit_policy)."""
 
     def __post_init__(self) -> None:
         if self.preset is not None and self.preset not in PRESETS:
@@ -137,6 +142,7 @@ class DiffusionParams:
         object.__setattr__(self, "steps", plan.steps)
         self._check_sampling()
         _check_controls(self)
+        _check_structured(self)
         self._resolve_preset()
 
     def _check_sampling(self) -> None:
@@ -281,3 +287,21 @@ def _finite(x) -> bool:
 def _check_int(name: str, value, lo: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < lo:
         raise ValueError(f"{name}={value!r} is not valid; use an integer ≥ {lo}")
+
+
+def _check_structured(p: DiffusionParams) -> None:
+    """structured_outputs: a StructuredOutputs (or a dict of its fields); not with ignore_eos (the grammar ends
+    the answer, ignore_eos forbids ending it)."""
+    so = p.structured_outputs
+    if so is None:
+        return
+    if isinstance(so, Mapping):
+        try:
+            so = StructuredOutputs(**so)
+        except TypeError as exc:
+            raise ValueError(f"structured_outputs is not valid: {exc}") from None
+        object.__setattr__(p, "structured_outputs", so)
+    if not isinstance(so, StructuredOutputs):
+        raise ValueError(f"structured_outputs={so!r} is not valid; use a StructuredOutputs or a dict of its fields")
+    if p.ignore_eos:
+        raise ValueError("structured_outputs cannot be combined with ignore_eos: a completed grammar ends the answer")

@@ -54,6 +54,8 @@ class Sequence:
         self.cache_valid = False  # the cache holds this sequence's K/V from the current block's refresh
         self.finish_reason: str | None = None
         self.error: str | None = None
+        self.grammar = None
+        """structured.GrammarState of a constrained request (set by the engine at admission), else None."""
         self.token_logprobs: dict[int, tuple] = {}
         """Canvas position -> (logprob, top ids, top logprobs) of its committed token (``logprobs`` requests)."""
 

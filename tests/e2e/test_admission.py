@@ -115,7 +115,7 @@ def test_messages_and_headers_are_checked(srv):
         r = c.post("/v1/chat/completions", json={"messages": [
             {"role": "user", "content": "hi"},
             {"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function"}]}]})
-        assert r.status_code == 400 and r.json()["error"]["param"] == "messages.1.tool_calls"
+        assert r.status_code == 400 and r.json()["error"]["param"] == "messages.1.tool_calls.0"
         r = c.post("/v1/completions", content='{"prompt": "\\ud800", "max_tokens": 4}',
                    headers={"content-type": "application/json"})
         assert r.status_code == 400 and "Error" not in r.json()["error"]["message"]

@@ -27,9 +27,8 @@ def _chat(**kw) -> dict:
 
 
 @pytest.mark.parametrize("field,value", [
-    ("tools", [{"type": "function", "function": {"name": "f"}}]), ("tool_choice", "required"),
-    ("response_format", {"type": "json_object"}), ("use_beam_search", True), ("length_penalty", 0.5),
-    ("guided_regex", "a+"), ("continue_final_message", True),
+    ("functions", [{"name": "f"}]), ("function_call", "auto"), ("audio", {"voice": "x"}),
+    ("use_beam_search", True), ("length_penalty", 0.5), ("continue_final_message", True),
 ])
 @pytest.mark.parametrize("stream", [False, True])
 def test_unsupported_fields_are_named(http, field, value, stream):

@@ -41,10 +41,10 @@ def test_field_validation(field, value):
 
 def test_unsupported_fields_all_named_in_reference_order():
     with pytest.raises(APIError) as e:
-        chat(tools=[{"type": "function"}], audio={"voice": "x"}, response_format={"type": "json_object"},
+        chat(prediction={"type": "content"}, audio={"voice": "x"}, functions=[{"name": "f"}],
              use_beam_search=True).check()
     assert e.value.status == 400 and e.value.code == "unsupported_parameter"
-    names = ("audio", "response_format", "tools", "use_beam_search")  # the order of OpenAI's chat reference
+    names = ("audio", "functions", "prediction", "use_beam_search")  # the order of OpenAI's chat reference
     positions = [e.value.message.index(name) for name in names]
     assert positions == sorted(positions) and e.value.param == "audio"
     with pytest.raises(APIError) as e:
