@@ -20,13 +20,14 @@ EMBEDDED = ("tiny-llada-instruct", "tiny-llada-moe-instruct")
 
 
 def write_random_ckpt(path: Path, seed: int = 11) -> Path:
-    """A 2-layer random LLaDA checkpoint (float64) with tiny-llada-instruct's tokenizer and chat template."""
+    """A 2-layer random LLaDA checkpoint (float64, context 1024) with tiny-llada-instruct's tokenizer and chat
+    template."""
     src = ASSETS / "tiny-llada-instruct"
     src_cfg = json.loads((src / "config.json").read_text())
     path.mkdir(parents=True, exist_ok=True)
     cfg = dense_config(vocab=src_cfg["vocab_size"])
     cfg.update(mask_token_id=src_cfg["mask_token_id"], eos_token_id=src_cfg["eos_token_id"],
-               pad_token_id=src_cfg["eos_token_id"])
+               pad_token_id=src_cfg["eos_token_id"], max_sequence_length=1024)  # room for tool definitions
     (path / "config.json").write_text(json.dumps(cfg, indent=1))
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(src / name, path / name)

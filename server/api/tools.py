@@ -108,7 +108,8 @@ def openai_tools(plan: ToolPlan) -> list[dict]:
 def system_text(plan: ToolPlan) -> str:
     """The tools and the call format as text (for templates that do not render ``tools``)."""
     header = SYSTEM_HEADER + (PARALLEL_NOTE if plan.parallel else "") + ".\n"
-    return header + "\n".join(json.dumps(t["function"], ensure_ascii=False) for t in openai_tools(plan))
+    return header + "\n".join(json.dumps(t["function"], ensure_ascii=False, separators=(",", ":"))
+                               for t in openai_tools(plan))
 
 
 def with_tools(messages: list[dict], plan: ToolPlan, template: str | None) -> list[dict]:

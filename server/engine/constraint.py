@@ -54,7 +54,8 @@ class StructuredOutputs:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
                 raise ValueError(f"structured_outputs.{name} must be a non-empty string")
-        if self.choice is not None and (not self.choice or any(not isinstance(c, str) or not c for c in self.choice)):
+        if self.choice is not None and (not isinstance(self.choice, tuple) or not self.choice
+                                        or any(not isinstance(c, str) or not c for c in self.choice)):
             raise ValueError("structured_outputs.choice must be a non-empty list of non-empty strings")
         if not isinstance(self.strict, bool) or not isinstance(self.json_object, bool):
             raise ValueError("structured_outputs.strict and .json_object must be true or false")
