@@ -125,6 +125,18 @@ def remask_confidence(logits: torch.Tensor, temperature: torch.Tensor, seeds: to
     return fn(logits, temperature, seeds)
 
 
+def remask_partial(logits: torch.Tensor, temperature: torch.Tensor, seeds: torch.Tensor, vocab_start: int):
+    """Vocabulary-parallel remask, per rank: logits [M, Vs] (ids from vocab_start) -> [M, 4] float64 (key, token,
+    logit, lse). Always the PyTorch spec (a handful of row reductions): ``torch_ref.remask.remask_partial``."""
+    return _remask.remask_partial(logits, temperature, seeds, vocab_start)
+
+
+def remask_combine(parts: torch.Tensor, logits_dtype: torch.dtype):
+    """parts [R, M, 4] of R slices -> (x0 [M] int64, conf [M]) as ``remask_confidence`` on the whole rows.
+    Spec: ``torch_ref.remask.remask_combine``."""
+    return _remask.remask_combine(parts, logits_dtype)
+
+
 def select_commits(conf: torch.Tensor, cand: torch.Tensor, k: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
     """conf [B, W] float, cand [B, W] bool, k [B] int32, threshold [B] float -> commit [B, W] bool: per
     sequence, threshold[b] > 0 commits candidates with conf >= threshold[b] plus the best one, else the

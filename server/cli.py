@@ -52,6 +52,14 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                           "channel), int8 (per channel) or int4 (group 128); weight-only. compressed-tensors "
                           "checkpoints are detected and need none")
     hub.add_argument("--quantize-lm-head", action="store_true", help="with --quantization, quantize the LM head too")
+    par = p.add_argument_group("parallelism")
+    par.add_argument("-tp", "--tensor-parallel-size", type=int, default=1,
+                     help="split the model over N processes of this node (one GPU each on CUDA, gloo on CPU): "
+                          "attention heads, MLP units, vocabulary and experts (default 1)")
+    par.add_argument("--enable-expert-parallel", action="store_true",
+                     help="MoE: whole experts per rank instead of every expert split (with --tensor-parallel-size)")
+    par.add_argument("--tp-step-timeout", type=float, default=300.0,
+                     help="seconds a tensor-parallel step may take before the ranks count as hung (default 300)")
     p.add_argument("--generation-config", default="auto",
                    help="generation defaults: auto (the checkpoint's generation_config.json), vllm or none (ignore "
                         "it), or a folder holding one (default auto)")
@@ -60,9 +68,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def model_source_kwargs(args: argparse.Namespace) -> dict:
-    """The hub and quantization flags as EngineConfig / LLM keyword arguments."""
+    """The hub, quantization and parallelism flags as EngineConfig / LLM keyword arguments."""
     return dict(revision=args.revision, download_dir=args.download_dir, tokenizer=args.tokenizer,
-                quantization=args.quantization, quantize_lm_head=args.quantize_lm_head)
+                quantization=args.quantization, quantize_lm_head=args.quantize_lm_head,
+                tensor_parallel_size=args.tensor_parallel_size, enable_expert_parallel=args.enable_expert_parallel,
+                tp_step_timeout=args.tp_step_timeout)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,7 +105,8 @@ def _generate(args: argparse.Namespace) -> int:
                                 threshold=args.threshold, cache=args.cache, preset=args.preset, seed=args.seed,
                                 top_p=args.top_p, top_k=args.top_k, min_p=args.min_p, ignore_eos=args.ignore_eos)
     prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
-    out = llm.generate(prompt, params, suffix=args.suffix)[0]
+    with llm:
+        out = llm.generate(prompt, params, suffix=args.suffix)[0]
     print(out.text)
     print(f"[finish_reason={out.finish_reason} tokens={len(out.token_ids)} nfe={out.nfe}]", file=sys.stderr)
     return 0

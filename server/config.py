@@ -265,6 +265,12 @@ class EngineConfig:
     """Seeds the per-request seeds drawn for requests that give none."""
     cuda_graphs: bool = True
     """On CUDA, run dual-cache block steps through captured CUDA graphs (one per batch-size bucket)."""
+    tensor_parallel_size: int = 1
+    """Ranks the model is split over, one process each on this node (``server/models/parallel.py``)."""
+    enable_expert_parallel: bool = False
+    """With tensor parallelism, MoE layers hold whole experts per rank instead of every expert's units split."""
+    tp_step_timeout: float = 300.0
+    """Seconds a tensor-parallel step may take before its ranks are declared hung and the engine fails."""
     kernels: KernelOptions = dataclasses.field(default_factory=KernelOptions)
     """Triton kernel choices (attention key loop, GEMM, split-KV merge); environment variables override them
     (``unmask.kernels.options``)."""

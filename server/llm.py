@@ -30,13 +30,18 @@ class LLM:
                  max_num_seqs: int = 64, kv_cache_memory: int | None = None, seed: int = 0,
                  generation_config: str = "auto", override_generation_config: dict | None = None,
                  revision: str | None = None, download_dir: str | None = None, tokenizer: str | None = None,
-                 quantization: str | None = None, quantize_lm_head: bool = False, **sched):
+                 quantization: str | None = None, quantize_lm_head: bool = False, tensor_parallel_size: int = 1,
+                 enable_expert_parallel: bool = False, tp_step_timeout: float = 300.0, **sched):
         """``generation_config``/``override_generation_config``: the generation defaults as in
         ``unmask serve`` (server/engine/generation_config.py); :meth:`default_params` applies them. ``model`` may
-        be a Hugging Face id (``revision``, ``download_dir``); ``quantization``: None, 'fp8', 'int8', 'int4'."""
+        be a Hugging Face id (``revision``, ``download_dir``); ``quantization``: None, 'fp8', 'int8', 'int4'.
+        ``tensor_parallel_size`` > 1 splits the model over that many processes of this node (call :meth:`close`,
+        or use the LLM as a context manager, to end them)."""
         config = EngineConfig(model=model, device=device, dtype=dtype, kv_cache_memory=kv_cache_memory, seed=seed,
                               revision=revision, download_dir=download_dir, tokenizer=tokenizer,
                               quantization=quantization, quantize_lm_head=quantize_lm_head,
+                              tensor_parallel_size=tensor_parallel_size, enable_expert_parallel=enable_expert_parallel,
+                              tp_step_timeout=tp_step_timeout,
                               scheduler=SchedulerConfig(max_num_seqs=max_num_seqs, **sched),
                               generation_config=generation_config,
                               override_generation_config=tuple((override_generation_config or {}).items()))
@@ -44,6 +49,16 @@ class LLM:
         self.tokenizer = self.engine.tokenizer
         self.model_config = self.engine.model_config
         self._ids = itertools.count()
+
+    def close(self) -> None:
+        """End the worker processes of a tensor-parallel LLM (nothing to do on one device)."""
+        self.engine.close()
+
+    def __enter__(self) -> "LLM":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def default_params(self, **fields) -> DiffusionParams:
         """DiffusionParams from ``fields`` (None = unset) over the checkpoint's generation defaults, by the
@@ -97,6 +112,8 @@ class LLM:
     @torch.inference_mode()
     def logits(self, token_ids: list[int]) -> torch.Tensor:
         """One full bidirectional forward -> [L, V] float32 (float64 when the model runs in float64)."""
+        if self.engine.ranks is not None:  # every rank runs it; the vocabulary slices are gathered
+            return self.engine.runner.logits(token_ids)
         model, dev = self.engine.model, self.engine.device
         ids = torch.tensor(token_ids, dtype=torch.int64, device=dev)
         h = model(ids, packed_positions([len(token_ids)], dev), AttentionMetadata.packed([len(token_ids)], dev))

@@ -146,7 +146,10 @@ def run_server(args: argparse.Namespace) -> int:
     server: DrainingServer | None = None
 
     def factory() -> AsyncEngine:
-        return AsyncEngine(Engine.from_config(engine_config), max_queue=args.max_queue)
+        client = AsyncEngine(Engine.from_config(engine_config), max_queue=args.max_queue)
+        if engine_config.tensor_parallel_size > 1:  # a failed rank cannot be replaced: fail requests, then exit
+            client.on_dead.append(lambda reason: server.exit_after_fault(reason))
+        return client
 
     def on_load_error(exc: BaseException) -> None:
         server.fail(exc)

@@ -25,13 +25,13 @@ def fmix32(h: torch.Tensor) -> torch.Tensor:
     return h ^ (h >> 16)
 
 
-def uniform_noise(seeds: torch.Tensor, vocab: int) -> torch.Tensor:
-    """seeds [M] int64 -> u [M, V] float64 in (0, 1): ``(fmix32(fmix32(j ^ s1) ^ s2) + 0.5) / 2^32``
-    with ``s1 = fmix32(seed & M32)`` and ``s2 = (seed >> 32) & M32``."""
+def uniform_noise(seeds: torch.Tensor, vocab: int, start: int = 0) -> torch.Tensor:
+    """seeds [M] int64 -> u [M, V] float64 in (0, 1) for token ids j = start..start+V-1:
+    ``(fmix32(fmix32(j ^ s1) ^ s2) + 0.5) / 2^32`` with ``s1 = fmix32(seed & M32)`` and ``s2 = (seed >> 32) & M32``."""
     s = seeds.to(torch.int64)
     s1 = fmix32(s & M32)[:, None]  # [M, 1]
     s2 = ((s >> 32) & M32)[:, None]
-    j = torch.arange(vocab, device=seeds.device, dtype=torch.int64)[None, :]  # [1, V]
+    j = torch.arange(start, start + vocab, device=seeds.device, dtype=torch.int64)[None, :]  # [1, V]
     h = fmix32(fmix32(j ^ s1) ^ s2)  # [M, V]
     return (h.to(torch.float64) + 0.5) * (1.0 / 4294967296.0)
 
@@ -52,3 +52,37 @@ def remask_confidence(logits: torch.Tensor, temperature: torch.Tensor, seeds: to
     lse = torch.logsumexp(lf, dim=-1)  # [M]
     conf = torch.exp(lf.gather(1, x0[:, None])[:, 0] - lse)  # [M]
     return x0, conf.to(logits.dtype).to(cdt)
+
+
+def remask_partial(logits: torch.Tensor, temperature: torch.Tensor, seeds: torch.Tensor, vocab_start: int):
+    """The vocabulary-parallel half of ``remask_confidence``: logits [M, Vs] holding token ids
+    vocab_start..vocab_start+Vs-1 (one rank's slice) -> [M, 4] float64 per row: (key, token, logit, lse) with
+    ``token`` this slice's winner (global id, the lowest on ties), ``key`` its score (the logit at T = 0, the
+    Gumbel score at T > 0, the same noise as the full row), ``logit`` its logit and ``lse`` the slice's
+    logsumexp, both in the confidence dtype (fp32, fp64 for fp64 logits)."""
+    cdt = torch.promote_types(logits.dtype, torch.float32)
+    x0 = torch.argmax(logits, dim=-1)  # [M]
+    key = logits.gather(1, x0[:, None])[:, 0].to(torch.float64)  # [M]
+    hot = temperature > 0
+    if bool(hot.any()):
+        rows = hot.nonzero(as_tuple=True)[0]
+        u = uniform_noise(seeds[rows], logits.shape[1], vocab_start)  # [m, Vs] f64
+        score = logits[rows].to(torch.float64) / temperature[rows].to(torch.float64)[:, None] - torch.log(-torch.log(u))
+        key[rows], x0[rows] = torch.max(score, dim=-1)
+    lf = logits.to(cdt)
+    lse = torch.logsumexp(lf, dim=-1)  # [M]
+    chosen = lf.gather(1, x0[:, None])[:, 0]  # [M]
+    return torch.stack([key, (x0 + vocab_start).to(torch.float64), chosen.to(torch.float64), lse.to(torch.float64)], 1)
+
+
+def remask_combine(parts: torch.Tensor, logits_dtype: torch.dtype):
+    """parts [R, M, 4] the ``remask_partial`` of R vocabulary slices in token order -> (x0 [M] int64,
+    conf [M] fp32/fp64): what ``remask_confidence`` gives on the whole row. The best key wins (the lowest slice,
+    hence the lowest token id, on ties); conf = exp(logit − logsumexp over the slices), rounded to the logits
+    dtype as there."""
+    cdt = torch.promote_types(logits_dtype, torch.float32)
+    best = torch.argmax(parts[:, :, 0], dim=0)  # [M] first maximum = lowest slice
+    win = parts.gather(0, best[None, :, None].expand(1, parts.shape[1], 4))[0]  # [M, 4]
+    lse = torch.logsumexp(parts[:, :, 3], dim=0)  # [M]
+    conf = torch.exp(win[:, 2].to(cdt) - lse.to(cdt))  # [M]
+    return win[:, 1].long(), conf.to(logits_dtype).to(cdt)

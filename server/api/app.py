@@ -199,3 +199,22 @@ class DrainingServer(uvicorn.Server):
         """The model failed to load: stop serving with a non-zero exit status."""
         self.exit_code = 1
         self.should_exit = True
+
+    def exit_after_fault(self, reason: str, linger_s: float = 1.0, limit_s: float = 10.0) -> None:
+        """The engine died for good (e.g. a tensor-parallel rank failed; any thread may call this): keep answering
+        /health (503, with the reason) for ``linger_s`` and until the failed streams have sent their errors (at
+        most ``limit_s``), then exit with status 1."""
+        log.error("engine failed: %s; exiting", reason)
+
+        async def wait_then_exit() -> None:
+            deadline = time.monotonic() + limit_s
+            await asyncio.sleep(linger_s)
+            while self.state.streams and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            self.exit_code = 1
+            self.should_exit = True
+
+        if self._loop is None:
+            self.exit_code, self.should_exit = 1, True
+        else:
+            self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(wait_then_exit()))

@@ -5,8 +5,8 @@ background thread; callers on event loops submit requests and read their outputs
 before any byte is streamed; a refusal queues nothing), hands them to the loop through a thread-safe inbox
 and returns a :class:`ChoiceStream`. Each step's outputs reach a stream with one wake-up per event loop;
 the stream runs the :class:`OutputProcessor` of each choice and aborts a choice in the engine as soon as its
-caller has all it wants (budget, stop string) or goes away. If the loop itself dies, every pending choice
-receives an :class:`EngineDeadError` and ``health()`` reports why.
+caller has all it wants (budget, stop string) or goes away. If the loop dies or a tensor-parallel rank fails
+(``workers.RankGroup``), every pending choice receives an :class:`EngineDeadError`, ``health()`` reports why.
 """
 from __future__ import annotations
 
@@ -55,6 +55,7 @@ class AsyncEngine:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.dead_reason: str | None = None
+        self.on_dead: list = []  # callables run once with the reason when the engine dies
 
     # ----- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -63,6 +64,8 @@ class AsyncEngine:
         # switch interval (5 ms by default): a shorter one keeps the engine from stalling behind the
         # HTTP side. Process-wide; a smaller interval already set is kept.
         sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL_S))
+        if self.engine.ranks is not None:
+            self.engine.ranks.listeners.append(self._die)
         self._thread = threading.Thread(target=self._loop, name="unmask-engine", daemon=True)
         self._thread.start()
 
@@ -71,6 +74,7 @@ class AsyncEngine:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        self.engine.close()
 
     def health(self) -> str | None:
         if self.dead_reason is not None:
@@ -184,10 +188,18 @@ class AsyncEngine:
                 self._deliver_all([(out.request_id, out) for out in self.engine.step()])
         except BaseException as exc:  # noqa: BLE001 - the loop must report any death
             log.exception("engine loop died")
-            self.dead_reason = f"{type(exc).__name__}: {exc}"
-            with self._lock:
-                ids = list(self._routes)
-            self._deliver_all([(rid, EngineDeadError(self.dead_reason)) for rid in ids])
+            self._die(f"{type(exc).__name__}: {exc}")
+
+    def _die(self, reason: str) -> None:
+        """Mark the engine dead (once): fail every routed choice with EngineDeadError, run ``on_dead``."""
+        with self._lock:
+            if self.dead_reason is not None:
+                return
+            self.dead_reason = reason
+            ids = list(self._routes)
+        self._deliver_all([(rid, EngineDeadError(reason)) for rid in ids])
+        for callback in list(self.on_dead):
+            callback(reason)
 
 
 class ChoiceStream:

@@ -9,7 +9,7 @@ import torch
 
 from unmask.server.config import EngineConfig, ModelConfig
 from unmask.server.engine.batch import StepOutput
-from unmask.server.engine.client import ModelInfo, Request, RequestRejected
+from unmask.server.engine.client import EngineDeadError, ModelInfo, Request, RequestRejected
 from unmask.server.engine.generation_config import GenerationDefaults, read_generation_config, resolve_defaults
 from unmask.server.engine.kv_cache import KVCacheManager
 from unmask.server.engine.model_runner import ModelRunner
@@ -29,12 +29,17 @@ class Engine:
     """Owns the model, its cache and the scheduler. Not thread-safe: one thread calls it."""
 
     def __init__(self, model: torch.nn.Module, cfg: ModelConfig, tokenizer: Tokenizer | None, config: EngineConfig,
-                 device: torch.device, dtype: torch.dtype, generation_defaults: GenerationDefaults | None = None):
+                 device: torch.device, dtype: torch.dtype, generation_defaults: GenerationDefaults | None = None,
+                 ranks=None):
+        """``ranks``: the worker ranks of a tensor-parallel engine (``workers.RankGroup``; ``model`` is then rank
+        0's shard), or None."""
         self.model, self.model_config, self.tokenizer = model, cfg, tokenizer
-        self.config, self.device, self.dtype = config, device, dtype
-        self.kv = KVCacheManager(cfg, self._cache_bytes(), device, dtype)
+        self.config, self.device, self.dtype, self.ranks = config, device, dtype, ranks
+        kv_cfg = cfg if ranks is None else ranks.tp.local_config(cfg)  # a rank caches its own heads
+        self.kv = KVCacheManager(kv_cfg, self._cache_bytes(), device, dtype)
         self.scheduler = Scheduler(config.scheduler, self.kv)
-        self.runner = ModelRunner(model, cfg, device, self.kv, config.cuda_graphs, config.kernels)
+        self.runner = (ModelRunner(model, cfg, device, self.kv, config.cuda_graphs, config.kernels) if ranks is None
+                       else ranks.runner(self.kv, config.kernels))
         self.max_model_len = config.scheduler.max_model_len or cfg.max_position_embeddings
         self._rng = random.Random(config.seed)
         self.generation_defaults = generation_defaults or GenerationDefaults()
@@ -48,11 +53,25 @@ class Engine:
         path = resolve_model_path(config.model, config.revision, config.download_dir)
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
-        model, cfg = load_model(path, device, dtype, config.quantization, config.quantize_lm_head)
         raw = read_generation_config(config.generation_config, path)
         defaults = resolve_defaults(raw, dict(config.override_generation_config))
         tok = path if config.tokenizer is None else resolve_model_path(config.tokenizer, None, config.download_dir)
-        return cls(model, cfg, Tokenizer.from_pretrained(tok), config, device, dtype, defaults)
+        tokenizer = Tokenizer.from_pretrained(tok)
+        if config.tensor_parallel_size == 1:  # (expert parallelism over one rank changes nothing)
+            model, cfg = load_model(path, device, dtype, config.quantization, config.quantize_lm_head)
+            return cls(model, cfg, tokenizer, config, device, dtype, defaults)
+        from unmask.server.engine.workers import RankGroup
+        ranks = RankGroup.start(path, device, dtype, config)
+        try:
+            return cls(ranks.model, ranks.cfg, tokenizer, config, device, dtype, defaults, ranks)
+        except BaseException:
+            ranks.shutdown()
+            raise
+
+    def close(self) -> None:
+        """Release what outlives the object: a tensor-parallel engine's worker processes."""
+        if self.ranks is not None:
+            self.ranks.shutdown()
 
     def _cache_bytes(self) -> int:
         if self.config.kv_cache_memory is not None:
@@ -168,6 +187,8 @@ class Engine:
             return []
         try:
             result = self.runner.run(batch)
+        except EngineDeadError:  # e.g. a tensor-parallel rank died: no step can run any more
+            raise
         except Exception as exc:  # noqa: BLE001 - isolate the failure to this step's requests
             log.exception("engine step failed for %d requests", len(batch.seqs))
             self.stats.failed_steps += 1

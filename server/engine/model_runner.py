@@ -89,12 +89,16 @@ class ModelRunner:
         return commit_policy.select(inp.plan, logits, x0, conf, self.cfg.eos_token_id, self.cfg.eot_token_id)
 
     def _guided(self, logits: torch.Tensor, inp: ForwardInputs) -> torch.Tensor:
-        """CFG (SMDM unsupervised guidance): un + (w + 1)(cond − un) in the logits dtype, as the reference."""
-        m = inp.num_cond_rows
-        cond, un = logits[:m], logits[m:]
-        start = 0
-        for rows, w in inp.cfg_rows:
-            u = un[start:start + rows.numel()]
-            cond[rows] = u + (w + 1) * (cond[rows] - u)
-            start += rows.numel()
-        return cond
+        return guided_logits(logits, inp.num_cond_rows, inp.cfg_rows)
+
+
+def guided_logits(logits: torch.Tensor, num_cond_rows: int, cfg_rows: list[tuple[torch.Tensor, float]]) -> torch.Tensor:
+    """CFG (SMDM unsupervised guidance): un + (w + 1)(cond − un) in the logits dtype, as the reference. logits
+    [M + M_cfg, C] (C: the vocabulary or one rank's slice of it) -> [M, C]; elementwise per column."""
+    cond, un = logits[:num_cond_rows], logits[num_cond_rows:]
+    start = 0
+    for rows, w in cfg_rows:
+        u = un[start:start + rows.numel()]
+        cond[rows] = u + (w + 1) * (cond[rows] - u)
+        start += rows.numel()
+    return cond

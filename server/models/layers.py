@@ -13,6 +13,7 @@ from torch import nn
 from unmask.kernels import ops
 from unmask.server.config import ModelConfig
 from unmask.server.models.attention_meta import AttentionMetadata
+from unmask.server.models.parallel import TensorParallel, local_expert_routes
 
 
 def _param(*shape: int) -> nn.Parameter:
@@ -94,15 +95,18 @@ class SparseMoE(nn.Module):
     sigmoid group-limited routing with expert bias (``ops.moe_route_grouped``) and shared experts added.
 
     Expert weights are stacked at load time: w_gate_up [E, 2I, D] (gate rows, then up rows), w_down [E, D, I].
+    Under expert parallelism (``tp.expert_parallel``) a rank stacks only its E/N experts (``parallel.py``).
     """
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, tp: TensorParallel | None = None):
         super().__init__()
         e, i, d = cfg.num_experts, cfg.expert_intermediate_size, cfg.hidden_size
         self.cfg, self.top_k = cfg, cfg.num_experts_per_tok
+        self.experts = (0, e) if tp is None else tp.expert_range(cfg)  # [first, stop) of the stacked experts
+        held = self.experts[1] - self.experts[0]
         self.gate = _param(e, d)
-        self.w_gate_up = _param(e, 2 * i, d)
-        self.w_down = _param(e, d, i)
+        self.w_gate_up = _param(held, 2 * i, d)
+        self.w_down = _param(held, d, i)
         if cfg.routing == "sigmoid_grouped":
             self.expert_bias = _param(e)
         if cfg.num_shared_experts:
@@ -118,6 +122,8 @@ class SparseMoE(nn.Module):
                                                  cfg.routed_scaling_factor, x.dtype)  # [N, K], [N, K]
         else:
             weights, ids = ops.moe_route(ops.linear(x, self.gate), self.top_k, x.dtype)  # [N, K], [N, K]
+        if self.experts != (0, cfg.num_experts):  # expert parallel: this rank's pairs only
+            weights, ids = local_expert_routes(weights, ids, self.experts[0], self.experts[1] - self.experts[0])
         out = ops.fused_moe(x, self.w_gate_up, self.w_down, weights, ids)  # [N, D]
         return out + self.shared(x) if cfg.num_shared_experts else out
 
@@ -125,14 +131,19 @@ class SparseMoE(nn.Module):
 class DecoderBlock(nn.Module):
     """Pre-norm block: h = x + attn(norm1(x)); y = h + ffn(norm2(h)). The residual stream is carried as
     (branch output, residual) pairs so that every residual add is fused with the norm that follows it: a block
-    returns (ffn(norm2(h)), h) and the next block, or the final norm, adds the two in its add+RMSNorm."""
+    returns (ffn(norm2(h)), h) and the next block, or the final norm, adds the two in its add+RMSNorm.
 
-    def __init__(self, cfg: ModelConfig, layer_idx: int):
+    Tensor parallel (``tp``, ``cfg`` this rank's local shapes): attention and FFN outputs are partial sums,
+    each completed by one all-reduce (``parallel.py``)."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int, tp: TensorParallel | None = None):
         super().__init__()
+        self.tp = tp
         self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.attn = Attention(cfg, layer_idx)
         self.ff_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.ffn = SwiGLU(cfg.hidden_size, cfg.intermediate_size) if cfg.is_dense_layer(layer_idx) else SparseMoE(cfg)
+        self.ffn = (SwiGLU(cfg.hidden_size, cfg.intermediate_size) if cfg.is_dense_layer(layer_idx)
+                    else SparseMoE(cfg, tp))
 
     def forward(self, x, residual, rope, meta):
         """x [N, D] the previous block's ffn output (the embeddings for the first block, with residual None),
@@ -143,5 +154,8 @@ class DecoderBlock(nn.Module):
         else:
             n, residual = ops.add_rms_norm(x, residual, self.attn_norm.weight, self.attn_norm.eps)  # x = sum
         a = self.attn(n, rope, meta)  # [N, D]
+        if self.tp is not None:
+            a = self.tp.all_reduce(a)
         n, residual = ops.add_rms_norm(a, residual, self.ff_norm.weight, self.ff_norm.eps)  # norm(h), h
-        return self.ffn(n), residual
+        f = self.ffn(n)  # [N, D]
+        return (f if self.tp is None else self.tp.all_reduce(f)), residual

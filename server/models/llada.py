@@ -13,6 +13,7 @@ from unmask.kernels import ops
 from unmask.server.config import ModelConfig
 from unmask.server.models.attention_meta import AttentionMetadata
 from unmask.server.models.layers import DecoderBlock, RMSNorm
+from unmask.server.models.parallel import TensorParallel, embed_lookup
 
 
 def name_table(num_layers: int, top: dict[str, str], leaves: dict[str, str], layer_prefix: str) -> dict[str, str]:
@@ -26,19 +27,24 @@ def name_table(num_layers: int, top: dict[str, str], leaves: dict[str, str], lay
 
 
 class LLaDAModelLM(nn.Module):
-    """Embedding -> blocks -> final norm; ``compute_logits`` applies the LM head to chosen rows only."""
+    """Embedding -> blocks -> final norm; ``compute_logits`` applies the LM head to chosen rows only.
 
-    def __init__(self, cfg: ModelConfig):
+    With ``tp`` (tensor parallel, ``parallel.py``) the module is one rank's shard: its heads, MLP units or experts
+    and its vocabulary rows [vocab_start, vocab_start + V/N) of the embedding and LM head."""
+
+    def __init__(self, cfg: ModelConfig, tp: TensorParallel | None = None):
         super().__init__()
-        self.cfg = cfg
-        self.embed = nn.Parameter(torch.empty(cfg.vocab_size, cfg.hidden_size))
-        self.blocks = nn.ModuleList(DecoderBlock(cfg, i) for i in range(cfg.num_layers))
+        self.cfg, self.tp = cfg, tp
+        local = cfg if tp is None else tp.local_config(cfg)
+        self.vocab_start, vocab_stop = (0, cfg.vocab_size) if tp is None else tp.vocab_range(cfg)
+        self.embed = nn.Parameter(torch.empty(vocab_stop - self.vocab_start, cfg.hidden_size))
+        self.blocks = nn.ModuleList(DecoderBlock(local, i, tp) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.lm_head = nn.Parameter(torch.empty(cfg.vocab_size, cfg.hidden_size))
+        self.lm_head = nn.Parameter(torch.empty(vocab_stop - self.vocab_start, cfg.hidden_size))
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """input_ids [N] int64, positions [N] int64 -> final hidden states [N, D] (after the final norm)."""
-        x = self.embed[input_ids]  # [N, D]
+        x = embed_lookup(self.embed, input_ids, self.tp, self.vocab_start)  # [N, D]
         cfg = self.cfg
         rope = ops.rope_cos_sin(positions, cfg.rotary_dim or cfg.head_dim, cfg.rope_theta, x.dtype)  # 2 x [N, R]
         residual = None
@@ -49,7 +55,8 @@ class LLaDAModelLM(nn.Module):
         return ops.add_rms_norm(x, residual, self.norm.weight, self.norm.eps)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [M, D] -> logits [M, V] in the model dtype (no upcast, as the reference)."""
+        """hidden [M, D] -> logits [M, V] in the model dtype (no upcast, as the reference); a tensor-parallel
+        shard returns its vocabulary slice [M, V/N]."""
         return ops.linear(hidden, self.lm_head)
 
     HF_TOP = {"embed": "model.transformer.wte.weight", "norm.weight": "model.transformer.ln_f.weight",

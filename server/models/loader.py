@@ -6,7 +6,8 @@ preallocated parameters (MoE experts straight into their stacked slot), so the w
 twice in full. Any missing, unexpected or mis-shaped tensor raises ``CheckpointError`` naming it.
 Quantized weights (``--quantization`` at load time, or a compressed-tensors checkpoint) are assembled per
 parameter by ``quantize.py`` / ``compressed.py``: the model is built on the meta device and each weight is
-allocated (or quantized) as it is read.
+allocated (or quantized) as it is read. A tensor-parallel rank (``tp``, ``parallel.py``) reads only its slice of
+each split tensor (``safe_open(...).get_slice``) and only its experts under expert parallelism.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from safetensors import safe_open
 
 from unmask.server.config import CheckpointError, ModelConfig
 from unmask.server.models import compressed, quantize
+from unmask.server.models.parallel import TensorParallel
 from unmask.server.models.registry import build_model, model_class
 
 
@@ -46,9 +48,10 @@ def _check_shape(name: str, got, want) -> None:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.bfloat16,
-               quantization: str | None = None, quantize_lm_head: bool = False):
+               quantization: str | None = None, quantize_lm_head: bool = False, tp: TensorParallel | None = None):
     """Load ``path`` -> (model in eval mode without grads, ModelConfig). ``quantization``: None, 'fp8', 'int8' or
-    'int4' (``quantize.py``); a compressed-tensors checkpoint is loaded quantized as stored."""
+    'int4' (``quantize.py``); a compressed-tensors checkpoint is loaded quantized as stored. ``tp``: load one
+    rank's shard (its slices only)."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a checkpoint directory")
@@ -60,7 +63,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
         raise CheckpointError(f"{path}: the checkpoint is already quantized ({scheme.describe()}); drop --quantization")
     fmt = quantize.check_format(quantization)
     quantized = scheme is not None or fmt is not None
-    model = build_model(cfg, device="meta" if quantized else device, dtype=dtype, init_std=None)
+    if tp is not None:
+        tp.check(cfg)
+        if quantized:
+            raise CheckpointError(f"{path}: tensor parallelism does not support quantized weights yet")
+    model = build_model(cfg, device="meta" if quantized else device, dtype=dtype, init_std=None, tp=tp)
     params = dict(model.named_parameters())
     plain, fused, stacked = cls.hf_names(cfg), cls.hf_fused_names(cfg), cls.hf_stacked_names(cfg)
     expected = (set(plain.values()) | {n for parts in fused.values() for n, _ in parts}
@@ -72,7 +79,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
     extra = sorted(names - expected)
     if extra:
         raise CheckpointError(f"{path}: unexpected tensor {extra[0]!r}" + (f" (+{len(extra) - 1} more)" if len(extra) > 1 else ""))
-    reader = _Reader(files)
+    reader = _Reader(files, tp)
+    if tp is not None and tp.expert_parallel:  # whole experts per rank: only this rank's slots
+        first, stop = tp.expert_range(cfg)
+        stacked = {ours: groups[first:stop] for ours, groups in stacked.items()}
+    split = tp.split_dim if tp is not None else (lambda ours: None)
     qnames, source = set(), None
     if quantized:
         reader, source, qnames = _quantized_setup(model, params, plain, fused, stacked, reader, scheme, fmt,
@@ -86,13 +97,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
         fused = {k: v for k, v in fused.items() if k not in qnames}
         stacked = {k: v for k, v in stacked.items() if k not in qnames}
         for ours, theirs in plain.items():
-            t = reader.get(theirs)
+            t = _get(reader, theirs, split(ours))
             _check_shape(theirs, t.shape, params[ours].shape)
             params[ours].copy_(t)
         for ours, parts in fused.items():
-            _fill_fused(params[ours], parts, reader)
+            _fill_fused(params[ours], parts, reader, split(ours))
         for ours, groups in stacked.items():
-            _fill_stacked(params[ours], groups, reader)
+            _fill_stacked(params[ours], groups, reader, split(ours))
     reader.close()
     model.eval().requires_grad_(False)
     return model, cfg
@@ -125,24 +136,31 @@ def _assemble(ours, plain, fused, stacked, source):
     return quantize.stack([quantize.cat_rows([source.quantized(n) for n in names]) for names in stacked[ours]])
 
 
-def _fill_fused(param: torch.Tensor, parts: list[tuple[str, int]], reader: "_Reader") -> None:
+def _get(reader, name: str, dim: int | None) -> torch.Tensor:
+    """The tensor ``name`` from any reader, or this rank's chunk along ``dim`` (``_Reader`` of a tensor-parallel
+    load; quantized readers are never split)."""
+    return reader.get(name) if dim is None else reader.get(name, dim)
+
+
+def _fill_fused(param: torch.Tensor, parts: list[tuple[str, int]], reader: "_Reader", dim: int | None = None) -> None:
     """param [R, C] (or a fused bias [R]) = cat(dim 0) of the named tensors, each checked against its expected
-    [rows, C] ([rows])."""
+    [rows, C] ([rows]); with ``dim`` 0, each tensor's slice of this rank (rows / N)."""
     row = 0
     for name, rows in parts:
-        t = reader.get(name)
+        t = _get(reader, name, dim)
+        rows = rows // reader.tp.size if dim == 0 else rows
         _check_shape(name, t.shape, (rows, *param.shape[1:]))
         param[row:row + rows].copy_(t)
         row += rows
     _check_shape(f"{[n for n, _ in parts]}", (row, *param.shape[1:]), param.shape)
 
 
-def _fill_stacked(param: torch.Tensor, groups: list[list[str]], reader: "_Reader") -> None:
-    """param [E, R, C]: slot j = cat(dim 0) of the tensors named in groups[j]."""
+def _fill_stacked(param: torch.Tensor, groups: list[list[str]], reader: "_Reader", dim: int | None = None) -> None:
+    """param [E, R, C]: slot j = cat(dim 0) of the tensors named in groups[j] (each sliced along ``dim``)."""
     for j, names in enumerate(groups):
         row = 0
         for name in names:
-            t = reader.get(name)
+            t = _get(reader, name, dim)
             if t.dim() != 2 or t.shape[1] != param.shape[2] or row + t.shape[0] > param.shape[1]:
                 raise CheckpointError(f"tensor {name!r} has shape {list(t.shape)}, which does not fit "
                                       f"expert slot [{param.shape[1]}, {param.shape[2]}]")
@@ -152,12 +170,13 @@ def _fill_stacked(param: torch.Tensor, groups: list[list[str]], reader: "_Reader
 
 
 class _Reader:
-    """Keeps each safetensors file open once while tensors are read from it."""
+    """Keeps each safetensors file open once while tensors are read from it; with ``tp``, reads a rank's slice."""
 
-    def __init__(self, files: dict[str, Path]):
-        self.files, self.handles = files, {}
+    def __init__(self, files: dict[str, Path], tp: TensorParallel | None = None):
+        self.files, self.handles, self.tp = files, {}, tp
 
-    def get(self, name: str) -> torch.Tensor:
+    def get(self, name: str, dim: int | None = None) -> torch.Tensor:
+        """The tensor ``name``, or with ``dim`` only this rank's chunk of it along that dim."""
         f = self.files[name]
         if f not in self.handles:
             try:
@@ -165,7 +184,13 @@ class _Reader:
             except Exception as exc:  # noqa: BLE001 - surface the file at fault
                 raise CheckpointError(f"{f}: cannot read safetensors file ({exc})") from exc
         try:
-            return self.handles[f].get_tensor(name)
+            if dim is None:
+                return self.handles[f].get_tensor(name)
+            part = self.handles[f].get_slice(name)
+            lo, hi = self.tp.chunk(part.get_shape()[dim], f"dim {dim} of tensor {name!r}")
+            return part[(slice(None),) * dim + (slice(lo, hi),)]
+        except CheckpointError:
+            raise
         except Exception as exc:  # noqa: BLE001
             raise CheckpointError(f"{f}: tensor {name!r} cannot be read ({exc})") from exc
 

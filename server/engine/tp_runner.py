@@ -1,0 +1,140 @@
+"""The tensor-parallel step: what every rank runs for one forward, and rank 0's runner around it.
+
+Legend: B sequences, N packed tokens, M logit rows, V vocab, R ranks (the group's size), Vs = V/R.
+
+Rank 0 (the engine's process) packs the step exactly as a single-device engine does
+(``forward_inputs.build_inputs``), sends the forward's inputs (:class:`StepPayload`, CPU tensors) to the worker
+ranks (``workers.py``), and then every rank runs :meth:`ShardStep.run` on its shard: the forward (two
+all-reduces per layer, one for the embedding), its [M, Vs] slice of the logits, CFG on that slice. The step's
+commit choices then need one more collective, one of two kinds:
+
+- **reduce** (the common case): each rank applies the mask/EOS logit rules to its columns and reduces each row
+  of its slice to (key, token, logit, logsumexp) (``ops.remask_partial``); an all-gather moves R·M·4 numbers
+  and rank 0 combines them into the proposals and confidences of the whole rows (``ops.remask_combine``),
+  equal to the single-device ones (the same argmax / Gumbel-max with the same noise per token id, ties to the
+  lowest id). No rank ever holds a full [M, V] row.
+- **gather**: when a rule of the step reads whole rows, the slices are all-gathered into [M, V] on every rank
+  and rank 0 runs the single-device ``commit_policy.propose``/``select`` on them. A step pays the gather when a
+  sequence in it uses a sampling control (top-p/top-k/min-p, penalties, logit bias, min_tokens/ignore_eos bans:
+  sorting and softmax over the row), a grammar constraint (its token bitmask), logprobs (log-softmax and the top
+  alternatives) or ``confidence_eos_eot_inf`` (a softmax with EoT removed). Other sequences of the same step
+  ride along; steps without them stay on the reduce path.
+
+CUDA graphs are not captured under tensor parallelism (every step is eager); the kernels run on each rank's
+local shapes (H/R heads, I/R units, Vs columns).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from unmask.kernels import ops
+from unmask.server.config import ModelConfig
+from unmask.server.engine import commit_policy
+from unmask.server.engine.commit_policy import LogitRules
+from unmask.server.engine.forward_inputs import ForwardInputs
+from unmask.server.engine.kv_cache import KVCacheManager
+from unmask.server.engine.model_runner import Commits, ModelRunner, guided_logits
+from unmask.server.models.attention_meta import AttentionMetadata, packed_positions
+from unmask.server.models.parallel import TensorParallel
+
+BASE_RULES = ("temperature", "seeds", "mask_bias", "eos_bias")
+"""LogitRules fields the reduce path applies per slice; any other rule present makes the step gather."""
+
+
+@dataclasses.dataclass
+class StepPayload:
+    """One forward's inputs for every rank (CPU tensors; pickled to the workers)."""
+    input_ids: torch.Tensor  # [N] int64
+    positions: torch.Tensor  # [N] int64
+    meta: AttentionMetadata  # without kv_caches (each rank attaches its own)
+    logit_rows: torch.Tensor  # [M + M_cfg] int64
+    num_cond_rows: int
+    cfg_rows: list[tuple[torch.Tensor, float]]
+    rules: tuple[torch.Tensor, ...] | None  # [M] each: temperature, seeds, mask_bias, eos_bias; None = gather
+
+    @classmethod
+    def of(cls, inp: ForwardInputs, reduce: bool) -> "StepPayload":
+        """The payload of rank 0's packed inputs (copied to the host)."""
+        m = inp.meta
+        meta = dataclasses.replace(m, **{f.name: _cpu(getattr(m, f.name)) for f in dataclasses.fields(m)
+                                         if isinstance(getattr(m, f.name), torch.Tensor)}, kv_caches=None)
+        rules = tuple(getattr(inp.rules, name).cpu() for name in BASE_RULES) if reduce else None
+        return cls(inp.input_ids.cpu(), inp.positions.cpu(), meta, inp.logit_rows.cpu(), inp.num_cond_rows,
+                   [(r.cpu(), w) for r, w in inp.cfg_rows], rules)
+
+
+def _cpu(x: torch.Tensor | None) -> torch.Tensor | None:
+    return None if x is None else x.cpu()
+
+
+def needs_full_rows(inp: ForwardInputs) -> bool:
+    """Does a rule of this step read whole logit rows (module docstring: the gather path)?"""
+    extra = [f.name for f in dataclasses.fields(LogitRules) if f.name not in BASE_RULES]
+    return (any(getattr(inp.rules, name) is not None for name in extra)
+            or inp.plan.eos_eot_rows is not None or inp.plan.logprobs is not None)
+
+
+class ShardStep:
+    """One rank's part of a step: its model shard, its KV cache layers (H/R heads) and the group."""
+
+    def __init__(self, model: torch.nn.Module, tp: TensorParallel, kv_layers: list, device: torch.device,
+                 cfg: ModelConfig):
+        self.model, self.tp, self.kv_layers, self.device, self.cfg = model, tp, kv_layers, device, cfg
+
+    @torch.inference_mode()
+    def run(self, p: StepPayload) -> torch.Tensor:
+        """Every rank, in the same order: the forward and the step's last collective -> the gathered
+        [M, V] logits (gather) or every rank's partials [R, M, 4] float64 (reduce)."""
+        dev = self.device
+        meta = dataclasses.replace(p.meta, **{f.name: getattr(p.meta, f.name).to(dev) for f in
+                                              dataclasses.fields(p.meta)
+                                              if isinstance(getattr(p.meta, f.name), torch.Tensor)})
+        if meta.block_table is not None or meta.slot_mapping is not None:
+            meta.kv_caches = self.kv_layers
+        hidden = self.model(p.input_ids.to(dev), p.positions.to(dev), meta)  # [N, D]
+        logits = self.model.compute_logits(hidden[p.logit_rows.to(dev)])  # [M + M_cfg, Vs]
+        logits = guided_logits(logits, p.num_cond_rows, [(r.to(dev), w) for r, w in p.cfg_rows])  # [M, Vs]
+        if p.rules is None:
+            return self.tp.all_gather_cols(logits)  # [M, V]
+        temperature, seeds, mask_bias, eos_bias = (t.to(dev) for t in p.rules)
+        start = self.model.vocab_start
+        for token, bias in ((self.cfg.mask_token_id, mask_bias), (self.cfg.eos_token_id, eos_bias)):
+            if start <= token < start + logits.shape[1]:  # the rank holding that column applies the rule
+                logits[:, token - start] += bias.to(logits.dtype)
+        return self.tp.all_gather_rows(ops.remask_partial(logits, temperature, seeds, start))  # [R, M, 4]
+
+    @torch.inference_mode()
+    def logits(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Every rank: one full bidirectional forward of token_ids [L] -> the gathered logits [L, V]."""
+        n = token_ids.shape[0]
+        h = self.model(token_ids.to(self.device), packed_positions([n], self.device),
+                       AttentionMetadata.packed([n], self.device))
+        return self.tp.all_gather_cols(self.model.compute_logits(h))
+
+
+class TPModelRunner(ModelRunner):
+    """Rank 0's runner: the single-device runner's batching and commit policy, with the forward and the
+    proposal spread over the ranks (``group``: the worker processes, ``workers.RankGroup``)."""
+
+    def __init__(self, shard: ShardStep, group, cfg: ModelConfig, device: torch.device, kv: KVCacheManager,
+                 kernels=None):
+        super().__init__(shard.model, cfg, device, kv, cuda_graphs=False, kernels=kernels)
+        self.shard, self.group = shard, group
+
+    def _step(self, inp: ForwardInputs) -> Commits:
+        cfg = self.cfg
+        full = needs_full_rows(inp)
+        out = self.group.run_all("step", StepPayload.of(inp, reduce=not full), self.shard.run)
+        if full:
+            x0, conf = commit_policy.propose(out, inp.rules, cfg.mask_token_id, cfg.eos_token_id)
+            return commit_policy.select(inp.plan, out, x0, conf, cfg.eos_token_id, cfg.eot_token_id)
+        x0, conf = ops.remask_combine(out, self.shard.model.lm_head.dtype)  # [M], [M]
+        return commit_policy.select(inp.plan, None, x0, conf, cfg.eos_token_id, cfg.eot_token_id)
+
+    def logits(self, token_ids: list[int]) -> torch.Tensor:
+        """One full bidirectional forward over every rank -> [L, V] (float32, float64 for a float64 model)."""
+        ids = torch.tensor(token_ids, dtype=torch.int64)
+        out = self.group.run_all("logits", ids, self.shard.logits)
+        return out.to(torch.promote_types(out.dtype, torch.float32))

@@ -1,0 +1,109 @@
+"""Tensor and expert parallelism on CPU (gloo, one spawned process per extra rank): tiny random float64 checkpoints
+of both families split over 2 and 4 ranks give the single-device logits (within 1e-10 relative) and the same
+tokens in exact and fast modes, on the reduce path and on the paths that gather whole logit rows (sampling
+controls, logprobs, CFG); each rank holds about 1/N of the weights (parameter bytes and measured RSS); a model
+that cannot be split is refused with a clear error."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.helpers import write_checkpoint
+from unmask import LLM, DiffusionParams
+from unmask.server.config import UnsupportedConfigError
+
+PROMPTS = [[5, 6, 7, 8, 9], list(range(10, 40)), [60, 61], [33, 3, 33, 3]]
+SPLITS = [("dense", 2, False), ("dense", 4, False), ("moe", 2, False), ("moe", 2, True), ("moe", 4, True)]
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    return {fam: write_checkpoint(tmp_path_factory.mktemp(f"tp_{fam}") / "ckpt", fam, seed=11, shards=2)
+            for fam in ("dense", "moe")}
+
+
+@pytest.fixture(scope="module")
+def single(ckpts):
+    llms = {fam: LLM(str(path), device="cpu", dtype="float64") for fam, path in ckpts.items()}
+    yield llms
+
+
+def _params() -> list[DiffusionParams]:
+    """One batch mixing the reduce path (exact, fast with sampling at T > 0, prefix and dual caches) with
+    rows that need whole logit rows (top-p + logprobs, a penalty, CFG)."""
+    return [DiffusionParams(max_tokens=16, block_length=8, steps=16, ignore_eos=True),
+            DiffusionParams(max_tokens=16, block_length=8, preset="fast", temperature=0.9, seed=4),
+            DiffusionParams(max_tokens=16, block_length=8, preset="fast", cache="dual", top_p=0.8, temperature=0.7,
+                            seed=5, logprobs=2),
+            DiffusionParams(max_tokens=16, block_length=8, steps=16, cfg_scale=1.0, repetition_penalty=1.3)]
+
+
+def _relative_gap(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a − b| / max |a|."""
+    return float((a - b).abs().max() / a.abs().max())
+
+
+@pytest.mark.parametrize("family,size,expert_parallel", SPLITS)
+def test_split_model_matches_one_device(ckpts, single, family, size, expert_parallel):
+    ref = single[family]
+    with LLM(str(ckpts[family]), device="cpu", dtype="float64", tensor_parallel_size=size,
+             enable_expert_parallel=expert_parallel) as tp:
+        for ids in PROMPTS[:2]:
+            a, b = ref.logits(ids), tp.logits(ids)
+            assert a.shape == b.shape and a.dtype == b.dtype == torch.float64
+            torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12 * float(a.abs().max()))
+            assert _relative_gap(a, b) < 1e-10
+        for preset in ("exact", "fast"):
+            p = DiffusionParams(max_tokens=16, block_length=8, steps=16, preset=preset, ignore_eos=True)
+            want = [o.token_ids for o in ref.generate(PROMPTS, p)]
+            assert [o.token_ids for o in tp.generate(PROMPTS, p)] == want
+            assert all(len(w) == 16 for w in want)
+        want = ref.generate(PROMPTS, _params())
+        got = tp.generate(PROMPTS, _params())
+        assert [o.token_ids for o in got] == [o.token_ids for o in want]
+        assert [o.finish_reason for o in got] == [o.finish_reason for o in want]
+        assert got[2].logprobs and len(got[2].logprobs) == len(want[2].logprobs)
+        for (lp_got, ids_got, _), (lp_want, ids_want, _) in zip(got[2].logprobs, want[2].logprobs):
+            assert ids_got == ids_want and lp_got == pytest.approx(lp_want, rel=1e-10, abs=1e-12)
+
+
+ONE_DEVICE_LOAD = """
+import sys, torch
+from unmask.server.engine.workers import rss_anon_bytes
+from unmask.server.models.loader import load_model
+before = rss_anon_bytes()
+model, _ = load_model(sys.argv[1], "cpu", torch.float64)
+print(rss_anon_bytes() - before)
+"""
+
+
+def test_each_rank_holds_its_share_of_the_weights(tmp_path):
+    """A ~50 MB float64 checkpoint over 2 ranks: each rank's parameters are half of the model's plus the replicated
+    norms, and a worker's resident anonymous memory grows by half the weights less than a one-device load's does
+    (both also grow by the same fixed amount: Python modules torch loads when the first model is built)."""
+    path = write_checkpoint(tmp_path / "big", "dense", seed=1, d=256, layers=2, heads=4, inter=1024, vocab=8192)
+    full = 8 * (2 * 8192 * 256 + 2 * (4 * 256 * 256 + 3 * 256 * 1024) + 256 * 5)  # bytes, float64
+    one = subprocess.run([sys.executable, "-c", ONE_DEVICE_LOAD, str(path)], capture_output=True, text=True,
+                         check=True)
+    one_device_growth = int(one.stdout.split()[-1])
+    with LLM(str(path), device="cpu", dtype="float64", tensor_parallel_size=2, kv_cache_memory=1 << 20) as tp:
+        rank0 = sum(p.numel() * p.element_size() for p in tp.engine.model.parameters())
+        rank1 = tp.engine.ranks.reports[0]
+    growth = rank1["rss_after_load"] - rank1["rss_before_load"]
+    print(f"weights {full} B; params rank 0 {rank0} B, rank 1 {rank1['param_bytes']} B; RssAnon growth while "
+          f"loading: one device {one_device_growth} B, rank 1 of 2 {growth} B")
+    replicated = 8 * 256 * 5  # the 2 norms of each of the 2 layers and the final norm
+    assert rank0 == rank1["param_bytes"] == (full - replicated) // 2 + replicated
+    assert 0.4 * full < one_device_growth - growth < 0.6 * full
+
+
+def test_unsplittable_models_are_refused(ckpts):
+    with pytest.raises(UnsupportedConfigError, match="does not divide the number of attention heads"):
+        LLM(str(ckpts["dense"]), device="cpu", dtype="float64", tensor_parallel_size=3)
+    with pytest.raises(UnsupportedConfigError, match="expert parallelism needs a MoE model"):
+        LLM(str(ckpts["dense"]), device="cpu", dtype="float64", tensor_parallel_size=2, enable_expert_parallel=True)
+    with pytest.raises(ValueError, match="does not support --quantization"):
+        LLM(str(ckpts["dense"]), device="cpu", dtype="float32", tensor_parallel_size=2, quantization="int8")
