@@ -45,6 +45,8 @@ from unmask.server.models.parallel import TensorParallel, init_group
 log = logging.getLogger("unmask.workers")
 STARTUP_TIMEOUT_S = 600.0
 """Longest a worker may take to start and load its shard."""
+COLLECTIVE_SLACK_S = 30.0
+"""A collective's own timeout exceeds the step timeout by this much, so the watcher names a hang first."""
 
 
 class RankFailedError(EngineDeadError):
@@ -160,14 +162,14 @@ class RankGroup:
         tp = TensorParallel(0, size, expert_parallel)
         tp.check(ModelConfig.from_pretrained(path))  # refuse an unsplittable model before spawning anything
         store = Path(tempfile.mkdtemp(prefix="unmask-tp-")) / "store"
-        spec = RankSpec(str(path), str(device), dtype, size, expert_parallel, f"file://{store}", step_timeout_s,
-                        config.kernels)
+        spec = RankSpec(str(path), str(device), dtype, size, expert_parallel, f"file://{store}",
+                        step_timeout_s + COLLECTIVE_SLACK_S, config.kernels)
         group = cls(spec, tp, step_timeout_s)
         group.store_dir = store.parent
         try:
             for rank in range(1, size):
                 group._expect(rank, "hello")
-            init_group(0, size, spec.init_method, device, step_timeout_s)
+            init_group(0, size, spec.init_method, device, spec.timeout_s)
             group.model, group.cfg = load_model(path, device, dtype, tp=tp)
             group.reports = [group._expect(rank, "loaded") for rank in range(1, size)]
         except BaseException:
