@@ -71,9 +71,10 @@ def candidates(seq: Sequence) -> torch.Tensor:
     """[C] int64 canvas positions that may be committed this step (ascending).
 
     Exact mode follows the reference: every masked generation position up to the block end, so a position
-    that received the mask token itself as its prediction stays eligible later. Other modes consider the
+    that received the mask token itself as its prediction stays eligible later. Other modes, and every mode of
+    a family with the strict-threshold rule (LLaDA2, whose reference looks at the block only), consider the
     current block only (Fast-dLLM)."""
-    lo = seq.prompt_len if seq.params.is_exact else seq.block_start
+    lo = seq.prompt_len if seq.params.is_exact and seq.threshold is None else seq.block_start
     return (seq.canvas[lo:seq.block_end] == seq.mask_id).nonzero(as_tuple=True)[0] + lo
 
 
@@ -82,7 +83,7 @@ def needs_forward(seq: Sequence) -> bool:
     constrained sequence needs one while its block has masks the grammar did not force."""
     if seq.grammar is not None:
         return bool(seq.masked_in_block().any())
-    return seq.params.parallel or step_k(seq) > 0
+    return seq.params.parallel or seq.threshold is not None or step_k(seq) > 0
 
 
 def skip_step(seq: Sequence) -> None:
@@ -100,7 +101,9 @@ def block_finished(seq: Sequence, masked_left: int) -> bool:
         return masked_left == 0
     if masked_left == 0 and (p.parallel or p.remasking != "random"):
         return True
-    return not p.parallel and seq.step_in_block >= p.steps_per_block
+    if seq.threshold is not None:  # LLaDA2: the block's steps are spent (a mask proposal keeps a position masked)
+        return seq.step_in_block >= seq.steps_per_block
+    return not p.parallel and seq.step_in_block >= seq.steps_per_block
 
 
 def finishes_on_stop(params: DiffusionParams, stop_in_final_prefix: bool, all_blocks_done: bool) -> bool:
@@ -128,11 +131,14 @@ class LogitRules:
 class CommitPlan:
     """What ``select`` needs besides the proposals. Slot j of sequence b is its j-th row's canvas position."""
     slot_pos: torch.Tensor  # [B, W] int64 host: canvas position of each slot (−1 = padding)
-    canvas_len: list[int]  # [B] host: each sequence's canvas length L
+    topk_row: list[tuple[int, int]]  # [B] host: (first canvas position, length) of the row the reference's topk
+    # ranks: the whole canvas (LLaDA) or the current block (LLaDA2)
     row_slot: torch.Tensor  # [M] int64 device: flat slot b·W + j of each logit row
     cand: torch.Tensor  # [B, W] bool device: the slot is still masked and may commit
     k: torch.Tensor  # [B] int32 device: fixed-schedule count (ignored where threshold > 0 or factor > 0)
     threshold: torch.Tensor  # [B] float64 device: Fast-dLLM threshold τ, 0 = none
+    strict: torch.Tensor | None  # [B] float64 device: LLaDA2's strict threshold with minimum count (NaN = not
+    # that rule), or None when no sequence uses it
     factor: torch.Tensor  # [B] float64 device: Fast-dLLM factor f, 0 = none
     random_conf: torch.Tensor | None  # [B, W] float32 device: host-drawn confidences (random remasking)
     is_random: torch.Tensor | None  # [B] bool device: the sequence uses random remasking
@@ -155,7 +161,8 @@ def build_rules(seqs: list[Sequence], slots: list[torch.Tensor], device: torch.d
     return LogitRules(
         temperature=per_row([s.params.temperature for s in seqs], torch.float32),
         seeds=torch.tensor(seeds, dtype=torch.int64, device=device),
-        mask_bias=per_row([0.0 if s.params.is_exact else NEG_INF for s in seqs], torch.float32),
+        mask_bias=per_row([0.0 if s.params.is_exact or s.threshold is not None else NEG_INF for s in seqs],
+                          torch.float32),
         eos_bias=per_row([NEG_INF if s.params.logits_eos_inf else 0.0 for s in seqs], torch.float32),
         sampling=sampling.build(seqs, slots, device), grammar=structured.mask_job(seqs, slots, device))
 
@@ -175,9 +182,13 @@ def build_plan(seqs: list[Sequence], slots: list[torch.Tensor], device: torch.de
     eos_eot = [(torch.arange(a, a + n), s.params.temperature == 0) for s, a, n in zip(seqs, starts, counts)
                if s.params.confidence_eos_eot_inf]
     return CommitPlan(
-        slot_pos=slot_pos, canvas_len=[s.length for s in seqs], row_slot=row_slot.to(device), cand=cand.to(device),
+        slot_pos=slot_pos, row_slot=row_slot.to(device), cand=cand.to(device),
+        topk_row=[(s.block_start, s.params.block_length) if s.threshold is not None else (0, s.length) for s in seqs],
         k=torch.tensor([step_k(s) for s in seqs], dtype=torch.int32, device=device),
-        threshold=torch.tensor([s.params.threshold or 0.0 for s in seqs], dtype=torch.float64, device=device),
+        threshold=torch.tensor([(s.params.threshold or 0.0) if s.threshold is None else 0.0 for s in seqs],
+                               dtype=torch.float64, device=device),
+        strict=torch.tensor([float("nan") if s.threshold is None else s.threshold for s in seqs],
+                            dtype=torch.float64, device=device) if any(s.threshold is not None for s in seqs) else None,
         factor=torch.tensor([s.params.factor or 0.0 for s in seqs], dtype=torch.float64, device=device),
         random_conf=torch.nn.utils.rnn.pad_sequence(rand, batch_first=True).to(device) if any(is_random) else None,
         is_random=torch.tensor(is_random, device=device) if any(is_random) else None,
@@ -230,11 +241,16 @@ def eos_eot_confidence(plan: CommitPlan, logits: torch.Tensor, x0: torch.Tensor,
 
 def ranked_counts(conf: torch.Tensor, cand: torch.Tensor, plan: CommitPlan):
     """conf [B, W] (−inf off candidates), cand [B, W] -> (k [B] int64: how many best candidates each sequence
-    commits, fixed schedule or factor rule; tied [B] bool: a fixed-schedule k-th best equals the next one,
-    so which of them commits is the reference's ``torch.topk`` order, not ours)."""
+    commits, fixed schedule, factor rule or LLaDA2's strict threshold with a minimum count (every candidate with
+    conf > τ when there are at least the schedule's k of them, else the min(k, n) best); tied [B] bool: a
+    fixed-count k-th best equals the next one, so which of them commits is the reference's ``torch.topk``
+    order, not ours)."""
     sorted_c = torch.sort(conf.double(), dim=1, descending=True).values  # [B, W], candidates first
     n = cand.sum(1)  # [B]
     k = torch.where(plan.factor > 0, factor_k(sorted_c, n, plan.factor), plan.k.long())  # [B]
+    if plan.strict is not None:  # compared in the confidences' dtype, as the reference compares
+        above = (conf > plan.strict.to(conf.dtype)[:, None]).sum(1)  # [B] (NaN: never above)
+        k = torch.where(plan.strict.isnan(), k, torch.maximum(above, torch.minimum(k, n)))
     fixed = (plan.factor == 0) & (plan.threshold == 0) & (k > 0) & (k < n)
     last = sorted_c.gather(1, (k - 1).clamp(min=0)[:, None])[:, 0]  # [B] the k-th best
     nxt = sorted_c.gather(1, k.clamp(max=conf.shape[1] - 1)[:, None])[:, 0]  # [B] the (k+1)-th
@@ -285,25 +301,27 @@ def select(plan: CommitPlan, logits: torch.Tensor, x0: torch.Tensor, conf: torch
 def reference_topk(plan: CommitPlan, tied: torch.Tensor, conf_bw: torch.Tensor, x0_bw: torch.Tensor,
                    k: torch.Tensor, out: list[tuple[list[int], list[int]]]) -> None:
     """Fixed-schedule commits exactly as the reference picks them, for the sequences whose k-th best confidence
-    ties the next: ``torch.topk`` on the host over each one's canvas row [L] (−inf off candidates), whose order
-    among equal confidences is topk's own. One 2-D ``topk`` per (L, k) group: row by row it picks the same
-    indices, in the same order, as the reference's 1-D call on that row. tied [T] host batch indices,
+    ties the next: ``torch.topk`` on the host over the row the reference ranks (``CommitPlan.topk_row``: the canvas
+    [L] or, LLaDA2, the block; −inf off candidates), whose order among equal confidences is topk's own. One 2-D
+    ``topk`` per (row length, k) group: row by row it picks the same indices, in the same order, as the
+    reference's 1-D call on that row. tied [T] host batch indices,
     conf_bw/x0_bw [B, W] (device), k [B] host -> ``out[i]`` replaced by (canvas positions, tokens)."""
     rows = tied.to(conf_bw.device)
     conf_t, x0_t, cand_t = conf_bw[rows].cpu(), x0_bw[rows].cpu(), plan.cand[rows].cpu()  # [T, W] each
-    pos_t = plan.slot_pos[tied]  # [T, W] host canvas positions, −1 on padding slots
+    origin = torch.tensor([plan.topk_row[i][0] for i in tied.tolist()])  # [T]
+    pos_t = plan.slot_pos[tied] - origin[:, None]  # [T, W] host row positions (padding slots: negative)
     groups: dict[tuple[int, int], list[int]] = {}
     for j, i in enumerate(tied.tolist()):
-        groups.setdefault((plan.canvas_len[i], int(k[i])), []).append(j)
+        groups.setdefault((plan.topk_row[i][1], int(k[i])), []).append(j)
     for (length, kk), js in groups.items():
         g = torch.tensor(js)  # [G]
-        at = torch.where(pos_t[g] >= 0, pos_t[g], length)  # [G, W] padding goes to a spare column L
+        at = torch.where(plan.slot_pos[tied][g] >= 0, pos_t[g], length)  # [G, W] padding goes to a spare column
         canvas = torch.full((g.numel(), length + 1), NEG_INF, dtype=conf_t.dtype)  # [G, L + 1]
         canvas.scatter_(1, at, torch.where(cand_t[g], conf_t[g], NEG_INF))
         tokens = torch.zeros(g.numel(), length + 1, dtype=x0_t.dtype).scatter_(1, at, x0_t[g])  # [G, L + 1]
-        chosen = torch.topk(canvas[:, :length], kk, dim=1).indices  # [G, k] canvas positions
+        chosen = torch.topk(canvas[:, :length], kk, dim=1).indices  # [G, k] row positions
         for j, c, t in zip(js, chosen, tokens.gather(1, chosen)):
-            out[int(tied[j])] = (c.tolist(), t.tolist())
+            out[int(tied[j])] = ((c + origin[j]).tolist(), t.tolist())
 
 
 # ---- The constrained commit rule (structured outputs; grammar machinery in structured.py) ----------------------

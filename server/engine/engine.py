@@ -10,6 +10,7 @@ import torch
 from unmask.server.config import EngineConfig, ModelConfig
 from unmask.server.engine.batch import StepOutput
 from unmask.server.engine.client import EngineDeadError, ModelInfo, Request, RequestRejected
+from unmask.server.engine.family_rules import rules_for
 from unmask.server.engine.generation_config import GenerationDefaults, read_generation_config, resolve_defaults
 from unmask.server.engine.kv_cache import KVCacheManager
 from unmask.server.engine.model_runner import ModelRunner
@@ -47,6 +48,7 @@ class Engine:
         """EOS, EoT and the generation config's ``eos_token_id`` ids: each ends a generation."""
         self._known: set[str] = set()
         self.stats = EngineStats()
+        self.family_rules = rules_for(cfg)
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> "Engine":
@@ -101,7 +103,10 @@ class Engine:
                                   "which marks positions to generate", "prompt")
         self._validate_tokens(request)
         self._validate_structured(request)
-        canvas = request.params.canvas_length
+        refused = self.family_rules.unsupported(request.params, bool(request.suffix_token_ids))
+        if refused is not None:
+            raise RequestRejected(*refused)
+        canvas = self.family_rules.layout(len(ids), request.params)[1] - len(ids)
         context = len(ids) + len(request.suffix_token_ids)  # prompt + suffix (infilling)
         if context + canvas > self.max_model_len:
             raise RequestRejected(
@@ -161,11 +166,20 @@ class Engine:
                 raise RequestRejected(f"request id {r.request_id!r} is already in use", None, "duplicate_id")
         for r in requests:
             seed = r.params.seed if r.params.seed is not None else self._rng.getrandbits(63)
-            seq = Sequence(r, self.model_config.mask_token_id, self.stop_token_ids, seed)
+            seq = Sequence(r, self.model_config.mask_token_id, self.stop_token_ids, seed, self.family_rules,
+                           self._cached(r))
             if r.params.structured_outputs is not None:
                 seq.grammar = self.grammars.state(r.params.structured_outputs)
             self.scheduler.add(seq)
             self._known.add(r.request_id)
+
+    def _cached(self, request: Request) -> bool:
+        """The request uses the K/V cache: its params ask for one, or its family's prefix cache is exact
+        (block-causal) and the cache can ever hold its canvas (else it runs uncached, still exact)."""
+        if request.params.cache != "none":
+            return True
+        rules, n = self.family_rules, len(request.prompt_token_ids)
+        return rules.block_causal and self.kv.can_ever_fit(rules.layout(n, request.params)[1])
 
     def add_request(self, request: Request) -> None:
         """Validate and queue one request; raises RequestRejected before anything is admitted."""

@@ -1,9 +1,11 @@
 """The one packer: one iteration's sequences -> the tensors of one forward, for the eager and graphed paths.
 
 Legend: B sequences (+ unconditional copies for CFG), N packed tokens, M logit rows, P pages per row.
-Per sequence and step kind: refresh = the whole canvas (positions 0..L−1; with a cache its K/V are
-written); block step = canvas[block_start:] (prefix cache) or the block alone (dual cache), reading
-the rest of the keys from the cache. CFG adds the unconditional canvas (prompt masked, generated
+Per sequence and step kind, the canvas range ``Sequence.fed_range`` says: refresh = the whole canvas
+(positions 0..L−1; with a cache its K/V are written); block step = canvas[block_start:] (prefix cache) or the
+block alone (dual cache), reading the rest of the keys from the cache. Block-causal models (LLaDA2) stop at
+the block end, their refresh reads the cached final prefix and writes the rest, and the metadata carries each
+sequence's block size (``attn_blocks``). CFG adds the unconditional canvas (prompt masked, generated
 tokens kept: SMDM / LLaDA) as another sequence; its logit rows follow all conditional rows.
 
 Logit rows are a sequence's commit candidates (eager path), or every position of its block
@@ -37,15 +39,6 @@ class ForwardInputs:
     plan: CommitPlan  # per sequence: slots, candidates, k / threshold / factor
 
 
-def _segment(seq: Sequence, kind: StepKind) -> tuple[int, int]:
-    """Canvas range [lo, hi) fed for this step."""
-    if kind is StepKind.REFRESH:
-        return 0, seq.length
-    if seq.params.cache == "dual":
-        return seq.block_start, seq.block_end
-    return seq.block_start, seq.length
-
-
 def _slots(pages: list[int], lo: int, n: int, page_size: int) -> torch.Tensor:
     """[n] int64 cache slots of canvas positions lo..lo+n-1."""
     p = torch.arange(lo, lo + n)
@@ -58,14 +51,18 @@ class _Packer:
     def __init__(self, kv: KVCacheManager | None, cached_write: bool):
         self.kv, self.cached_write = kv, cached_write
         self.ids, self.pos, self.lens, self.offsets, self.kv_lens, self.tables, self.slots = [], [], [], [], [], [], []
-        self.rows, self.un_rows, self.row_pos, self.cfg_rows = [], [], [], []
+        self.rows, self.un_rows, self.row_pos, self.cfg_rows, self.blocks = [], [], [], [], []
         self.num_tokens = self.num_rows = 0
 
     def segment(self, tokens: torch.Tensor, lo: int, seq: Sequence, write: bool, read: bool) -> int:
-        """Add canvas tokens starting at position lo; returns the packed index of the first one."""
+        """Add canvas tokens starting at position lo; returns the packed index of the first one. A reading
+        segment attends over the whole canvas, or up to its own end on a block-causal model (nothing later is
+        visible, and later cache slots may hold no K/V yet)."""
         n = tokens.shape[0]
         self.ids.append(tokens), self.pos.append(torch.arange(lo, lo + n))
-        self.lens.append(n), self.offsets.append(lo), self.kv_lens.append(seq.length if read else lo + n)
+        self.lens.append(n), self.offsets.append(lo)
+        self.kv_lens.append(seq.length if read and not seq.rules.block_causal else lo + n)
+        self.blocks.append(seq.params.block_length if seq.rules.block_causal else 0)
         self.tables.append(seq.pages if read else [])
         if self.cached_write:
             self.slots.append(_slots(seq.pages, lo, n, self.kv.page_size) if write else torch.full((n,), -1))
@@ -92,6 +89,8 @@ class _Packer:
             meta.new_offsets = torch.tensor(self.offsets, dtype=torch.int32, device=device)
         if self.cached_write:
             meta.slot_mapping = torch.cat(self.slots).to(device)
+        if any(self.blocks):
+            meta.attn_blocks = torch.tensor(self.blocks, dtype=torch.int32, device=device)
         if meta.block_table is not None or meta.slot_mapping is not None:
             meta.kv_caches = self.kv.layers
         return meta
@@ -113,9 +112,9 @@ def build_inputs(seqs: list[Sequence], kinds: list[StepKind], kv: KVCacheManager
     candidates, or with ``all_block_rows`` every position of its current block (the graphed step)."""
     packer = _Packer(kv, any(s.uses_cache and k is StepKind.REFRESH for s, k in zip(seqs, kinds)))
     for seq, kind in zip(seqs, kinds):
-        lo, hi = _segment(seq, kind)
+        lo, hi = seq.fed_range(kind)
         start = packer.segment(seq.canvas[lo:hi], lo, seq, seq.uses_cache and kind is StepKind.REFRESH,
-                               kind is StepKind.BLOCK)
+                               kind is StepKind.BLOCK or lo > 0)
         rows = (torch.arange(seq.block_start, seq.block_end) if all_block_rows
                 else commit_policy.candidates(seq))  # [n] canvas positions
         idx = packer.logit_rows(start + rows - lo, rows)

@@ -19,17 +19,14 @@ import torch
 from unmask.server.config import SchedulerConfig
 from unmask.server.engine.batch import Batch, StepOutput, StepResult
 from unmask.server.engine.kv_cache import KVCacheManager
-from unmask.server.engine.commit_policy import block_finished, commit_schedule, finishes_on_stop
+from unmask.server.engine.commit_policy import block_finished, finishes_on_stop
 from unmask.server.engine.sequence import Sequence, SeqStatus, StepKind
 
 
 def step_cost(seq: Sequence, kind: StepKind) -> int:
     """Tokens this sequence feeds to the model for one step of ``kind``."""
-    if kind is StepKind.REFRESH:
-        return seq.length * (2 if seq.params.cfg_scale > 0 else 1)
-    if seq.params.cache == "dual":
-        return seq.params.block_length
-    return seq.length - seq.block_start
+    lo, hi = seq.fed_range(kind)
+    return (hi - lo) * (2 if seq.params.cfg_scale > 0 else 1)
 
 
 class Scheduler:
@@ -117,6 +114,7 @@ class Scheduler:
             seq.num_steps += 1
             if kind is StepKind.REFRESH and seq.uses_cache:
                 seq.cache_valid = True
+                seq.cached_upto = seq.block_start  # every earlier position was final when it was fed
             self._advance(seq)
             outputs.append(self._emit(seq))
         return outputs
@@ -138,13 +136,13 @@ class Scheduler:
         seq.block_idx += 1
         seq.step_in_block = 0
         seq.cache_valid = False
-        if seq.block_idx < seq.params.num_blocks:
-            seq.plan = commit_schedule(int(seq.masked_in_block().sum()), seq.params.steps_per_block)
+        if seq.block_idx < seq.num_blocks:
+            seq.plan = seq.block_plan()
 
     def _emit(self, seq: Sequence) -> StepOutput:
-        done = seq.block_idx >= seq.params.num_blocks
+        done = seq.block_idx >= seq.num_blocks
         # After the last block every position is final, including any that kept the mask token (exact mode).
-        prefix = seq.params.canvas_length if done else seq.final_prefix_len()
+        prefix = seq.gen_length if done else seq.final_prefix_len()
         out_ids = seq.output_token_ids(prefix)
         new = tuple(out_ids[seq.num_emitted:])
         lps = None
