@@ -435,6 +435,7 @@ def constrained_commits(plan: CommitPlan, conf_bw: torch.Tensor, x0_bw: torch.Te
         positions = run[:len(tokens)].tolist()
         st.consume(tokens)
         st.compiler.stats.sampled_tokens += len(tokens)
+        st.compiler.stats.sequence_steps += 1
         if st.ended():
             seq.canvas[positions] = torch.tensor(tokens, dtype=seq.canvas.dtype)
             end_pos, end_tok = _end_fill(seq)

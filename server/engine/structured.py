@@ -74,6 +74,8 @@ class GrammarStats:
     """Tokens of constrained sequences committed from a forward's proposals."""
     rejected_proposals: int = 0
     """Runs cut short because the next proposal was not a valid continuation."""
+    sequence_steps: int = 0
+    """Constrained sequences' steps that ran a forward."""
     mask_s: float = 0.0
     """Seconds spent filling bitmasks (on the worker thread)."""
     host_s: float = 0.0
@@ -129,7 +131,9 @@ class GrammarCompiler:
         self.cache_size = cache_size
         self._cache: collections.OrderedDict[StructuredOutputs, llguidance.LLMatcher] = collections.OrderedDict()
         self._lock = threading.Lock()
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="unmask-grammar")
+        # separate threads, so a slow compile (API side) never delays a step's masks (engine side)
+        self._compile_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="unmask-grammar-compile")
+        self._mask_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="unmask-grammar-mask")
         self.mask_words = (vocab_size + 31) // 32
         self.stats = GrammarStats()
 
@@ -142,7 +146,7 @@ class GrammarCompiler:
                 self._cache.move_to_end(spec)
                 return hit
         text = grammar_text(spec)
-        future = self._pool.submit(llguidance.LLMatcher, self.lltok, text, log_level=0, limits=self.limits)
+        future = self._compile_pool.submit(llguidance.LLMatcher, self.lltok, text, log_level=0, limits=self.limits)
         try:
             matcher = future.result(timeout=self.timeout_s)
         except concurrent.futures.TimeoutError:
@@ -162,7 +166,7 @@ class GrammarCompiler:
 
     def start_masks(self, states: list[GrammarState]) -> concurrent.futures.Future:
         """Fill one bitmask row per state on the worker thread -> a future of [G, ceil(V/32)] int32 (CPU)."""
-        return self._pool.submit(self._fill, states)
+        return self._mask_pool.submit(self._fill, states)
 
     def _fill(self, states: list[GrammarState]) -> torch.Tensor:
         t0 = time.perf_counter()

@@ -139,7 +139,7 @@ def test_equal_schemas_share_one_compiled_grammar_and_the_cache_is_bounded(model
 def test_compile_time_is_bounded(models):
     comp = structured.GrammarCompiler(models["random"].tokenizer, 960, (953,), timeout_s=0.05)
     release = threading.Event()
-    comp._pool.submit(release.wait)  # the worker is busy: the compile cannot finish in time
+    comp._compile_pool.submit(release.wait)  # the worker is busy: the compile cannot finish in time
     try:
         with pytest.raises(structured.GrammarError, match="took over"):
             comp.compile(StructuredOutputs(regex="x+"))
