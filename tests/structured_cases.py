@@ -110,7 +110,7 @@ def _array_of_objects(rng):
 KINDS = (_object, _nested, _array_of_objects, _any_of, _object, _array)
 
 
-def json_schemas(count: int = 50, seed: int = 2026, max_chars: int = 64) -> list[tuple[dict, int]]:
+def json_schemas(count: int = 50, seed: int = 2026, max_chars: int = 48) -> list[tuple[dict, int]]:
     """``count`` schemas with their length bounds (each at most ``max_chars``), the same every run (kinds cycle
     so each appears often)."""
     rng, out = random.Random(seed), []
