@@ -9,7 +9,10 @@
 # fastest measured option per tunable decision, from benchmarks/kernels/pick_configs.py).
 #   bash benchmarks/gpu_check.sh
 # PHASES=tests or PHASES=timings runs one half (the log is appended to), e.g. the tests beside other GPU work
-# and the timings alone afterwards.
+# and the timings alone afterwards. PHASES=tp (not a default phase; a machine with 2+ GPUs, e.g. BUDGET=900
+# PHASES=tp bash benchmarks/gpu_check.sh) times the tensor-parallel engine at TP=1/2/4/8 (as many GPUs as there
+# are) on LLaDA-8B / LLaDA-MoE-shaped 4-layer random checkpoints and checks its answers against one device:
+# tp_step_{llada8b,moe}.json.
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/results/gpu-latest}"
@@ -41,6 +44,12 @@ run() {  # name, timeout seconds, command...
 
 [[ " $PHASES " == *" tests "* ]] &&
   run kernel_tests 200 python -m pytest -q -p no:cacheprovider tests/kernels tests/gpu --timeout 190 --continue-on-collection-errors
+if [[ " $PHASES " == *" tp "* ]]; then
+  run tp_step_llada8b 300 python -m benchmarks.tp_step --shape llada-8b --layers 4 --sizes 1,2,4,8 --batches 1,8 \
+    --json "$OUT/tp_step_llada8b.json"
+  run tp_step_moe 300 python -m benchmarks.tp_step --shape llada-moe --layers 4 --sizes 1,2,4,8 --batches 1,8 \
+    --expert-parallel --json "$OUT/tp_step_moe.json"
+fi
 [[ " $PHASES " == *" timings "* ]] || { rm -rf "$TMP"; exit 0; }
 run step_table 160 python -m benchmarks.step_table --iters 5 --json "$OUT/step_table.json" --markdown "$OUT/step_table.md"
 bench() {  # op name

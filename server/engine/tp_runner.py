@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import torch
 
 from unmask.kernels import ops
@@ -45,28 +46,33 @@ BASE_RULES = ("temperature", "seeds", "mask_bias", "eos_bias")
 
 @dataclasses.dataclass
 class StepPayload:
-    """One forward's inputs for every rank (CPU tensors; pickled to the workers)."""
-    input_ids: torch.Tensor  # [N] int64
-    positions: torch.Tensor  # [N] int64
-    meta: AttentionMetadata  # without kv_caches (each rank attaches its own)
-    logit_rows: torch.Tensor  # [M + M_cfg] int64
+    """One forward's inputs for every rank, as host numpy arrays (pickled to the workers: numpy arrays pickle
+    about 10× faster than tensors). ``tensors`` names them; ``meta`` is AttentionMetadata's fields (no caches)."""
+    tensors: dict[str, np.ndarray]  # input_ids, positions [N]; logit_rows [M + M_cfg]; rules' [M] when reducing
+    meta: dict[str, np.ndarray | int | None]
     num_cond_rows: int
-    cfg_rows: list[tuple[torch.Tensor, float]]
-    rules: tuple[torch.Tensor, ...] | None  # [M] each: temperature, seeds, mask_bias, eos_bias; None = gather
+    cfg_rows: list[tuple[np.ndarray, float]]
+    reduce: bool  # the step's last collective: reduce (True) or gather whole rows (False)
 
     @classmethod
     def of(cls, inp: ForwardInputs, reduce: bool) -> "StepPayload":
         """The payload of rank 0's packed inputs (copied to the host)."""
-        m = inp.meta
-        meta = dataclasses.replace(m, **{f.name: _cpu(getattr(m, f.name)) for f in dataclasses.fields(m)
-                                         if isinstance(getattr(m, f.name), torch.Tensor)}, kv_caches=None)
-        rules = tuple(getattr(inp.rules, name).cpu() for name in BASE_RULES) if reduce else None
-        return cls(inp.input_ids.cpu(), inp.positions.cpu(), meta, inp.logit_rows.cpu(), inp.num_cond_rows,
-                   [(r.cpu(), w) for r, w in inp.cfg_rows], rules)
+        names = ("input_ids", "positions", "logit_rows")
+        tensors = {name: _host(getattr(inp, name)) for name in names}
+        if reduce:
+            tensors.update({name: _host(getattr(inp.rules, name)) for name in BASE_RULES})
+        meta = {f.name: _host(getattr(inp.meta, f.name)) for f in dataclasses.fields(inp.meta) if f.name != "kv_caches"}
+        return cls(tensors, meta, inp.num_cond_rows, [(_host(r), w) for r, w in inp.cfg_rows], reduce)
 
 
-def _cpu(x: torch.Tensor | None) -> torch.Tensor | None:
-    return None if x is None else x.cpu()
+def _host(x):
+    """A tensor -> a host numpy array; anything else as is."""
+    return x.cpu().numpy() if isinstance(x, torch.Tensor) else x
+
+
+def _device(x, device: torch.device):
+    """A host numpy array -> a tensor on ``device``; anything else as is."""
+    return torch.from_numpy(x).to(device) if isinstance(x, np.ndarray) else x
 
 
 def needs_full_rows(inp: ForwardInputs) -> bool:
@@ -88,17 +94,16 @@ class ShardStep:
         """Every rank, in the same order: the forward and the step's last collective -> the gathered
         [M, V] logits (gather) or every rank's partials [R, M, 4] float64 (reduce)."""
         dev = self.device
-        meta = dataclasses.replace(p.meta, **{f.name: getattr(p.meta, f.name).to(dev) for f in
-                                              dataclasses.fields(p.meta)
-                                              if isinstance(getattr(p.meta, f.name), torch.Tensor)})
+        t = {name: _device(a, dev) for name, a in p.tensors.items()}
+        meta = AttentionMetadata(**{name: _device(v, dev) for name, v in p.meta.items()})
         if meta.block_table is not None or meta.slot_mapping is not None:
             meta.kv_caches = self.kv_layers
-        hidden = self.model(p.input_ids.to(dev), p.positions.to(dev), meta)  # [N, D]
-        logits = self.model.compute_logits(hidden[p.logit_rows.to(dev)])  # [M + M_cfg, Vs]
-        logits = guided_logits(logits, p.num_cond_rows, [(r.to(dev), w) for r, w in p.cfg_rows])  # [M, Vs]
-        if p.rules is None:
+        hidden = self.model(t["input_ids"], t["positions"], meta)  # [N, D]
+        logits = self.model.compute_logits(hidden[t["logit_rows"]])  # [M + M_cfg, Vs]
+        logits = guided_logits(logits, p.num_cond_rows, [(_device(r, dev), w) for r, w in p.cfg_rows])  # [M, Vs]
+        if not p.reduce:
             return self.tp.all_gather_cols(logits)  # [M, V]
-        temperature, seeds, mask_bias, eos_bias = (t.to(dev) for t in p.rules)
+        temperature, seeds, mask_bias, eos_bias = (t[name] for name in BASE_RULES)
         start = self.model.vocab_start
         for token, bias in ((self.cfg.mask_token_id, mask_bias), (self.cfg.eos_token_id, eos_bias)):
             if start <= token < start + logits.shape[1]:  # the rank holding that column applies the rule

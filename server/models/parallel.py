@@ -13,14 +13,14 @@ Megatron-style split of a LLaDA block over N ranks (one process per rank, ``serv
 - MoE, tensor-parallel (default): every rank holds every expert with I/N of its intermediate units (the same
   split as the dense MLP, per expert) and the replicated router; one all-reduce.
 - MoE, expert-parallel (``expert_parallel``): rank r holds E/N whole experts. Routing runs identically on
-  every rank (the hidden state after an all-reduce is the same bits everywhere); each rank applies the
-  routed (token, expert) pairs of its own experts, the others get weight 0, and one all-reduce of [T, D]
-  combines the ranks. This moves the same bytes as the tensor-parallel MoE and keeps every shape static
-  (CUDA graphs capture it). An all-to-all dispatch (send each token only to the ranks of its experts, and
-  back) moves T·K·D/N per rank instead of an all-reduce's ~2·T·D, and each rank computes only its own pairs:
-  it wins once T·K is large (big prefill batches, many ranks, K ≪ E) and when experts span nodes; at
-  serving batch sizes of a block step (T = B·W of a few hundred tokens) on one node, one all-reduce of the
-  activations is cheaper than two all-to-alls and needs no token permutation.
+  every rank (the hidden state after an all-reduce is the same bits everywhere); each rank applies the routed
+  (token, expert) pairs of its own experts, the others get weight 0 (static shapes: CUDA graphs can capture it),
+  and one all-reduce of [T, D] combines the ranks. With tensor-parallel attention every rank already holds every
+  token, so dispatching costs nothing and combining is exactly this all-reduce (~2·T·D·(N−1)/N per rank). An
+  all-to-all dispatch/combine pays off when the tokens are partitioned instead (data-parallel attention, each
+  rank owning T/N tokens): it moves ~2·T·K·D/N per rank, less than the all-reduce once N > K (8 experts per token
+  for LLaDA-MoE), computes only routed pairs, and suits experts spread over nodes; that is the large-batch,
+  many-GPU regime (DeepSeek-style DP attention + EP), not a single node's block steps of a few hundred tokens.
 - vocab-parallel embedding and LM head: rank r holds rows [r·V/N, (r+1)·V/N). The embedding looks up only the
   ids in its range (zero rows elsewhere) and one all-reduce assembles [T, D]; the LM head yields each rank's
   [M, V/N] slice of the logits, which the remask step reduces without gathering (``kernels.ops.remask_partial``).

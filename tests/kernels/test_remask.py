@@ -106,3 +106,24 @@ def test_select_commits(dtype, width):
     assert got.dtype == torch.bool and torch.equal(got, spec)
     got64 = sel_tri.select_commits(conf, cand, k, thr.double())
     assert torch.equal(got64, sel_ref.select_commits(conf, cand, k, thr.double()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=["f64", "f32", "bf16"])
+@pytest.mark.parametrize("ranks", [2, 4, 6])
+def test_vocab_parallel_remask_equals_whole_rows(dtype, ranks):
+    """Tensor parallelism's remask: every rank reduces its vocabulary slice (remask_partial), the slices combine
+    (remask_combine) into the whole rows' tokens exactly and their confidences (rounded as remask_confidence);
+    the tie of row 1 straddles two slices, row 2 has −inf entries, greedy and sampled rows mixed."""
+    vocab = 96
+    logits = logits_with_ties(len(TEMPS), vocab, dtype, seed=3)
+    temps = torch.tensor(TEMPS)
+    seeds = torch.arange(len(TEMPS), dtype=torch.int64) * 0x9E3779B9 + 11
+    x0, conf = ref.remask_confidence(logits.clone(), temps, seeds)
+    width = vocab // ranks
+    parts = torch.stack([ref.remask_partial(logits[:, r * width:(r + 1) * width], temps, seeds, r * width)
+                         for r in range(ranks)])  # [R, M, 4]
+    got_x0, got_conf = ref.remask_combine(parts, dtype)
+    assert torch.equal(got_x0, x0)
+    assert got_conf.dtype == conf.dtype
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    torch.testing.assert_close(got_conf, conf, rtol=tol, atol=0)
