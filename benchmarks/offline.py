@@ -1,4 +1,6 @@
 """Offline throughput: the reference port one request at a time vs the engine at concurrency C, in one run.
+The reference is the model family's own loop: LLaDA's ``generate`` (LLaDA, LLaDA-MoE), LLaDA2's block-causal
+``generate`` without a cache (LLaDA2, with the threshold and steps the engine's request uses).
 
     python -m benchmarks.offline --model tiny-llada-instruct --preset exact --concurrency 32 --json out.json
 
@@ -25,6 +27,7 @@ import torch
 
 from benchmarks.padded_baseline import padded_run
 from benchmarks.reference.checkpoints import write_checkpoint
+from benchmarks.reference import llada2_generate
 from benchmarks.reference.llada_generate import generate as reference_generate
 from recipes.tasks import check, heldout_set
 from unmask import LLM, DiffusionParams
@@ -32,28 +35,43 @@ from unmask.server.models.attention_meta import AttentionMetadata, packed_positi
 
 
 def reference_run(llm: LLM, prompts: list[list[int]], p: DiffusionParams) -> dict:
-    """LLaDA generate() one request at a time; outputs cut at the first stop token."""
+    """The family's reference generate() one request at a time, uncached; outputs cut at the first stop token."""
     model, cfg = llm.engine.model, llm.model_config
+    calls = [0]  # forwards run (LLaDA's loop: exactly ``steps`` per request; LLaDA2's stops blocks early)
 
-    def forward(x):
+    def forward(x, attn_block=None):
+        """x [B, L] -> logits [B, L, V]; ``attn_block``: block-causal attention with blocks of that size."""
+        calls[0] += 1
         b, length = x.shape
         lens = [length] * b
-        h = model(x.reshape(-1), packed_positions(lens, x.device), AttentionMetadata.packed(lens, x.device))
+        meta = AttentionMetadata.packed(lens, x.device)
+        if attn_block is not None:
+            meta.attn_blocks = torch.full((b,), attn_block, dtype=torch.int32, device=x.device)
+        h = model(x.reshape(-1), packed_positions(lens, x.device), meta)
         return model.compute_logits(h).view(b, length, -1)
 
-    outs, t0 = [], time.perf_counter()
+    def generate(prompt):
+        """prompt [1, P] -> the reference's canvas [1, L]."""
+        if cfg.family == "llada2":
+            return llada2_generate.generate(forward, prompt, gen_length=p.max_tokens, block_length=p.block_length,
+                                            steps=p.steps_per_block, threshold=llm.engine.family_rules.threshold(p),
+                                            eos_early_stop=p.early_stop, mask_id=cfg.mask_token_id,
+                                            eos_id=cfg.eos_token_id)
+        return reference_generate(forward, prompt, steps=p.steps, gen_length=p.max_tokens,
+                                  block_length=p.block_length, mask_id=cfg.mask_token_id, eos_id=cfg.eos_token_id,
+                                  eot_id=cfg.eot_token_id or cfg.eos_token_id)
+
+    outs, committed, t0 = [], 0, time.perf_counter()
     with torch.inference_mode():
         for ids in prompts:
-            prompt = torch.tensor([ids], device=llm.engine.device)  # [1, P]
-            x = reference_generate(forward, prompt, steps=p.steps, gen_length=p.max_tokens,
-                                   block_length=p.block_length, mask_id=cfg.mask_token_id, eos_id=cfg.eos_token_id,
-                                   eot_id=cfg.eot_token_id or cfg.eos_token_id)
-            gen = x[0, len(ids):].tolist()
+            x = generate(torch.tensor([ids], device=llm.engine.device))  # [1, P] -> [1, L]
+            gen = x[0, len(ids):len(ids) + p.max_tokens].tolist()
+            committed += sum(t != cfg.mask_token_id for t in gen)  # an early stop leaves masks
             cut = next((i for i, t in enumerate(gen) if t in cfg.stop_token_ids), len(gen))
             outs.append(gen[:cut])
     wall = time.perf_counter() - t0
-    nfe = len(prompts) * p.steps
-    return {"wall_s": wall, "outputs": outs, "nfe": nfe, "steps": nfe, "committed": len(prompts) * p.max_tokens}
+    nfe = calls[0]
+    return {"wall_s": wall, "outputs": outs, "nfe": nfe, "steps": nfe, "committed": committed}
 
 
 def engine_run(llm: LLM, prompts: list[list[int]], p: DiffusionParams) -> dict:

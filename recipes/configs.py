@@ -2,7 +2,9 @@
 
 Dense keys follow LLADA-SPEC.md §3 (LLaDA-8B-Instruct's config.json with tiny dimensions); MoE keys
 follow §4 (LLaDA-MoE-7B-A1B's configuration class; no ``mask_token_id``: the mask is the tokenizer's
-``<|mask|>``). ``vocab_size`` / ``embedding_size`` are rounded up past the tokenizer's last id, leaving
+``<|mask|>``). LLaDA2 keys follow ``configuration_llada2_moe.py`` (LLaDA2.0-mini's config.json: block-causal MoE
+with grouped sigmoid routing and expert bias, a shared expert, the first layer dense, partial rotary, QK-norm;
+no ``mask_token_id`` either). ``vocab_size`` / ``embedding_size`` are rounded up past the tokenizer's last id, leaving
 unused logit rows as the real checkpoints do.
 """
 from __future__ import annotations
@@ -13,6 +15,9 @@ SIZES = {
     "llada": dict(d_model=96, n_layers=4, n_heads=4, mlp_hidden_size=384),
     "llada_moe": dict(hidden_size=96, num_hidden_layers=4, num_attention_heads=4, num_experts=8,
                       num_experts_per_tok=2, expert_intermediate_size=128),
+    "llada2": dict(hidden_size=96, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=24,
+                   num_experts=8, num_experts_per_tok=2, n_group=4, topk_group=2, moe_intermediate_size=128,
+                   intermediate_size=384, num_shared_experts=1, first_k_dense_replace=1),
 }
 """Default model dimensions per family (overridable from the trainer's command line)."""
 
@@ -74,7 +79,40 @@ def moe_config(tok: Tokenizer, hidden_size: int, num_hidden_layers: int, num_att
     }
 
 
+def llada2_config(tok: Tokenizer, hidden_size: int, num_hidden_layers: int, num_attention_heads: int,
+                  num_key_value_heads: int, head_dim: int, num_experts: int, num_experts_per_tok: int, n_group: int,
+                  topk_group: int, moe_intermediate_size: int, intermediate_size: int, num_shared_experts: int,
+                  first_k_dense_replace: int) -> dict:
+    """config.json of an LLaDA2MoeModelLM (the keys of LLaDA2.0's configuration class). Published choices kept:
+    half of each head rotated (``partial_rotary_factor`` 0.5), sigmoid scores, expert bias, top-k weights
+    renormalised and scaled by 2.5; ``rope_theta`` is 10000 for a 512-position model (the published 600000 suits
+    its long context)."""
+    eos = tok.token_to_id("<|endoftext|>")
+    return {
+        "architectures": ["LLaDA2MoeModelLM"], "model_type": "llada2_moe",
+        "auto_map": {"AutoConfig": "configuration_llada2_moe.LLaDA2MoeConfig",
+                     "AutoModel": "modeling_llada2_moe.LLaDA2MoeModel",
+                     "AutoModelForCausalLM": "modeling_llada2_moe.LLaDA2MoeModelLM"},
+        "vocab_size": padded_vocab(tok), "hidden_size": hidden_size, "intermediate_size": intermediate_size,
+        "num_hidden_layers": num_hidden_layers, "num_attention_heads": num_attention_heads,
+        "num_key_value_heads": num_key_value_heads, "head_dim": head_dim, "hidden_act": "silu",
+        "use_qkv_bias": False, "use_bias": False, "rms_norm_eps": 1e-06, "tie_word_embeddings": False,
+        "max_position_embeddings": MAX_POSITIONS, "rope_theta": 10000.0, "rope_scaling": None,
+        "partial_rotary_factor": 0.5, "num_experts": num_experts, "num_shared_experts": num_shared_experts,
+        "num_experts_per_tok": num_experts_per_tok, "n_group": n_group, "topk_group": topk_group,
+        "moe_intermediate_size": moe_intermediate_size, "first_k_dense_replace": first_k_dense_replace,
+        "use_qk_norm": True, "moe_router_enable_expert_bias": True, "routed_scaling_factor": 2.5,
+        "score_function": "sigmoid", "norm_topk_prob": True, "num_nextn_predict_layers": 0,
+        "output_router_logits": False, "use_cache": False, "initializer_range": 0.02, "torch_dtype": "bfloat16",
+        "transformers_version": "4.56.1", "bos_token_id": tok.token_to_id("<|startoftext|>"), "eos_token_id": eos,
+        "pad_token_id": eos,
+    }
+
+
+_BUILDERS = {"llada": dense_config, "llada_moe": moe_config, "llada2": llada2_config}
+
+
 def make_config(family: str, tok: Tokenizer, **dims) -> dict:
-    """config.json for ``family`` ('llada' or 'llada_moe') with SIZES defaults overridden by ``dims``."""
+    """config.json for ``family`` ('llada', 'llada_moe' or 'llada2') with SIZES defaults overridden by ``dims``."""
     merged = {**SIZES[family], **{k: v for k, v in dims.items() if v is not None}}
-    return dense_config(tok, **merged) if family == "llada" else moe_config(tok, **merged)
+    return _BUILDERS[family](tok, **merged)

@@ -28,9 +28,50 @@ TASK_TEXT = {
 }
 
 
+_MOE_CHAT = ("`<role>HUMAN</role>{prompt}<|role_end|><role>ASSISTANT</role>` (SYSTEM turns as "
+             "`<role>SYSTEM</role>{text}<|role_end|>`); mask `<|mask|>` (no `mask_token_id` in config.json), "
+             "EOS `<|endoftext|>`, end of turn `<|role_end|>`")
+_LLADA_SFT = ("LLaDA SFT objective with the project's own model code: the chat-templated prompt is kept, each "
+              "response token (answer, end-of-turn token, then `<|endoftext|>` padding up to the sequence's "
+              "training length) is masked independently with probability t ~ U(0, 1] (stratified over the batch), "
+              "and the cross-entropy of masked tokens is weighted 1/t and averaged per response length. "
+              "Trained in fp32, exported in bf16.")
+_FAST_TEXT = "Fast preset (Fast-dLLM prefix cache + confidence threshold; an approximation)"
+FAMILY_TEXT = {
+    "LLaDAModelLM": dict(
+        fmt="LLaDA-8B-Instruct", objective=_LLADA_SFT, fast=_FAST_TEXT,
+        chat="LLaDA-8B-Instruct's template: `<|startoftext|>` on the first message, "
+             "`<|start_header_id|>role<|end_header_id|>\\n\\n...<|eot_id|>`, assistant header always appended; "
+             "mask `<|mdm_mask|>` (`mask_token_id`), EOS = pad `<|endoftext|>`, end of turn `<|eot_id|>`"),
+    "LLaDAMoEModelLM": dict(fmt="LLaDA-MoE-7B-A1B-Instruct", objective=_LLADA_SFT, fast=_FAST_TEXT, chat=_MOE_CHAT),
+    "LLaDA2MoeModelLM": dict(
+        fmt="LLaDA2.0-mini (block-causal MoE: grouped sigmoid routing with expert bias, a shared expert, the first "
+            "layer dense, partial rotary, QK-norm)",
+        chat="LLaDA2.0's (Ling 2.0) template: `<role>SYSTEM</role>detailed thinking off<|role_end|>"
+             "<role>HUMAN</role>{prompt}<|role_end|><role>ASSISTANT</role>` (a caller's system message goes first "
+             "in the SYSTEM turn, then a newline); mask `<|mask|>` (no `mask_token_id` in config.json), EOS "
+             "`<|endoftext|>`, end of turn `<|role_end|>`",
+        objective="Block-diffusion SFT matching LLaDA2's block-causal inference, with the project's own model code "
+                  "(`recipes/sft_data.make_block_batch`): attention is block-causal with 32-token blocks of absolute "
+                  "positions (the engine's default block length); each sequence trains one *active* block, drawn "
+                  "among the blocks holding its answer and end-of-turn token (15%: the all-`<|endoftext|>` block "
+                  "after them), and is cut at that block's end (later positions cannot influence it under "
+                  "block-causal attention). Everything before the block stays clean, as committed blocks are at "
+                  "inference; the block's response tokens are masked with probability t ~ U(0, 1] (stratified "
+                  "over the batch) and their cross-entropy is weighted 1/t and averaged per block. The expert "
+                  "bias gets no gradient (it only steers selection): it is balanced without an auxiliary loss, "
+                  "b_e += 0.001 · sign(mean load - load_e) after each step. Trained in fp32, exported in bf16.",
+        fast="Fast preset (LLaDA2's strict threshold with a minimum count at 0.9 instead of 0.95, same exact prefix "
+             "cache)"),
+}
+"""Per architecture: the published checkpoint format, chat format, training objective and fast-preset wording."""
+
+
 def _params(cfg: dict) -> str:
     keys = ("d_model", "n_layers", "n_heads", "mlp_hidden_size", "hidden_size", "num_hidden_layers",
-            "num_attention_heads", "num_experts", "num_experts_per_tok", "expert_intermediate_size", "vocab_size")
+            "num_attention_heads", "num_key_value_heads", "head_dim", "intermediate_size", "num_experts",
+            "num_experts_per_tok", "n_group", "topk_group", "expert_intermediate_size", "moe_intermediate_size",
+            "num_shared_experts", "first_k_dense_replace", "partial_rotary_factor", "vocab_size")
     return ", ".join(f"`{k}`={cfg[k]}" for k in keys if k in cfg)
 
 
@@ -94,15 +135,9 @@ def render(checkpoint: Path, stages: list[tuple[Path, str]], exact: dict, fast: 
            note: str = "") -> str:
     """The card's Markdown. ``stages``: (run directory, hardware in words) per training stage, in order."""
     cfg = json.loads((checkpoint / "config.json").read_text())
-    moe = cfg["architectures"][0].startswith("LLaDAMoE")
+    family = FAMILY_TEXT[cfg["architectures"][0]]
     size_mb = sum(f.stat().st_size for f in checkpoint.iterdir() if f.suffix == ".safetensors") / 2**20
-    fmt = "LLaDA-MoE-7B-A1B-Instruct" if moe else "LLaDA-8B-Instruct"
-    chat = ("`<role>HUMAN</role>{prompt}<|role_end|><role>ASSISTANT</role>` (SYSTEM turns as "
-            "`<role>SYSTEM</role>{text}<|role_end|>`); mask `<|mask|>` (no `mask_token_id` in config.json), "
-            "EOS `<|endoftext|>`, end of turn `<|role_end|>`" if moe else
-            "LLaDA-8B-Instruct's template: `<|startoftext|>` on the first message, "
-            "`<|start_header_id|>role<|end_header_id|>\\n\\n...<|eot_id|>`, assistant header always appended; "
-            "mask `<|mdm_mask|>` (`mask_token_id`), EOS = pad `<|endoftext|>`, end of turn `<|eot_id|>`")
+    fmt, chat = family["fmt"], family["chat"]
     lines = [
         f"# {checkpoint.name}", "",
         f"A tiny masked-diffusion model in exactly the Hugging Face format of {fmt} (`architectures: "
@@ -113,11 +148,7 @@ def render(checkpoint: Path, stages: list[tuple[Path, str]], exact: dict, fast: 
         f"- {_params(cfg)}; bf16 safetensors, {size_mb:.1f} MB.",
         f"- Tokenizer: byte-level BPE ({cfg['vocab_size']} embedding rows, digits always single tokens), {chat}.",
         "", "## Training recipe", "",
-        "LLaDA SFT objective with the project's own model code: the chat-templated prompt is kept, each "
-        "response token (answer, end-of-turn token, then `<|endoftext|>` padding up to the sequence's "
-        "training length) is masked independently with probability t ~ U(0, 1] (stratified over the batch), "
-        "and the cross-entropy of masked tokens is weighted 1/t and averaged per response length. "
-        "Trained in fp32, exported in bf16.", "",
+        family["objective"], "",
         *(f"- Stage {i + 1}: {_stage_summary(run, hw)}." for i, (run, hw) in enumerate(stages)),
         "- Task mix (relative frequency; the recipe default, stages note their overrides): " + ", ".join(f"{t} {w}" for t, w in TASK_WEIGHTS.items()) + ".",
         "- Tasks: " + "; ".join(f"`{t}`: {d}" for t, d in TASK_TEXT.items()) + ".",
@@ -133,8 +164,7 @@ def render(checkpoint: Path, stages: list[tuple[Path, str]], exact: dict, fast: 
         *_accuracy_table(exact), "",
     ]
     if fast:
-        lines += ["Fast preset (Fast-dLLM prefix cache + confidence threshold; an approximation): "
-                  f"{_settings(fast)}.", "", *_accuracy_table(fast), ""]
+        lines += [f"{family['fast']}: {_settings(fast)}.", "", *_accuracy_table(fast), ""]
     return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from recipes.sft_data import Batch
+from unmask.kernels import ops
 from unmask.server.models.attention_meta import AttentionMetadata
 
 T_EPS = 1e-3
@@ -39,6 +40,8 @@ def sft_loss(model, batch: Batch, mask_id: int, eos_id: int, gen: torch.Generato
     """-> (loss scalar, stats dict) for one batch; ``loss`` has a graph for backward."""
     noisy, masked, t = mask_batch(batch, mask_id, gen)
     meta = AttentionMetadata.packed(batch.seq_lens, device)
+    if batch.attn_blocks is not None:  # block-causal family: the sizes the batch was cut with
+        meta.attn_blocks = torch.tensor(batch.attn_blocks, dtype=torch.int32, device=device)
     hidden = model(noisy.to(device), batch.positions.to(device), meta)  # [N, D]
     rows = torch.nonzero(masked).flatten().to(device)  # [M]
     logits = model.compute_logits(hidden[rows]).float()  # [M, V]
@@ -57,13 +60,13 @@ def sft_loss(model, batch: Batch, mask_id: int, eos_id: int, gen: torch.Generato
 
 
 class RouterBalance:
-    """Collects each SparseMoE layer's input in a forward and returns the Switch-style balance loss
+    """Softmax-routed MoE layers (LLaDA-MoE; layers with an expert bias use ``ExpertBiasBalance``). Collects each SparseMoE layer's input in a forward and returns the Switch-style balance loss
     E · Σ_e f_e · P_e (f_e: fraction of top-k slots routed to e, P_e: mean router probability)."""
 
     def __init__(self, model):
         self.inputs: list[tuple[torch.nn.Module, torch.Tensor]] = []
         self.handles = [m.register_forward_pre_hook(self._hook) for m in model.modules()
-                        if hasattr(m, "gate") and hasattr(m, "top_k")]
+                        if hasattr(m, "gate") and hasattr(m, "top_k") and not hasattr(m, "expert_bias")]
 
     def _hook(self, module, args):
         if torch.is_grad_enabled():  # training forwards only
@@ -82,3 +85,42 @@ class RouterBalance:
             total = total + e * (frac * probs.mean(0)).sum()
         self.inputs.clear()
         return total / len(self.handles)
+
+
+class ExpertBiasBalance:
+    """Auxiliary-loss-free balancing of sigmoid-routed layers with an expert bias (LLaDA2 / Ling 2.0): the bias
+    only steers which experts are picked (the weights are the unbiased scores), so it gets no gradient; instead,
+    after each optimizer step, ``update`` moves each layer's bias by ``rate`` toward balance,
+    b_e += rate · sign(mean load - load_e), load_e counting the top-k slots routed to expert e in the last
+    training forward."""
+
+    def __init__(self, model, rate: float = 1e-3, fresh: bool = True):
+        """``fresh``: start every bias at 0 (a new model; resumed weights keep theirs)."""
+        self.rate, self.loads = rate, []
+        for m in model.modules():
+            if hasattr(m, "expert_bias"):
+                m.expert_bias.requires_grad_(False)
+                if fresh:
+                    with torch.no_grad():
+                        m.expert_bias.zero_()
+                m.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, out):
+        if torch.is_grad_enabled():  # training forwards only
+            with torch.no_grad():
+                cfg = module.cfg
+                logits = args[0].float() @ module.gate.float().t()  # [T, E]
+                _, ids = ops.moe_route_grouped(logits, module.expert_bias, module.top_k, cfg.n_group, cfg.topk_group,
+                                               cfg.routed_scaling_factor, torch.float32)  # [T, K]
+                self.loads.append((module, torch.bincount(ids.flatten(), minlength=cfg.num_experts).float()))
+
+    def update(self) -> float:
+        """Apply the bias step for the loads collected since the last call; returns the worst layer's
+        max load / mean load (1.0 = perfectly balanced)."""
+        worst = 1.0
+        for module, load in self.loads:
+            with torch.no_grad():
+                module.expert_bias.add_(self.rate * torch.sign(load.mean() - load))
+            worst = max(worst, float(load.max() / load.mean().clamp_min(1e-9)))
+        self.loads.clear()
+        return worst

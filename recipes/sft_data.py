@@ -21,7 +21,7 @@ from tokenizers import Tokenizer
 
 from recipes.tasks import Example
 
-EOT_TOKEN = {"llada": "<|eot_id|>", "llada_moe": "<|role_end|>"}
+EOT_TOKEN = {"llada": "<|eot_id|>", "llada_moe": "<|role_end|>", "llada2": "<|role_end|>"}
 
 
 class ChatEncoder:
@@ -74,6 +74,8 @@ class Batch:
     """[N] bool: token belongs to a response (eligible for masking and the loss)."""
     seq_index: torch.Tensor
     """[N] int64: which sequence each token belongs to."""
+    attn_blocks: list[int] | None = None
+    """Block-causal attention: each sequence's block size (absolute positions), or None (bidirectional)."""
 
 
 def make_batch(encoder: ChatEncoder, examples: list[Example], resp_lens: list[int], rng: random.Random,
@@ -100,3 +102,32 @@ def make_batch(encoder: ChatEncoder, examples: list[Example], resp_lens: list[in
         seq += [b] * n
         lens.append(n)
     return Batch(torch.tensor(ids), torch.tensor(pos), lens, torch.tensor(resp), torch.tensor(seq))
+
+
+def make_block_batch(encoder: ChatEncoder, examples: list[Example], rng: random.Random, system_prob: float,
+                     systems: tuple[str, ...], block_sizes: tuple[int, ...], eos_block_prob: float = 0.15) -> Batch:
+    """Pack ``examples`` into one block-diffusion SFT batch (LLaDA2's block-causal inference, one block per sequence).
+
+    Each sequence draws a block size s from ``block_sizes`` and one *active* block k among the blocks of absolute
+    positions [k·s, (k+1)·s) that hold part of its response (answer + end of turn), or, with probability
+    ``eos_block_prob``, the all-EOS block right after them. The sequence is cut at the active block's end: under
+    block-causal attention later positions cannot change it. Everything before the active block (prompt and any
+    earlier part of the answer) stays clean, as committed blocks are at inference; ``response`` marks the
+    response positions of the active block only, the ones the loss masks and scores."""
+    ids, pos, resp, seq, lens, blocks = [], [], [], [], [], []
+    for b, ex in enumerate(examples):
+        system = rng.choice(systems) if rng.random() < system_prob else None
+        p = encoder.prompt_ids(ex.prompt, system)
+        content = encoder.tok.encode(ex.answer).ids + [encoder.eot_id]
+        s = rng.choice(block_sizes)
+        first, last = len(p) // s, (len(p) + len(content) - 1) // s
+        k = last + 1 if rng.random() < eos_block_prob else rng.randint(first, last)
+        n = (k + 1) * s
+        r = (content + [encoder.eos_id] * n)[:n - len(p)]
+        ids += p + r
+        pos += range(n)
+        resp += [i >= max(len(p), k * s) for i in range(n)]
+        seq += [b] * n
+        lens.append(n)
+        blocks.append(s)
+    return Batch(torch.tensor(ids), torch.tensor(pos), lens, torch.tensor(resp), torch.tensor(seq), blocks)

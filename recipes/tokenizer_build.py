@@ -7,6 +7,10 @@
 - ``llada_moe`` mirrors LLaDA-MoE (§4): ``<|endoftext|>`` eos, ``<|mask|>`` mask, ``<|role_end|>`` end
   of turn, ``<role>``/``</role>`` tags, chat format ``<role>HUMAN</role>{content}<|role_end|>...
   <role>ASSISTANT</role>`` with SYSTEM / HUMAN / ASSISTANT roles.
+- ``llada2`` mirrors LLaDA2.0 (``inclusionAI/LLaDA2.0-mini``, the Ling 2.0 tokenizer): the same special tokens
+  as ``llada_moe`` (``<|mask|>`` mask, ``<|role_end|>`` end of turn, ``<role>`` tags) and the Ling 2.0 chat
+  format, whose SYSTEM turn is always present and ends with the reasoning switch ``detailed thinking off``
+  (a caller's system message goes first in that turn, followed by a newline).
 
 As in the real tokenizers, special tokens sit after the ordinary vocabulary and no BOS/EOS is added
 by ``encode``. Digits are always single tokens (helps arithmetic).
@@ -32,6 +36,7 @@ SPECIALS = {
     "llada": ["<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>", "<|start_header_id|>", "<|end_header_id|>",
               "<|eot_id|>", "<role>", "</role>"],
     "llada_moe": ["<|startoftext|>", "<|endoftext|>", "<|mask|>", "<role>", "</role>", "<|role_end|>"],
+    "llada2": ["<|startoftext|>", "<|endoftext|>", "<|mask|>", "<role>", "</role>", "<|role_end|>"],
 }
 """Special tokens per family, in id order after the BPE vocabulary."""
 
@@ -55,6 +60,22 @@ LLADA_MOE_CHAT_TEMPLATE = (
     "{%- endif -%}"
 )
 """LLaDA-MoE (Ling-style) role tags; the assistant tag is appended unless add_generation_prompt=False."""
+
+LLADA2_CHAT_TEMPLATE = (
+    "{%- set names = {'user': 'HUMAN', 'assistant': 'ASSISTANT'} -%}"
+    "{{ '<role>SYSTEM</role>' }}"
+    "{%- if messages and messages[0]['role'] == 'system' -%}{{ messages[0]['content'] + '\\n' }}{%- endif -%}"
+    "{{ 'detailed thinking off<|role_end|>' }}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] != 'system' -%}"
+    "{{ '<role>' + names.get(message['role'], message['role'] | upper) + '</role>' + message['content']"
+    " + '<|role_end|>' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt is not defined or add_generation_prompt -%}{{ '<role>ASSISTANT</role>' }}"
+    "{%- endif -%}"
+)
+"""LLaDA2.0 (Ling 2.0) semantics: one SYSTEM turn always first, ending with ``detailed thinking off``."""
 
 
 def _corpus(seed: int = 0, n_examples: int = 30000):
@@ -108,14 +129,15 @@ def tokenizer_config(tok: Tokenizer, family: str, max_len: int) -> dict:
         return {**common, "additional_special_tokens": ["<role>", "</role>", "<|start_header_id|>",
                                                         "<|end_header_id|>", "<|eot_id|>"],
                 "chat_template": LLADA_CHAT_TEMPLATE}
+    template = LLADA2_CHAT_TEMPLATE if family == "llada2" else LLADA_MOE_CHAT_TEMPLATE
     return {**common, "mask_token": "<|mask|>", "additional_special_tokens": ["<role>", "</role>", "<|role_end|>"],
-            "chat_template": LLADA_MOE_CHAT_TEMPLATE}
+            "chat_template": template}
 
 
 def special_tokens_map(family: str) -> dict:
     """special_tokens_map.json contents."""
     out = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
-    if family == "llada_moe":
+    if family != "llada":
         out["mask_token"] = "<|mask|>"
     return out
 

@@ -1,8 +1,10 @@
-"""Train a tiny LLaDA-Instruct (dense) or LLaDA-MoE-Instruct on the synthetic suite with the LLaDA SFT
-objective, using the project's own model code, and export it as an HF-format checkpoint.
+"""Train a tiny LLaDA-Instruct (dense), LLaDA-MoE-Instruct or LLaDA2-style (block-causal MoE) model on the
+synthetic suite with the LLaDA SFT objective (LLaDA2: its block-diffusion form, ``sft_data.make_block_batch``),
+using the project's own model code, and export it as an HF-format checkpoint.
 
     python -m recipes.train_tiny --family llada --out server/assets/tiny-llada-instruct --run-dir runs/dense
     python -m recipes.train_tiny --family llada_moe --out server/assets/tiny-llada-moe-instruct --run-dir runs/moe
+    python -m recipes.train_tiny --family llada2 --out server/assets/tiny-llada2-instruct --run-dir runs/llada2
 
 Seeded and resumable: every ``--ckpt-every`` steps the fp32 model + optimizer go to ``RUN/last.pt``;
 ``--resume`` continues from it bit-for-bit (each step's data and masks derive from (seed, step) only).
@@ -23,7 +25,7 @@ import torch
 from recipes import configs, objective, tasks, tokenizer_build
 from recipes.evaluate import evaluate
 from recipes.progress import progress
-from recipes.sft_data import Batch, ChatEncoder, make_batch
+from recipes.sft_data import Batch, ChatEncoder, make_batch, make_block_batch
 from unmask.server.config import from_dict
 from unmask.server.models.export import save_hf_checkpoint
 from unmask.server.models.registry import build_model
@@ -35,7 +37,7 @@ TASK_WEIGHTS = {"add": 2.5, "sub": 2.5, "reverse": 2.0, "sort": 2.0, "upper": 1.
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--family", choices=("llada", "llada_moe"), required=True)
+    p.add_argument("--family", choices=("llada", "llada_moe", "llada2"), required=True)
     p.add_argument("--out", required=True, help="checkpoint directory to write (HF format)")
     p.add_argument("--run-dir", required=True, help="where last.pt, loss.log and the tokenizer go")
     p.add_argument("--steps", type=int, default=4000)
@@ -47,6 +49,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-resp-len", type=int, default=96, help="longest response length of mixed batches")
     p.add_argument("--system-prob", type=float, default=0.1)
     p.add_argument("--aux-coef", type=float, default=0.01, help="MoE router balance loss weight")
+    p.add_argument("--bias-rate", type=float, default=1e-3,
+                   help="expert-bias balancing step per optimizer step (llada2's sigmoid routing)")
+    p.add_argument("--attn-blocks", default="32",
+                   help="llada2: block sizes of block-causal training, comma-separated, one drawn per sequence")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
@@ -67,7 +73,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--export-only", action="store_true", help="export RUN/last.pt and exit")
     for name in ("d-model", "n-layers", "n-heads", "mlp-hidden-size", "hidden-size", "num-hidden-layers",
-                 "num-attention-heads", "num-experts", "num-experts-per-tok", "expert-intermediate-size"):
+                 "num-attention-heads", "num-experts", "num-experts-per-tok", "expert-intermediate-size",
+                 "num-key-value-heads", "head-dim", "n-group", "topk-group", "moe-intermediate-size",
+                 "intermediate-size", "num-shared-experts", "first-k-dense-replace"):
         p.add_argument(f"--{name}", type=int, default=None)
     return p.parse_args(argv)
 
@@ -106,6 +114,14 @@ def response_length(need: int, rng: random.Random, args) -> int:
     return need + rng.randint(0, 8)
 
 
+def attn_blocks(args) -> tuple[int, ...]:
+    """``--attn-blocks`` as a tuple of positive block sizes."""
+    sizes = tuple(int(x) for x in str(args.attn_blocks).split(",") if x.strip())
+    if not sizes or min(sizes) <= 0:
+        raise ValueError(f"--attn-blocks {args.attn_blocks!r}: expected positive block sizes, e.g. 32 or 16,32")
+    return sizes
+
+
 def step_batch(encoder: ChatEncoder, args, step: int):
     """The batch of ``step``: a pure function of (seed, step), which makes resuming exact."""
     rng = random.Random(f"{args.seed}/batch/{step}")
@@ -113,6 +129,9 @@ def step_batch(encoder: ChatEncoder, args, step: int):
     names = list(weights)
     exs = [tasks.sample(t, rng, "train") for t in rng.choices(names, [weights[t] for t in names],
                                                                 k=args.batch_size)]
+    if args.family == "llada2":
+        return make_block_batch(encoder, exs, rng, args.system_prob, tokenizer_build.SYSTEM_PROMPTS,
+                                attn_blocks(args))
     resp = [response_length(len(encoder.tok.encode(ex.answer).ids) + 1, rng, args) for ex in exs]
     return make_batch(encoder, exs, resp, rng, args.system_prob, tokenizer_build.SYSTEM_PROMPTS,
                       equal_lengths=args.equal_lengths)
@@ -131,12 +150,14 @@ def _worker_batch(step: int):
     """A batch as plain numpy arrays (they pickle by value; tensors would travel as shared-memory fds)."""
     encoder, args = _WORKER
     b = step_batch(encoder, args, step)
-    return b.input_ids.numpy(), b.positions.numpy(), b.seq_lens, b.response.numpy(), b.seq_index.numpy()
+    return (b.input_ids.numpy(), b.positions.numpy(), b.seq_lens, b.response.numpy(), b.seq_index.numpy(),
+            b.attn_blocks)
 
 
 def _from_worker(arrays) -> Batch:
-    ids, pos, lens, resp, seq = arrays
-    return Batch(torch.from_numpy(ids), torch.from_numpy(pos), lens, torch.from_numpy(resp), torch.from_numpy(seq))
+    ids, pos, lens, resp, seq, blocks = arrays
+    return Batch(torch.from_numpy(ids), torch.from_numpy(pos), lens, torch.from_numpy(resp), torch.from_numpy(seq),
+                 blocks)
 
 
 def batches(encoder: ChatEncoder, args, start: int):
@@ -190,7 +211,8 @@ def export(model, cfg, cfg_json: dict, args) -> None:
 def log_eval(model, encoder, cfg, args, log, step: int) -> dict:
     t0 = time.time()
     acc = evaluate(model, encoder, cfg.mask_token_id, tasks.heldout_set(args.eval_n, seed=1),
-                   gen_length=args.resp_len, block_length=32, steps=args.resp_len)
+                   gen_length=args.resp_len, block_length=32, steps=args.resp_len,
+                   block_causal=cfg.attention_pattern == "block_causal")
     model.train()
     rec = {"step": step, "eval_s": round(time.time() - t0, 1), **{k: round(v, 3) for k, v in acc.items()}}
     log.write(json.dumps(rec) + "\n")
@@ -218,6 +240,7 @@ def train(args) -> None:
         model.load_state_dict(torch.load(Path(args.init_from) / "last.pt", map_location=args.device)["model"])
         print(f"initialised from {args.init_from}")
     balance = objective.RouterBalance(model)
+    bias_balance = objective.ExpertBiasBalance(model, args.bias_rate, fresh=start == 0 and not args.init_from)
     log = open(run / "loss.log", "a")
     model.train()
     t0 = time.time()
@@ -236,6 +259,8 @@ def train(args) -> None:
         (loss + args.aux_coef * aux).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        load = bias_balance.update()
+        aux = aux if cfg.routing != "sigmoid_grouped" else torch.tensor(load)
         if step % 10 == 0:
             log.write(f"{step}\t{time.process_time():.0f}\t{loss.item():.4f}\t{stats['ce']:.4f}\t{stats['masked_acc']:.3f}\t{stats['answer_acc']:.3f}\t"
                       f"{float(aux):.4f}\t{lr:.2e}\t{time.time() - t0:.0f}\n")
