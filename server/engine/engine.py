@@ -137,7 +137,11 @@ class Engine:
         if self.tokenizer is None:
             raise RequestRejected("structured outputs need the model's tokenizer, which this engine lacks",
                                   "structured_outputs")
-        return GrammarCompiler(self.tokenizer, self.model_config.vocab_size, self.stop_token_ids)
+        try:
+            return GrammarCompiler(self.tokenizer, self.model_config.vocab_size, self.stop_token_ids)
+        except ValueError as exc:
+            raise RequestRejected(f"structured outputs are not available for this model: the grammar engine cannot "
+                                  f"read its tokenizer ({exc})", "structured_outputs", "unsupported_tokenizer") from None
 
     def _validate_structured(self, request: Request) -> None:
         """Compile the request's constraint (cached): RequestRejected naming the problem if it cannot be."""

@@ -126,7 +126,7 @@ class GrammarCompiler:
     def __init__(self, tokenizer: Tokenizer, vocab_size: int, stop_ids: tuple[int, ...],
                  cache_size: int = CACHE_SIZE, timeout_s: float = COMPILE_TIMEOUT_S):
         self.vocab_size, self.end_token, self.timeout_s = vocab_size, stop_ids[0], timeout_s
-        self.lltok = llguidance.LLTokenizer(tokenizer.backend_json(), n_vocab=vocab_size, eos_token=list(stop_ids))
+        self.lltok = grammar_tokenizer(tokenizer, vocab_size, stop_ids)
         self.limits = llguidance.LLParserLimits(**LIMITS)
         self.cache_size = cache_size
         self._cache: collections.OrderedDict[StructuredOutputs, llguidance.LLMatcher] = collections.OrderedDict()
@@ -176,6 +176,32 @@ class GrammarCompiler:
             st.matcher.unsafe_compute_mask_ptr(mask[g].data_ptr(), row_bytes)
         self.stats.mask_s += time.perf_counter() - t0
         return mask
+
+
+def grammar_tokenizer(tokenizer: Tokenizer, vocab_size: int, stop_ids: tuple[int, ...]) -> llguidance.LLTokenizer:
+    """The tokenizer as llguidance sees it: built from ``tokenizer.json`` (byte-level BPE and the other models it
+    reads), else from each token's decoded text (tokenizers whose decoder it does not know, such as word-level
+    ones). Raises ValueError when neither works."""
+    try:
+        return llguidance.LLTokenizer(tokenizer.backend_json(), n_vocab=vocab_size, eos_token=list(stop_ids))
+    except ValueError:
+        return llguidance.LLTokenizer(llguidance.TokenizerWrapper(_TokenTable(tokenizer, vocab_size, stop_ids)),
+                                      n_vocab=vocab_size, eos_token=list(stop_ids))
+
+
+class _TokenTable:
+    """What ``llguidance.TokenizerWrapper`` reads: each id's bytes (its decoded text), the special ids, encode."""
+
+    def __init__(self, tokenizer: Tokenizer, vocab_size: int, stop_ids: tuple[int, ...]):
+        n = tokenizer.vocab_size
+        self.tokens = [tokenizer.decode([i], skip_special_tokens=False).encode() if i < n else b"" for i in
+                       range(vocab_size)]
+        self.special_token_ids = sorted(set(tokenizer.special_ids) | set(range(n, vocab_size)))
+        self.eos_token_id, self.bos_token_id = stop_ids[0], None
+        self._encode = tokenizer.encode
+
+    def __call__(self, text: str) -> list[int]:
+        return self._encode(text)
 
 
 def _first_line(message: str, limit: int = 400) -> str:

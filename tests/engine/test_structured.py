@@ -12,6 +12,7 @@ import jsonschema
 import pytest
 import torch
 
+from benchmarks.reference.family_checkpoints import write_family_checkpoint
 from tests.structured_cases import CHOICES, EMBEDDED, PROMPT, REGEXES, json_schemas, write_random_ckpt
 from unmask import LLM, DiffusionParams
 from unmask.server.engine import commit_policy, structured
@@ -184,3 +185,37 @@ def test_run_length_follows_the_presets_rule(rule, conf, k, expect):
         plan, step_in_block = [k], 0
 
     assert commit_policy.run_length(Seq, torch.tensor(conf, dtype=torch.float64)) == expect
+
+
+@pytest.mark.parametrize("family", ["llada2", "dream"])
+def test_other_families_get_the_constrained_rule(tmp_path, family):
+    """LLaDA2 (aligned blocks, its own commit rule) and Dream (word-level test tokenizer, which the grammar engine
+    reads from the tokens' text) decode under the same constraints, both presets."""
+    llm = LLM(str(write_family_checkpoint(tmp_path / family, family, seed=5)), device="cpu", dtype="float32")
+    specs = [{"regex": "[A-Z]{2,4}"}, {"choice": ["YES", "NO"]}, {"regex": "[0-9]{3}-[0-9]{2}"},
+             {"grammar": 'start: "A" x x? "Z"\nx: "B" | "C"'}]
+    for preset in ("exact", "fast"):
+        outs = llm.generate(["HELLO"] * len(specs), [DiffusionParams(max_tokens=16, preset=preset, structured_outputs=s)
+                                                     for s in specs])
+        assert [o.finish_reason for o in outs] == ["stop"] * 4
+        texts = [o.text for o in outs]
+        assert re.fullmatch("[A-Z]{2,4}", texts[0]) and texts[1] in ("YES", "NO"), texts
+        assert re.fullmatch("[0-9]{3}-[0-9]{2}", texts[2]) and re.fullmatch("A[BC]{1,2}Z", texts[3]), texts
+
+
+def test_masks_are_filled_on_the_worker_while_the_forward_runs(models, monkeypatch):
+    """The step's mask job starts when its inputs are packed, before the forward, on the mask thread; the logits
+    stage collects it after the forward."""
+    llm, events = models["random"], []
+    fill, forward, apply = structured.GrammarCompiler._fill, type(llm.engine.model).forward, structured.MaskJob.apply
+    monkeypatch.setattr(structured.GrammarCompiler, "start_masks",
+                        lambda self, states: (events.append("start"), self._mask_pool.submit(self._fill, states))[1])
+    monkeypatch.setattr(structured.GrammarCompiler, "_fill",
+                        lambda self, states: (events.append(threading.current_thread().name), fill(self, states))[1])
+    monkeypatch.setattr(type(llm.engine.model), "forward",
+                        lambda self, *a, **k: (events.append("forward"), forward(self, *a, **k))[1])
+    monkeypatch.setattr(structured.MaskJob, "apply", lambda self, logits: (events.append("apply"), apply(self, logits))[1])
+    llm.generate(PROMPT, DiffusionParams(max_tokens=8, structured_outputs={"regex": "[a-z]{4}"}))
+    first = events[:events.index("apply") + 1]
+    assert first[0] == "start" and first.index("start") < first.index("forward") < first.index("apply")
+    assert "unmask-grammar-mask_0" in first
