@@ -20,7 +20,9 @@ Where each rule runs, and why:
   controls (top-p/top-k/min-p, penalties, logit bias, min_tokens / ignore_eos bans) are ``LogitRules.sampling``
   (``sampling.py``: eager, and applied after the graph's replay on the graphed path); logprobs are read in
   ``select`` from the processed logits for the rows that asked; a grammar constraint adds its allowed-token
-  mask here and, as a commit rule, narrows ``CommitPlan.cand``.
+  mask here (``LogitRules.grammar``: the leftmost masked position of each constrained sequence) and, as a
+  commit rule, replaces those sequences' commits by their valid contiguous run (``constrained_commits``, at
+  the end of this module).
 - Fixed schedule (top k) and threshold (conf ≥ τ plus the best): on device, ``ops.select_commits`` (the
   Triton kernel on CUDA, its torch spec on CPU), one call for the whole batch.
 - Factor (accept the n best while c_n ≥ 1 − f/(n+1)): on device, vectorised: sort, first failing rank,
