@@ -57,6 +57,8 @@ class DiffusionFields(OpenAIBase):
     early_stop: StrictBool | None = None
     logits_eos_inf: StrictBool | None = None
     confidence_eos_eot_inf: StrictBool | None = None
+    alg: Literal["maskgit_plus", "topk_margin", "entropy"] | None = None
+    """Dream models: Dream's own diffusion_generate rule (engine/params.py)."""
 
 
 class GenerateRequest(DiffusionFields):
@@ -139,7 +141,8 @@ class GenerateRequest(DiffusionFields):
             "seed": self.seed, "stop": self.stop_list(), "include_stop_str_in_output": self.include_stop_str_in_output,
             "skip_special_tokens": self.skip_special_tokens, "logits_eos_inf": self.logits_eos_inf,
             "confidence_eos_eot_inf": self.confidence_eos_eot_inf, "threshold": self.threshold, "factor": self.factor,
-            "cache": self.cache, "early_stop": self.early_stop, "preset": self.preset, **self.sampling_fields(),
+            "cache": self.cache, "early_stop": self.early_stop, "preset": self.preset, "alg": self.alg,
+            **self.sampling_fields(),
             "structured_outputs": self.constraint()[0]}
         try:
             params = DiffusionParams.from_fields(fields, defaults)

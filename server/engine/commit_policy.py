@@ -42,6 +42,7 @@ parity holds wherever the k-th and (k+1)-th best differ, always in the float64 t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import TYPE_CHECKING
 
@@ -65,8 +66,29 @@ def commit_schedule(num_masked: int, steps: int) -> list[int]:
 
 
 def step_k(seq: Sequence) -> int:
-    """Tokens the fixed schedule commits at this step of the current block."""
+    """Tokens the fixed schedule commits at this step of the current block (Dream's ``alg``: its timestep rule)."""
+    if seq.params.alg is not None:
+        return dream_k(int(seq.masked_in_block().sum()), seq.step_in_block, seq.steps_per_block)
     return seq.plan[seq.step_in_block] if seq.step_in_block < len(seq.plan) else 0
+
+
+DREAM_EPS = 1e-3
+"""The last timestep of Dream's ``diffusion_generate`` schedule (its ``eps`` default)."""
+
+
+@functools.lru_cache(maxsize=256)
+def _dream_timesteps(steps: int) -> torch.Tensor:
+    return torch.linspace(1, DREAM_EPS, steps + 1)  # [steps + 1] float32, as the reference
+
+
+def dream_k(masked: int, step: int, steps: int) -> int:
+    """Dream's commit count at ``step`` of ``steps`` with ``masked`` masks left: ``int(masked · (1 − s/t))`` in
+    float32 as its ``diffusion_generate`` computes it, every mask at the last step."""
+    if step >= steps - 1:
+        return masked
+    ts = _dream_timesteps(steps)
+    t, s = ts[step], ts[step + 1]
+    return int(torch.tensor(masked) / 1 * (1 - s / t))
 
 
 def candidates(seq: Sequence) -> torch.Tensor:
@@ -146,6 +168,9 @@ class CommitPlan:
     is_random: torch.Tensor | None  # [B] bool device: the sequence uses random remasking
     eos_eot_rows: torch.Tensor | None  # [R] int64 device: logit rows of confidence_eos_eot_inf requests
     eos_eot_greedy: torch.Tensor | None  # [R] bool device: that row's request runs at T = 0 (EOS blocked too)
+    dream_conf: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    """Rows of Dream ``alg`` requests ranked by margin or entropy: (rows [R] int64, entropy [R] bool, T [R]), or
+    None."""
     logprobs: sampling.LogprobRows | None = None  # rows of requests that asked for logprobs
     grammar: list[tuple[int, Sequence]] | None = None  # (batch index, sequence) of constrained ones, else None
 
@@ -183,6 +208,8 @@ def build_plan(seqs: list[Sequence], slots: list[torch.Tensor], device: torch.de
     starts = torch.cumsum(torch.tensor([0] + counts[:-1]), 0).tolist()
     eos_eot = [(torch.arange(a, a + n), s.params.temperature == 0) for s, a, n in zip(seqs, starts, counts)
                if s.params.confidence_eos_eot_inf]
+    dream = [(torch.arange(a, a + n), s.params.alg == "entropy", s.params.temperature)
+             for s, a, n in zip(seqs, starts, counts) if s.params.alg in ("topk_margin", "entropy")]
     return CommitPlan(
         slot_pos=slot_pos, row_slot=row_slot.to(device), cand=cand.to(device),
         topk_row=[(s.block_start, s.params.block_length) if s.threshold is not None else (0, s.length) for s in seqs],
@@ -197,6 +224,10 @@ def build_plan(seqs: list[Sequence], slots: list[torch.Tensor], device: torch.de
         eos_eot_rows=torch.cat([r for r, _ in eos_eot]).to(device) if eos_eot else None,
         eos_eot_greedy=torch.cat([torch.full((r.numel(),), g) for r, g in eos_eot]).to(device) if eos_eot else None,
         logprobs=sampling.logprob_rows(seqs, slots, device),
+        dream_conf=None if not dream else (
+            torch.cat([r for r, _, _ in dream]).to(device),
+            torch.cat([torch.full((r.numel(),), e) for r, e, _ in dream]).to(device),
+            torch.cat([torch.full((r.numel(),), t, dtype=torch.float64) for r, _, t in dream]).to(device)),
         grammar=[(b, s) for b, s in enumerate(seqs) if s.grammar is not None] or None)
 
 
@@ -241,6 +272,20 @@ def eos_eot_confidence(plan: CommitPlan, logits: torch.Tensor, x0: torch.Tensor,
     return conf
 
 
+def dream_confidence(plan: CommitPlan, logits: torch.Tensor, conf: torch.Tensor) -> torch.Tensor:
+    """Dream's ``topk_margin`` (top-1 minus top-2 probability) and ``entropy`` (Σ p·log(p + 1e−10)) confidences of
+    the plan's Dream rows, from softmax(logits / T) (T = 0: the logits) in the logits dtype, as its
+    ``sample_tokens``. conf [M] -> [M] (a copy)."""
+    rows, entropy, temp = plan.dream_conf
+    lf = logits[rows] / torch.where(temp > 0, temp, 1.0).to(logits.dtype)[:, None]  # [R, V]
+    probs = torch.softmax(lf, dim=-1)  # [R, V]
+    top2 = torch.topk(probs, 2, dim=-1).values  # [R, 2]
+    c = torch.where(entropy, (probs * torch.log(probs + 1e-10)).sum(-1), top2[:, 0] - top2[:, 1])  # [R]
+    conf = conf.clone()
+    conf[rows] = c.to(conf.dtype)
+    return conf
+
+
 def ranked_counts(conf: torch.Tensor, cand: torch.Tensor, plan: CommitPlan):
     """conf [B, W] (−inf off candidates), cand [B, W] -> (k [B] int64: how many best candidates each sequence
     commits, fixed schedule, factor rule or LLaDA2's strict threshold with a minimum count (every candidate with
@@ -278,6 +323,8 @@ def select(plan: CommitPlan, logits: torch.Tensor, x0: torch.Tensor, conf: torch
     b, w = plan.slot_pos.shape
     if plan.eos_eot_rows is not None:
         conf = eos_eot_confidence(plan, logits, x0, conf, eos_id, eot_id)
+    if plan.dream_conf is not None:
+        conf = dream_confidence(plan, logits, conf)
     conf_bw = conf.new_full((b * w,), NEG_INF).index_copy_(0, plan.row_slot, conf).view(b, w)  # [B, W]
     x0_bw = x0.new_zeros(b * w).index_copy_(0, plan.row_slot, x0).view(b, w)  # [B, W]
     if plan.random_conf is not None:

@@ -20,11 +20,13 @@ LLaDA2.0 / 2.1 (``llada2``, the published ``modeling_llada2_moe.py`` ``generate`
   mask token ends after its steps, as in the reference); ``remasking='random'`` and ``factor`` are not rules of
   this family.
 
-Dream (``dream``): decoded with the LLaDA rules (block-wise semi-autoregressive, low-confidence or random
-remasking, threshold/factor, prefix/dual caches), as Fast-dLLM decodes it; the model itself applies Dream's
-one-position logits shift. Its own ``diffusion_generate`` algorithms (``origin``, ``maskgit_plus``,
-``topk_margin``, ``entropy``: a whole-canvas timestep schedule) are the reference loop in
-``benchmarks/reference/dream_generate.py`` and are not engine rules.
+Dream (``dream``): the model itself applies Dream's one-position logits shift. A request with ``alg``
+(``DiffusionParams.alg``: ``maskgit_plus``, ``topk_margin``, ``entropy``) is decoded by Dream's own
+``diffusion_generate`` rule (one block over the whole canvas, the timestep schedule's commit counts, that
+confidence; ``commit_policy.dream_k`` / ``dream_confidence``), equal to it token for token at T = 0; ``origin``
+(random reveals) and ``alg_temp`` (sampled positions) are not served. Without ``alg`` Dream is decoded with the
+LLaDA block rules (low-confidence or random remasking, threshold/factor, prefix/dual caches), as Fast-dLLM
+decodes it: the fast path for this family.
 """
 from __future__ import annotations
 
@@ -49,6 +51,8 @@ class FamilyRules:
 
     def unsupported(self, params, has_suffix: bool) -> tuple[str, str] | None:
         """(message, field) naming a request setting this family cannot run, or None. ``params``: DiffusionParams."""
+        if params.alg is not None and self.family != "dream":
+            return f"alg is Dream's diffusion_generate rule; this is a {self.family} model", "alg"
         if not self.block_causal:
             return None
         if params.cache == "dual":

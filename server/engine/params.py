@@ -28,7 +28,9 @@ CACHE_MODES = ("none", "prefix", "dual")
 PRESETS = ("exact", "fast")
 FAST_THRESHOLD = 0.9
 DEFAULT_BLOCK_LENGTH = 32
-COMMIT_RULE_FIELDS = ("preset", "cache", "threshold", "factor")
+DREAM_ALGORITHMS = ("maskgit_plus", "topk_margin", "entropy")
+"""Dream's ``diffusion_generate`` confidence algorithms the engine serves (``alg``; Dream models only)."""
+COMMIT_RULE_FIELDS = ("preset", "cache", "threshold", "factor", "alg")
 """The fields that choose how a step commits; a request that sets one takes no default for the others."""
 SEED_SPACE = 1 << 63
 """Seeds are reduced modulo 2^63 (request seeds may be any 64-bit integer, negative included)."""
@@ -130,6 +132,11 @@ class DiffusionParams:
     logprobs: int | None = None
     """Per output token: its log-probability at the step that committed it plus this many top alternatives
     (0–20); None = not computed (no cost)."""
+    alg: str | None = None
+    """Dream models: decode with Dream's ``diffusion_generate`` rule instead of LLaDA's: one block over the whole
+    canvas, ``int(masked · (1 − s/t))`` commits at each step of the timestep schedule ``linspace(1, 1e-3,
+    steps + 1)`` (the rest at the last step), ranked by ``maskgit_plus`` (top probability), ``topk_margin`` (top-1
+    minus top-2 probability) or ``entropy`` (negative entropy). None = the LLaDA block rules."""
     structured_outputs: StructuredOutputs | None = None
     """The output must match this JSON schema / regex / choice / grammar (constraint.py; a dict of its fields is
     accepted). Constrained sequences commit contiguous runs from the leftmost masked position (commit_policy)."""
@@ -137,6 +144,7 @@ class DiffusionParams:
     def __post_init__(self) -> None:
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"preset={self.preset!r} is not valid; use one of {PRESETS}")
+        self._check_alg()
         plan = plan_canvas(self.max_tokens, self.block_length, self.steps)
         object.__setattr__(self, "block_length", plan.block_length)
         object.__setattr__(self, "steps", plan.steps)
@@ -144,6 +152,22 @@ class DiffusionParams:
         _check_controls(self)
         _check_structured(self)
         self._resolve_preset()
+
+    def _check_alg(self) -> None:
+        if self.alg is None:
+            return
+        if self.alg not in DREAM_ALGORITHMS:
+            hint = (" ('origin' reveals positions at random and is not served; its tokens come from the same model)"
+                    if self.alg == "origin" else "")
+            raise ValueError(f"alg={self.alg!r} is not valid; use one of {DREAM_ALGORITHMS}{hint}")
+        if self.block_length is not None and self.block_length != self.max_tokens:
+            raise ValueError(f"block_length={self.block_length!r} is not valid with alg: Dream's schedule decodes one "
+                             f"block over the whole canvas (leave it unset or equal to max_tokens)")
+        object.__setattr__(self, "block_length", self.max_tokens)
+        if self.preset == "fast" or self.cache not in (None, "none") or self.threshold is not None or \
+                self.factor is not None or self.remasking != "low_confidence" or self.cfg_scale > 0:
+            raise ValueError("alg is Dream's own commit rule: it takes no preset 'fast', cache, threshold, factor, "
+                             "random remasking or cfg_scale")
 
     def _check_sampling(self) -> None:
         if not _finite(self.temperature) or self.temperature < 0:
