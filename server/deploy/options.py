@@ -43,16 +43,19 @@ def serve_namespace(args: Mapping[str, Any] | argparse.Namespace | None) -> argp
 
 
 def gpus_per_replica(ns: argparse.Namespace) -> float:
+    """GPUs Ray reserves for one replica: the flag, else one per tensor-parallel rank on CUDA (the replica spawns
+    its ranks as local processes, so they share its node), else none."""
     if ns.num_gpus_per_replica is not None:
         return ns.num_gpus_per_replica
+    ranks = float(getattr(ns, "tensor_parallel_size", 1))
     if ns.device.startswith("cuda"):
-        return 1.0
+        return ranks
     if ns.device == "auto":  # GPUs if the cluster this runs on has any
         try:
             import ray
         except ImportError:
             return 0.0
-        return 1.0 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        return ranks if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     return 0.0
 
 

@@ -1,11 +1,10 @@
 """The ranks of a tensor-parallel engine on one node: worker processes 1..N-1, driven and watched by rank 0.
 
 Rank 0 is the engine's own process: it loads its shard, runs the scheduler and, for every step, sends the
-forward's inputs to each worker over a pipe (pickled CPU tensors, ``tp_runner.StepPayload``) and then runs
-the same forward; the ranks meet in the collectives of ``torch.distributed`` (gloo on CPU, NCCL on CUDA, one
-GPU per rank: rank r uses cuda:(i + r) when rank 0 uses cuda:i). Workers are spawned (``multiprocessing``
-spawn context), each loads only its own shard from the checkpoint, allocates a KV cache of the page count rank
-0 chose, then waits on its pipe: a pipe closed by rank 0 (its process ended) ends the worker too.
+forward's inputs to each worker over a pipe (``tp_runner.StepPayload``) and then runs the same forward; the ranks
+meet in ``torch.distributed`` collectives (gloo on CPU, NCCL on CUDA: rank r on cuda:(i + r) when rank 0 has
+cuda:i). Workers are spawned, load only their own shard, allocate a KV cache of rank 0's page count, then wait
+on their pipe: a pipe closed by rank 0 (its process ended) ends the worker too.
 
 Faults: a watcher thread on rank 0 waits on the workers' process sentinels and times every step. A rank that
 exits, or a step that takes longer than ``tp_step_timeout`` (a rank hangs), fails the group once: every
@@ -64,14 +63,13 @@ class RankSpec:
     expert_parallel: bool
     init_method: str
     timeout_s: float
+    """Timeout of the collectives (longer than the step timeout: the watcher names a hang first)."""
     kernels: KernelOptions
 
 
 def rank_device(base: torch.device, rank: int) -> torch.device:
     """The device of ``rank`` when rank 0 uses ``base``: the next GPUs on CUDA, the CPU otherwise."""
-    if base.type != "cuda":
-        return base
-    return torch.device("cuda", (base.index or 0) + rank)
+    return torch.device("cuda", (base.index or 0) + rank) if base.type == "cuda" else base
 
 
 def rss_anon_bytes() -> int | None:
@@ -120,6 +118,18 @@ def _worker_main(rank: int, spec: RankSpec, conn) -> None:
         os._exit(1)
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def _last_error(conn) -> str | None:
+    """The error a dead worker sent before exiting, if any."""
+    try:
+        while conn.poll(0):
+            kind, value = conn.recv()
+            if kind == "error":
+                return value
+    except (EOFError, OSError):
+        pass
+    return None
 
 
 class RankGroup:
@@ -237,9 +247,11 @@ class RankGroup:
                 return
             if done:
                 rank = sentinels[done[0]]
-                proc = self.procs[rank - 1]
+                proc, conn = self.procs[rank - 1], self.conns[rank - 1]
                 proc.join(1.0)
-                self.fail(f"tensor-parallel rank {rank} (pid {proc.pid}) exited with code {proc.exitcode}")
+                said = _last_error(conn)
+                self.fail(f"tensor-parallel rank {rank} (pid {proc.pid}) exited with code {proc.exitcode}"
+                          + (f" ({said})" if said else ""))
                 return
             started = self._step_started
             if started is not None and time.monotonic() - started > self.step_timeout_s:

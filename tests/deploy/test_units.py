@@ -44,6 +44,8 @@ def test_deployment_options_follow_the_flags():
     assert auto["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "initial_replicas": 2,
                                           "target_ongoing_requests": 32.0}
     assert "max_queued_requests" not in auto and auto["max_ongoing_requests"] == 32 + 32 + 8  # unbounded queue
+    split = deployment_options(serve_namespace({"device": "cuda", "tensor_parallel_size": 4}))
+    assert split["ray_actor_options"]["num_gpus"] == 4.0  # one GPU per tensor-parallel rank of the replica
     capped = deployment_options(serve_namespace({"device": "cpu", "max_ongoing_requests": 5}))
     assert capped["max_ongoing_requests"] == 5
     with pytest.raises(ValueError):

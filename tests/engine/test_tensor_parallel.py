@@ -1,10 +1,11 @@
 """Tensor and expert parallelism on CPU (gloo, one spawned process per extra rank): tiny random float64 checkpoints
 of both families split over 2 and 4 ranks give the single-device logits (within 1e-10 relative) and the same
 tokens in exact and fast modes, on the reduce path and on the paths that gather whole logit rows (sampling
-controls, logprobs, CFG); each rank holds about 1/N of the weights (parameter bytes and measured RSS); a model
-that cannot be split is refused with a clear error."""
+controls, logprobs, CFG, grammar constraints); each rank holds about 1/N of the weights (parameter bytes and
+measured RSS); a model that cannot be split is refused with a clear error."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -66,6 +67,11 @@ def test_split_model_matches_one_device(ckpts, single, family, size, expert_para
         assert [o.token_ids for o in got] == [o.token_ids for o in want]
         assert [o.finish_reason for o in got] == [o.finish_reason for o in want]
         assert got[2].logprobs and len(got[2].logprobs) == len(want[2].logprobs)
+        constrained = [DiffusionParams(max_tokens=16, block_length=8, preset="fast", structured_outputs=so)
+                       for so in ({"regex": "[A-Z]{3}-[0-9]{2,4}"}, {"choice": ["YES", "NO", "MAYBE SO"]})]
+        want_c = [o.text for o in ref.generate(PROMPTS[:2], constrained)]
+        assert [o.text for o in tp.generate(PROMPTS[:2], constrained)] == want_c
+        assert re.fullmatch("[A-Z]{3}-[0-9]{2,4}", want_c[0]) and want_c[1] in ("YES", "NO", "MAYBE SO")
         for (lp_got, ids_got, _), (lp_want, ids_want, _) in zip(got[2].logprobs, want[2].logprobs):
             assert ids_got == ids_want and lp_got == pytest.approx(lp_want, rel=1e-10, abs=1e-12)
 
@@ -107,3 +113,18 @@ def test_unsplittable_models_are_refused(ckpts):
         LLM(str(ckpts["dense"]), device="cpu", dtype="float64", tensor_parallel_size=2, enable_expert_parallel=True)
     with pytest.raises(ValueError, match="does not support --quantization"):
         LLM(str(ckpts["dense"]), device="cpu", dtype="float32", tensor_parallel_size=2, quantization="int8")
+
+
+def test_a_checkpoint_that_fails_to_load_leaves_no_rank_behind(tmp_path):
+    import multiprocessing
+
+    from safetensors.torch import load_file, save_file
+    from unmask.server.config import CheckpointError
+
+    path = write_checkpoint(tmp_path / "broken", "dense", seed=2)
+    tensors = load_file(str(path / "model.safetensors"))
+    del tensors["model.transformer.blocks.1.ff_out.weight"]
+    save_file(tensors, str(path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="missing tensor 'model.transformer.blocks.1.ff_out.weight'"):
+        LLM(str(path), device="cpu", dtype="float64", tensor_parallel_size=2)
+    assert multiprocessing.active_children() == []
