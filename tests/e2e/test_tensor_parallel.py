@@ -125,3 +125,19 @@ def test_failed_rank_fails_requests_and_the_server_exits(sig, reason, tmp_path):
         assert all(_gone(c) for c in children), _children(1)
     finally:
         srv.stop()
+
+
+def test_ranks_end_when_the_server_is_killed(tmp_path):
+    """SIGKILL on the server (rank 0) leaves no worker running: each sees its pipe close and exits."""
+    srv = RemoteServer("tiny-llada-instruct", ("--served-model-name", "m", "-tp", "2"), log_path=tmp_path / "s.log")
+    try:
+        children = list(_children(srv.proc.pid))
+        assert len(_ranks(srv.proc.pid)) == 1
+        srv.proc.kill()
+        srv.proc.wait(10)
+        deadline = time.monotonic() + 15
+        while not all(_gone(c) for c in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert all(_gone(c) for c in children)
+    finally:
+        srv.stop()
