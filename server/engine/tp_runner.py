@@ -3,17 +3,17 @@
 Legend: B sequences, N packed tokens, M logit rows, V vocab, R ranks (the group's size), Vs = V/R.
 
 Rank 0 (the engine's process) packs the step exactly as a single-device engine does
-(``forward_inputs.build_inputs``), sends the forward's inputs (:class:`StepPayload`, CPU tensors) to the worker
+(``forward_inputs.build_inputs``), sends the forward's inputs (:class:`StepPayload`, host arrays) to the worker
 ranks (``workers.py``), and then every rank runs :meth:`ShardStep.run` on its shard: the forward (two
 all-reduces per layer, one for the embedding), its [M, Vs] slice of the logits, CFG on that slice. The step's
 commit choices then need one more collective, one of two kinds:
 
 - **reduce** (the common case): each rank applies the mask/EOS logit rules to its columns and reduces each row
-  of its slice to (key, token, logit, logsumexp) (``ops.remask_partial``); an all-gather moves R·M·4 numbers
+  of its slice to (key, token, logit, logsumexp) (``ops.remask_partial``); a gather moves R·M·4 numbers
   and rank 0 combines them into the proposals and confidences of the whole rows (``ops.remask_combine``),
   equal to the single-device ones (the same argmax / Gumbel-max with the same noise per token id, ties to the
   lowest id). No rank ever holds a full [M, V] row.
-- **gather**: when a rule of the step reads whole rows, the slices are all-gathered into [M, V] on every rank
+- **gather**: when a rule of the step reads whole rows, the slices are gathered into [M, V] at rank 0
   and rank 0 runs the single-device ``commit_policy.propose``/``select`` on them. A step pays the gather when a
   sequence in it uses a sampling control (top-p/top-k/min-p, penalties, logit bias, min_tokens/ignore_eos bans:
   sorting and softmax over the row), a grammar constraint (its token bitmask), logprobs (log-softmax and the top
@@ -91,8 +91,8 @@ class ShardStep:
 
     @torch.inference_mode()
     def run(self, p: StepPayload) -> torch.Tensor:
-        """Every rank, in the same order: the forward and the step's last collective -> the gathered
-        [M, V] logits (gather) or every rank's partials [R, M, 4] float64 (reduce)."""
+        """Every rank, in the same order: the forward and the step's last collective -> at rank 0 the gathered
+        [M, V] logits (gather) or every rank's partials [R, M, 4] float64 (reduce); None on the other ranks."""
         dev = self.device
         t = {name: _device(a, dev) for name, a in p.tensors.items()}
         meta = AttentionMetadata(**{name: _device(v, dev) for name, v in p.meta.items()})
@@ -102,21 +102,23 @@ class ShardStep:
         logits = self.model.compute_logits(hidden[t["logit_rows"]])  # [M + M_cfg, Vs]
         logits = guided_logits(logits, p.num_cond_rows, [(_device(r, dev), w) for r, w in p.cfg_rows])  # [M, Vs]
         if not p.reduce:
-            return self.tp.all_gather_cols(logits)  # [M, V]
+            return self.tp.gather_cols(logits)  # [M, V]
         temperature, seeds, mask_bias, eos_bias = (t[name] for name in BASE_RULES)
         start = self.model.vocab_start
         for token, bias in ((self.cfg.mask_token_id, mask_bias), (self.cfg.eos_token_id, eos_bias)):
             if start <= token < start + logits.shape[1]:  # the rank holding that column applies the rule
                 logits[:, token - start] += bias.to(logits.dtype)
-        return self.tp.all_gather_rows(ops.remask_partial(logits, temperature, seeds, start))  # [R, M, 4]
+        parts = self.tp.gather(ops.remask_partial(logits, temperature, seeds, start))  # R x [M, 4]
+        return None if parts is None else torch.stack(parts)  # [R, M, 4]
 
     @torch.inference_mode()
     def logits(self, token_ids: torch.Tensor) -> torch.Tensor:
-        """Every rank: one full bidirectional forward of token_ids [L] -> the gathered logits [L, V]."""
+        """Every rank: one full bidirectional forward of token_ids [L] -> the logits [L, V] at rank 0 (None
+        elsewhere)."""
         n = token_ids.shape[0]
         h = self.model(token_ids.to(self.device), packed_positions([n], self.device),
                        AttentionMetadata.packed([n], self.device))
-        return self.tp.all_gather_cols(self.model.compute_logits(h))
+        return self.tp.gather_cols(self.model.compute_logits(h))
 
 
 class TPModelRunner(ModelRunner):

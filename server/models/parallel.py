@@ -116,19 +116,16 @@ class TensorParallel:
             dist.all_reduce(x)
         return x
 
-    def all_gather_cols(self, x: torch.Tensor) -> torch.Tensor:
-        """x [M, C] this rank's columns -> [M, C·N], the ranks' columns in rank order."""
-        if self.size == 1:
-            return x
-        parts = [torch.empty_like(x) for _ in range(self.size)]
-        dist.all_gather(parts, x.contiguous())
-        return torch.cat(parts, dim=1)
+    def gather(self, x: torch.Tensor) -> list[torch.Tensor] | None:
+        """Every rank's ``x`` (same shape and dtype) at rank 0, in rank order; None on the other ranks."""
+        parts = [torch.empty_like(x) for _ in range(self.size)] if self.rank == 0 else None
+        dist.gather(x.contiguous(), parts, dst=0)
+        return parts
 
-    def all_gather_rows(self, x: torch.Tensor) -> torch.Tensor:
-        """x [...] this rank's tensor -> [N, ...], every rank's in rank order."""
-        parts = [torch.empty_like(x) for _ in range(self.size)]
-        dist.all_gather(parts, x.contiguous())
-        return torch.stack(parts)
+    def gather_cols(self, x: torch.Tensor) -> torch.Tensor | None:
+        """x [M, C] this rank's columns -> [M, C·N] at rank 0 (the ranks' columns in rank order); None elsewhere."""
+        parts = self.gather(x)
+        return None if parts is None else torch.cat(parts, dim=1)
 
 
 def embed_lookup(weight: torch.Tensor, ids: torch.Tensor, tp: TensorParallel | None, vocab_start: int) -> torch.Tensor:
