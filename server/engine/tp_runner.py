@@ -17,7 +17,8 @@ commit choices then need one more collective, one of two kinds:
   and rank 0 runs the single-device ``commit_policy.propose``/``select`` on them. A step pays the gather when a
   sequence in it uses a sampling control (top-p/top-k/min-p, penalties, logit bias, min_tokens/ignore_eos bans:
   sorting and softmax over the row), a grammar constraint (its token bitmask), logprobs (log-softmax and the top
-  alternatives) or ``confidence_eos_eot_inf`` (a softmax with EoT removed). Other sequences of the same step
+  alternatives), ``confidence_eos_eot_inf`` (a softmax with EoT removed) or Dream's margin/entropy ``alg``
+  confidences (``PLAN_WITHOUT_LOGITS``). Other sequences of the same step
   ride along; steps without them stay on the reduce path.
 
 CUDA graphs are not captured under tensor parallelism (every step is eager); the kernels run on each rank's
@@ -33,7 +34,7 @@ import torch
 from unmask.kernels import ops
 from unmask.server.config import ModelConfig
 from unmask.server.engine import commit_policy
-from unmask.server.engine.commit_policy import LogitRules
+from unmask.server.engine.commit_policy import CommitPlan, LogitRules
 from unmask.server.engine.forward_inputs import ForwardInputs
 from unmask.server.engine.kv_cache import KVCacheManager
 from unmask.server.engine.model_runner import Commits, ModelRunner, guided_logits
@@ -42,6 +43,10 @@ from unmask.server.models.parallel import TensorParallel
 
 BASE_RULES = ("temperature", "seeds", "mask_bias", "eos_bias")
 """LogitRules fields the reduce path applies per slice; any other rule present makes the step gather."""
+PLAN_WITHOUT_LOGITS = ("slot_pos", "topk_row", "row_slot", "cand", "k", "threshold", "strict", "factor",
+                       "random_conf", "is_random", "grammar")
+"""CommitPlan fields whose rules ``select`` applies without the logits; any other one present makes the step
+gather (``eos_eot_rows``, ``dream_conf``, ``logprobs``: softmaxes over whole rows)."""
 
 
 @dataclasses.dataclass
@@ -76,10 +81,12 @@ def _device(x, device: torch.device):
 
 
 def needs_full_rows(inp: ForwardInputs) -> bool:
-    """Does a rule of this step read whole logit rows (module docstring: the gather path)?"""
-    extra = [f.name for f in dataclasses.fields(LogitRules) if f.name not in BASE_RULES]
-    return (any(getattr(inp.rules, name) is not None for name in extra)
-            or inp.plan.eos_eot_rows is not None or inp.plan.logprobs is not None)
+    """Does a rule of this step read whole logit rows (module docstring: the gather path)? A rule added later
+    gathers until it is listed above as one that does not."""
+    rules = [f.name for f in dataclasses.fields(LogitRules) if f.name not in BASE_RULES]
+    plan = [f.name for f in dataclasses.fields(CommitPlan) if f.name not in PLAN_WITHOUT_LOGITS]
+    return (any(getattr(inp.rules, name) is not None for name in rules)
+            or any(getattr(inp.plan, name) is not None for name in plan))
 
 
 class ShardStep:

@@ -110,7 +110,7 @@ class SparseMoE(nn.Module):
         if cfg.routing == "sigmoid_grouped":
             self.expert_bias = _param(e)
         if cfg.num_shared_experts:
-            self.shared = SwiGLU(d, i * cfg.num_shared_experts)
+            self.shared = SwiGLU(d, i * cfg.num_shared_experts if tp is None else tp.shared_width(cfg))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [N, D] -> [N, D]."""

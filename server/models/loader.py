@@ -97,7 +97,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
         fused = {k: v for k, v in fused.items() if k not in qnames}
         stacked = {k: v for k, v in stacked.items() if k not in qnames}
         for ours, theirs in plain.items():
-            t = _get(reader, theirs, split(ours))
+            parts = tp.row_parts(ours, cfg) if tp is not None else None
+            t = _get(reader, theirs, split(ours)) if parts is None else reader.get_parts(theirs, parts)
             _check_shape(theirs, t.shape, params[ours].shape)
             params[ours].copy_(t)
         for ours, parts in fused.items():
@@ -175,24 +176,37 @@ class _Reader:
     def __init__(self, files: dict[str, Path], tp: TensorParallel | None = None):
         self.files, self.handles, self.tp = files, {}, tp
 
-    def get(self, name: str, dim: int | None = None) -> torch.Tensor:
-        """The tensor ``name``, or with ``dim`` only this rank's chunk of it along that dim."""
+    def _handle(self, name: str):
         f = self.files[name]
         if f not in self.handles:
             try:
                 self.handles[f] = safe_open(str(f), framework="pt")
             except Exception as exc:  # noqa: BLE001 - surface the file at fault
                 raise CheckpointError(f"{f}: cannot read safetensors file ({exc})") from exc
+        return self.handles[f]
+
+    def get(self, name: str, dim: int | None = None) -> torch.Tensor:
+        """The tensor ``name``, or with ``dim`` only this rank's chunk of it along that dim."""
+        handle = self._handle(name)
         try:
             if dim is None:
-                return self.handles[f].get_tensor(name)
-            part = self.handles[f].get_slice(name)
+                return handle.get_tensor(name)
+            part = handle.get_slice(name)
             lo, hi = self.tp.chunk(part.get_shape()[dim], f"dim {dim} of tensor {name!r}")
             return part[(slice(None),) * dim + (slice(lo, hi),)]
-        except CheckpointError:
-            raise
         except Exception as exc:  # noqa: BLE001
-            raise CheckpointError(f"{f}: tensor {name!r} cannot be read ({exc})") from exc
+            raise CheckpointError(f"{self.files[name]}: tensor {name!r} cannot be read ({exc})") from exc
+
+    def get_parts(self, name: str, rows: list[int]) -> torch.Tensor:
+        """Tensor ``name`` whose dim 0 is parts of ``rows`` rows each: this rank's chunk of every part, in order."""
+        part, parts, start = self._handle(name).get_slice(name), [], 0
+        if part.get_shape()[0] != sum(rows):
+            raise CheckpointError(f"tensor {name!r} has {part.get_shape()[0]} rows, expected {sum(rows)}")
+        for n in rows:
+            lo, hi = self.tp.chunk(n, f"a part of tensor {name!r}")
+            parts.append(part[start + lo:start + hi])
+            start += n
+        return torch.cat(parts)
 
     def close(self) -> None:
         self.handles.clear()

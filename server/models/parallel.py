@@ -25,7 +25,8 @@ Megatron-style split of a LLaDA block over N ranks (one process per rank, ``serv
   ids in its range (zero rows elsewhere) and one all-reduce assembles [T, D]; the LM head yields each rank's
   [M, V/N] slice of the logits, which the remask step reduces without gathering (``kernels.ops.remask_partial``).
 
-Norms, q/k norms and routers are replicated. Every split is N equal contiguous chunks, so H, Hk, I (or E) and
+Norms, q/k norms, routers and expert biases are replicated; LLaDA2's shared experts are split by units in both MoE
+modes. Every split is N equal contiguous chunks, so H, Hk, I (or E) and
 V must be multiples of N (``check``).
 """
 from __future__ import annotations
@@ -38,12 +39,14 @@ import torch.distributed as dist
 
 from unmask.server.config import ModelConfig, UnsupportedConfigError
 
-FAMILIES = ("llada", "llada_moe")
-"""Families with a sharded model (LLaDA2 and Dream share the layers but are not validated under parallelism)."""
+FAMILIES = ("llada", "llada_moe", "llada2", "dream")
+"""Families with a sharded model (all share ``layers.py``)."""
 
-ROW_SPLIT = ("embed", "lm_head", "attn.qkv_proj", "attn.qkv_bias", "ffn.gate_up_proj", "ffn.w_gate_up")
-"""Internal parameters split along dim 0 of their HF tensors (output rows; fused parts are split one by one)."""
-COL_SPLIT = ("attn.o_proj", "ffn.down_proj", "ffn.w_down")
+ROW_SPLIT = ("embed", "lm_head", "attn.qkv_proj", "attn.qkv_bias", "ffn.gate_up_proj", "ffn.w_gate_up",
+             "ffn.shared.gate_up_proj")
+"""Internal parameters split along dim 0 of their HF tensors (output rows; fused parts are split one by one, and
+q/k/v stored as one HF tensor (LLaDA2) part by part: ``qkv_rows``)."""
+COL_SPLIT = ("attn.o_proj", "ffn.down_proj", "ffn.w_down", "ffn.shared.down_proj")
 """Internal parameters split along dim 1 of their HF tensors (input columns)."""
 EXPERT_STACKS = ("ffn.w_gate_up", "ffn.w_down")
 """Stacked expert parameters: whole experts per rank under expert parallelism."""
@@ -109,6 +112,22 @@ class TensorParallel:
         if leaf in ROW_SPLIT:
             return 0
         return 1 if leaf in COL_SPLIT else None
+
+    def row_parts(self, ours: str, cfg: ModelConfig) -> list[int] | None:
+        """For a row-split parameter stored as ONE HF tensor of several parts (LLaDA2's q/k/v), the parts' rows
+        (each split in N chunks, this rank's kept, in order); None when the tensor is split as a whole."""
+        if self.split_dim(ours) != 0 or not ours.endswith(("attn.qkv_proj", "attn.qkv_bias")):
+            return None
+        return [cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim]
+
+    def shared_width(self, cfg: ModelConfig) -> int:
+        """Units of a MoE layer's shared experts on this rank (``cfg`` local): split in N under expert parallelism
+        too (shared experts are not routed, so whole ones per rank would be summed N times)."""
+        width = cfg.expert_intermediate_size * cfg.num_shared_experts
+        if not self.expert_parallel:
+            return width  # the local expert width is already split
+        lo, hi = self.chunk(width, "the shared experts' width")
+        return hi - lo
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         """Sum ``x`` over the ranks, in place; returns it (a no-op on one rank)."""

@@ -1,5 +1,5 @@
 """Tensor and expert parallelism on CPU (gloo, one spawned process per extra rank): tiny random float64 checkpoints
-of both families split over 2 and 4 ranks give the single-device logits (within 1e-10 relative) and the same
+of the LLaDA families (and LLaDA2, Dream over 2 ranks) split over 2 and 4 ranks give the single-device logits (within 1e-10 relative) and the same
 tokens in exact and fast modes, on the reduce path and on the paths that gather whole logit rows (sampling
 controls, logprobs, CFG, grammar constraints); each rank holds about 1/N of the weights (parameter bytes and
 measured RSS); a model that cannot be split is refused with a clear error."""
@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 
+from benchmarks.reference.family_checkpoints import write_family_checkpoint
 from tests.helpers import write_checkpoint
 from unmask import LLM, DiffusionParams
 from unmask.server.config import UnsupportedConfigError
@@ -74,6 +75,26 @@ def test_split_model_matches_one_device(ckpts, single, family, size, expert_para
         assert re.fullmatch("[A-Z]{3}-[0-9]{2,4}", want_c[0]) and want_c[1] in ("YES", "NO", "MAYBE SO")
         for (lp_got, ids_got, _), (lp_want, ids_want, _) in zip(got[2].logprobs, want[2].logprobs):
             assert ids_got == ids_want and lp_got == pytest.approx(lp_want, rel=1e-10, abs=1e-12)
+
+
+FAMILY_SPLITS = [("llada2", False), ("llada2", True), ("dream", False)]
+
+
+@pytest.mark.parametrize("family,expert_parallel", FAMILY_SPLITS)
+def test_llada2_and_dream_split_as_one_device(tmp_path, family, expert_parallel):
+    """LLaDA2 (q/k/v stored as one tensor, split part by part; shared experts split in both MoE modes; dense first
+    layer; block-causal) and Dream (q/k/v bias, GQA, shifted logits; its alg confidences gather whole rows)."""
+    path = write_family_checkpoint(tmp_path / family, family, seed=5, shards=2)
+    ref = LLM(str(path), device="cpu", dtype="float64")
+    params = [ref.default_params(max_tokens=16), ref.default_params(max_tokens=16, preset="fast")]
+    if family == "dream":
+        params.append(ref.default_params(max_tokens=16, alg="entropy"))
+    with LLM(str(path), device="cpu", dtype="float64", tensor_parallel_size=2,
+             enable_expert_parallel=expert_parallel) as tp:
+        a, b = ref.logits(PROMPTS[1]), tp.logits(PROMPTS[1])
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12 * float(a.abs().max()))
+        for p in params:
+            assert [o.token_ids for o in tp.generate(PROMPTS, p)] == [o.token_ids for o in ref.generate(PROMPTS, p)]
 
 
 ONE_DEVICE_LOAD = """
