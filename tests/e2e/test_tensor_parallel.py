@@ -1,6 +1,7 @@
 """``unmask serve --tensor-parallel-size 2`` as a real process (gloo on CPU): the embedded models answer the same
-text as on one device at temperature 0, streamed and not; a worker rank killed (or hung) under load fails every
-request with a clear error, /health says why, the server exits and leaves no process behind."""
+text as on one device at temperature 0, streamed and not, and a SIGKILLed server leaves no rank running; a worker
+rank killed (or hung) under load fails every request with a clear error, /health says why, the server exits and
+leaves no process behind."""
 from __future__ import annotations
 
 import json
@@ -69,7 +70,19 @@ def test_two_ranks_answer_as_one_device(model, extra, tmp_path):
         assert len(_ranks(two.proc.pid)) == 1  # rank 1
         assert _answers(two, stream=False) == want
         assert _answers(two, stream=True) == want
+        _kill_leaves_no_rank(two)
     assert any(w.strip() for w in want)
+
+
+def _kill_leaves_no_rank(srv: RemoteServer) -> None:
+    """SIGKILL on the server (rank 0) leaves no worker running: each sees its pipe close and exits."""
+    children = list(_children(srv.proc.pid))
+    srv.proc.kill()
+    srv.proc.wait(10)
+    deadline = time.monotonic() + 15
+    while not all(_gone(c) for c in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(_gone(c) for c in children)
 
 
 def _long_request(srv: RemoteServer, results: list, started: threading.Event) -> None:
@@ -126,18 +139,3 @@ def test_failed_rank_fails_requests_and_the_server_exits(sig, reason, tmp_path):
     finally:
         srv.stop()
 
-
-def test_ranks_end_when_the_server_is_killed(tmp_path):
-    """SIGKILL on the server (rank 0) leaves no worker running: each sees its pipe close and exits."""
-    srv = RemoteServer("tiny-llada-instruct", ("--served-model-name", "m", "-tp", "2"), log_path=tmp_path / "s.log")
-    try:
-        children = list(_children(srv.proc.pid))
-        assert len(_ranks(srv.proc.pid)) == 1
-        srv.proc.kill()
-        srv.proc.wait(10)
-        deadline = time.monotonic() + 15
-        while not all(_gone(c) for c in children) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert all(_gone(c) for c in children)
-    finally:
-        srv.stop()
