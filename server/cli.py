@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--suffix", default=None,
                      help="infilling: text after the generated middle (canvas = prompt + masks + suffix)")
     _add_sampling_args(gen)
+    _add_structured_args(gen)
     serve = sub.add_parser("serve", help="run the OpenAI-compatible HTTP server")
     _add_model_args(serve)
     from unmask.server.serve_args import add_serve_args
@@ -95,6 +96,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_structured_args(p: argparse.ArgumentParser) -> None:
+    """One structured-output constraint (DiffusionParams.structured_outputs; server/engine/constraint.py)."""
+    group = p.add_argument_group("structured output (at most one)").add_mutually_exclusive_group()
+    group.add_argument("--json-schema", type=json_object, default=None, help="the answer is JSON valid under this schema")
+    group.add_argument("--regex", default=None, help="the whole answer matches this regular expression")
+    group.add_argument("--choice", nargs="+", default=None, help="the answer is exactly one of these strings")
+    group.add_argument("--grammar", default=None, help="the answer follows this Lark (or GBNF) grammar")
+
+
+def structured_outputs(args: argparse.Namespace) -> dict | None:
+    """The structured-output flags as a ``structured_outputs`` dict, or None."""
+    given = {k: getattr(args, a) for k, a in (("json", "json_schema"), ("regex", "regex"), ("choice", "choice"),
+                                              ("grammar", "grammar")) if getattr(args, a) is not None}
+    return given or None
+
+
 def _generate(args: argparse.Namespace) -> int:
     from unmask import LLM
 
@@ -103,7 +120,8 @@ def _generate(args: argparse.Namespace) -> int:
     params = llm.default_params(max_tokens=args.max_tokens, block_length=args.block_length, steps=args.steps,
                                 temperature=args.temperature, remasking=args.remasking, cfg_scale=args.cfg_scale,
                                 threshold=args.threshold, cache=args.cache, preset=args.preset, seed=args.seed,
-                                top_p=args.top_p, top_k=args.top_k, min_p=args.min_p, ignore_eos=args.ignore_eos)
+                                top_p=args.top_p, top_k=args.top_k, min_p=args.min_p, ignore_eos=args.ignore_eos,
+                                structured_outputs=structured_outputs(args))
     prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
     with llm:
         out = llm.generate(prompt, params, suffix=args.suffix)[0]

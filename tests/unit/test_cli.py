@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 
@@ -33,3 +34,13 @@ def test_generate_suffix_and_ignore_eos(dense_ckpt, capsys):
     rc = main(["generate", str(dense_ckpt), "--prompt", "AB", "--suffix", "YZ", "--max-tokens", "5", "--block-length",
                "5", "--ignore-eos", "--temperature", "0.5", "--top-k", "3", "--seed", "1", "--device", "cpu"])
     assert rc == 0 and "tokens=5 " in capsys.readouterr().err
+
+
+def test_generate_with_a_structured_output_constraint(dense_ckpt, capsys):
+    base = ["generate", str(dense_ckpt), "--prompt", "HI", "--max-tokens", "8", "--device", "cpu"]
+    assert main(base + ["--regex", "[A-Z]{3}"]) == 0
+    assert re.fullmatch("[A-Z]{3}", capsys.readouterr().out.strip())
+    assert main(base + ["--choice", "YES", "NO", "--preset", "fast"]) == 0
+    assert capsys.readouterr().out.strip() in ("YES", "NO")
+    assert main(base + ["--regex", "(AB"]) == 2
+    assert "unclosed group" in capsys.readouterr().err
