@@ -33,6 +33,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import logging
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from unmask.server.engine.sequence import Sequence
     from unmask.server.tokenizer import Tokenizer
 
+log = logging.getLogger("unmask.structured")
 CACHE_SIZE = 256
 """Compiled constraints kept (least recently used evicted)."""
 COMPILE_TIMEOUT_S = 10.0
@@ -233,9 +235,10 @@ class GrammarState:
         return self.matcher.validate_tokens(tokens)
 
     def consume(self, tokens: list[int]) -> None:
-        """Advance over committed tokens (they were validated)."""
+        """Advance over committed tokens (they were validated). Should the matcher still refuse them, it stays in
+        its error state, which counts as ended: this answer is closed, the step and its batch go on."""
         if tokens and not self.matcher.consume_tokens(tokens):
-            raise RuntimeError(f"grammar matcher refused committed tokens: {self.matcher.get_error()}")
+            log.warning("grammar matcher refused committed tokens; ending the answer: %s", self.matcher.get_error())
 
     def ended(self) -> bool:
         """The grammar consumed its end token (or can take nothing more)."""

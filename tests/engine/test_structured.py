@@ -219,3 +219,10 @@ def test_masks_are_filled_on_the_worker_while_the_forward_runs(models, monkeypat
     first = events[:events.index("apply") + 1]
     assert first[0] == "start" and first.index("start") < first.index("forward") < first.index("apply")
     assert "unmask-grammar-mask_0" in first
+
+
+def test_a_refused_commit_ends_that_answer_instead_of_failing_the_step(models):
+    comp = structured.GrammarCompiler(models["random"].tokenizer, 960, (953,))
+    state = comp.state(StructuredOutputs(regex="[a-z]{3}"))
+    state.consume(models["random"].tokenizer.encode("7"))  # not allowed: the matcher stays in its error state
+    assert state.ended() and state.forced() == [953]
