@@ -18,9 +18,11 @@ LLaDA2.1's editing phase: the oracle for the LLaDA2 family. Behaviour follows th
   at least one masked position commits per step while masks remain (the minimum count is 1); once the block has
   no mask, up to ``max_post_steps`` further edit-only steps run, stopping at the first step that changes nothing.
 
-Differences, none changing the algorithm: ``model`` is any callable ``(x [1, L'], block_length) -> logits
-[1, L', V]`` applying the block-causal mask itself; special ids are arguments; an optional ``torch.Generator``
-feeds the multinomial draws.
+Differences, none changing the algorithm where the published loop ends: ``model`` is any callable ``(x [1, L'],
+block_length) -> logits [1, L', V]`` applying the block-causal mask itself; special ids are arguments; an optional
+``torch.Generator`` feeds the multinomial draws; with editing, ``max_block_steps`` (default ``block_length +
+max_post_steps``, the engine's cap) bounds a block's steps: the published loop never ends when the model keeps
+proposing the mask token at a masked position while another position is edited (each such step "commits").
 """
 import torch
 import torch.nn.functional as F
@@ -63,7 +65,7 @@ def _m2t(conf, active, k, threshold):
 @torch.no_grad()
 def generate(model, prompt, gen_length=128, block_length=32, steps=32, temperature=0.0, top_k=None, top_p=None,
              eos_early_stop=False, minimal_topk=1, threshold=0.95, editing_threshold=None, max_post_steps=16,
-             mask_id=156895, eos_id=156892, generator=None):
+             mask_id=156895, eos_id=156892, generator=None, max_block_steps=None):
     """prompt [1, P] int64 -> x [1, total] int64 (the whole aligned canvas; the answer is x[0, P:P + gen_length]
     cut after its first EOS)."""
     p = prompt.shape[1]
@@ -77,7 +79,8 @@ def generate(model, prompt, gen_length=128, block_length=32, steps=32, temperatu
         lo = end - block_length
         editable = torch.arange(lo, end) >= p  # [W] generated (non-prompt) positions of the block
         post = 0
-        for step in range(10**9 if editing_threshold is not None else steps):
+        cap = max_block_steps or block_length + max_post_steps
+        for step in range(cap if editing_threshold is not None else steps):
             active = x[0, lo:end] == mask_id  # [W]
             if not active.any():
                 if editing_threshold is None or post >= max_post_steps:

@@ -57,6 +57,9 @@ class DiffusionFields(OpenAIBase):
     early_stop: StrictBool | None = None
     logits_eos_inf: StrictBool | None = None
     confidence_eos_eot_inf: StrictBool | None = None
+    editing_threshold: StrictFloat | None = Field(None, gt=0, le=1)
+    """LLaDA2.1 models: token editing (engine/params.py)."""
+    max_post_steps: StrictInt | None = Field(None, ge=0)
     alg: Literal["maskgit_plus", "topk_margin", "entropy"] | None = None
     """Dream models: Dream's own diffusion_generate rule (engine/params.py)."""
 
@@ -142,6 +145,7 @@ class GenerateRequest(DiffusionFields):
             "skip_special_tokens": self.skip_special_tokens, "logits_eos_inf": self.logits_eos_inf,
             "confidence_eos_eot_inf": self.confidence_eos_eot_inf, "threshold": self.threshold, "factor": self.factor,
             "cache": self.cache, "early_stop": self.early_stop, "preset": self.preset, "alg": self.alg,
+            "editing_threshold": self.editing_threshold, "max_post_steps": self.max_post_steps,
             **self.sampling_fields(),
             "structured_outputs": self.constraint()[0]}
         try:

@@ -69,6 +69,8 @@ def step_k(seq: Sequence) -> int:
     """Tokens the fixed schedule commits at this step of the current block (Dream's ``alg``: its timestep rule)."""
     if seq.params.alg is not None:
         return dream_k(int(seq.masked_in_block().sum()), seq.step_in_block, seq.steps_per_block)
+    if seq.editing is not None:  # LLaDA2.1: the minimum count is 1 while masks remain
+        return int(bool(seq.masked_in_block().any()))
     return seq.plan[seq.step_in_block] if seq.step_in_block < len(seq.plan) else 0
 
 
@@ -99,6 +101,8 @@ def candidates(seq: Sequence) -> torch.Tensor:
     a family with the strict-threshold rule (LLaDA2, whose reference looks at the block only), consider the
     current block only (Fast-dLLM)."""
     lo = seq.prompt_len if seq.params.is_exact and seq.threshold is None else seq.block_start
+    if seq.editing is not None:  # LLaDA2.1 editing: every generated position of the block, masked or not
+        return torch.arange(max(lo, seq.prompt_len), seq.block_end)
     return (seq.canvas[lo:seq.block_end] == seq.mask_id).nonzero(as_tuple=True)[0] + lo
 
 
@@ -108,6 +112,15 @@ def needs_forward(seq: Sequence) -> bool:
     if seq.grammar is not None:
         return bool(seq.masked_in_block().any())
     return seq.params.parallel or seq.threshold is not None or step_k(seq) > 0
+
+
+def editing_block_finished(seq: Sequence, masked_left: int, changed: bool) -> bool:
+    """LLaDA2.1 editing, after a step: the block ends when the step changed nothing, or when it is full and its
+    ``max_post_steps`` edit-only steps have run (the reference's checks, moved to the end of the step). A cap of
+    block_length + max_post_steps steps bounds a model that keeps proposing the mask token."""
+    p = seq.params
+    return (not changed or (masked_left == 0 and seq.post_steps >= p.max_post_steps)
+            or seq.step_in_block >= p.block_length + p.max_post_steps)
 
 
 def skip_step(seq: Sequence) -> None:
@@ -168,6 +181,9 @@ class CommitPlan:
     is_random: torch.Tensor | None  # [B] bool device: the sequence uses random remasking
     eos_eot_rows: torch.Tensor | None  # [R] int64 device: logit rows of confidence_eos_eot_inf requests
     eos_eot_greedy: torch.Tensor | None  # [R] bool device: that row's request runs at T = 0 (EOS blocked too)
+    editing: tuple[torch.Tensor, torch.Tensor] | None = None
+    """LLaDA2.1 editing: (current token of each slot [B, W] int64, editing threshold [B] float64, NaN = the
+    sequence does not edit), or None when no sequence edits."""
     dream_conf: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     """Rows of Dream ``alg`` requests ranked by margin or entropy: (rows [R] int64, entropy [R] bool, T [R]), or
     None."""
@@ -224,6 +240,11 @@ def build_plan(seqs: list[Sequence], slots: list[torch.Tensor], device: torch.de
         eos_eot_rows=torch.cat([r for r, _ in eos_eot]).to(device) if eos_eot else None,
         eos_eot_greedy=torch.cat([torch.full((r.numel(),), g) for r, g in eos_eot]).to(device) if eos_eot else None,
         logprobs=sampling.logprob_rows(seqs, slots, device),
+        editing=None if all(s.editing is None for s in seqs) else (
+            torch.nn.utils.rnn.pad_sequence([s.canvas[pos] for s, pos in zip(seqs, slots)], batch_first=True,
+                                            padding_value=-1).to(device),
+            torch.tensor([float("nan") if s.editing is None else s.editing for s in seqs], dtype=torch.float64,
+                         device=device)),
         dream_conf=None if not dream else (
             torch.cat([r for r, _, _ in dream]).to(device),
             torch.cat([torch.full((r.numel(),), e) for r, e, _ in dream]).to(device),
@@ -329,10 +350,12 @@ def select(plan: CommitPlan, logits: torch.Tensor, x0: torch.Tensor, conf: torch
     x0_bw = x0.new_zeros(b * w).index_copy_(0, plan.row_slot, x0).view(b, w)  # [B, W]
     if plan.random_conf is not None:
         conf_bw = torch.where(plan.is_random[:, None], plan.random_conf.to(conf_bw.dtype), conf_bw)
+    edits = None if plan.editing is None else edit_slots(plan, conf_bw, x0_bw)  # [B, W] tokens, −1 = none
     conf_bw = torch.where(plan.cand, conf_bw, NEG_INF)
     k, tied = ranked_counts(conf_bw, plan.cand, plan)  # [B], [B]
     commit = ops.select_commits(conf_bw, plan.cand, k.to(torch.int32), plan.threshold.to(conf_bw.dtype))
-    picked = torch.cat([torch.where(commit, x0_bw, -1), tied[:, None].long(), k[:, None]], 1).cpu()  # [B, W + 2]
+    parts = [torch.where(commit, x0_bw, -1), tied[:, None].long(), k[:, None]] + ([] if edits is None else [edits])
+    picked = torch.cat(parts, 1).cpu()  # [B, W + 2 (+ W)]
     out = []
     for pos, tok in zip(plan.slot_pos, picked[:, :w]):
         hit = tok >= 0
@@ -340,11 +363,26 @@ def select(plan: CommitPlan, logits: torch.Tensor, x0: torch.Tensor, conf: torch
     tied = picked[:, w].nonzero(as_tuple=True)[0]  # [T] host
     if tied.numel():
         reference_topk(plan, tied, conf_bw, x0_bw, picked[:, w + 1], out)
+    if edits is not None:
+        for i, (pos, tok) in enumerate(zip(plan.slot_pos, picked[:, w + 2:])):
+            hit = tok >= 0
+            if hit.any():
+                out[i] = (out[i][0] + pos[hit].tolist(), out[i][1] + tok[hit].tolist())
     if plan.grammar is not None:
         constrained_commits(plan, conf_bw, x0_bw, out)
     if plan.logprobs is not None:
         sampling.token_logprobs(plan.logprobs, logits, x0, out)
     return out
+
+
+def edit_slots(plan: CommitPlan, conf_bw: torch.Tensor, x0_bw: torch.Tensor) -> torch.Tensor:
+    """LLaDA2.1's edits: committed (unmasked) slots whose proposal differs from their token with confidence above
+    the editing threshold (compared in the confidences' dtype). conf_bw/x0_bw [B, W] -> [B, W] int64 proposed
+    token where a slot is rewritten, else −1."""
+    current, thr = plan.editing
+    edit = (~plan.cand & (current >= 0) & (x0_bw != current)
+            & (conf_bw > thr.to(conf_bw.dtype)[:, None]))  # [B, W] (NaN threshold: never)
+    return torch.where(edit, x0_bw, -1)
 
 
 def reference_topk(plan: CommitPlan, tied: torch.Tensor, conf_bw: torch.Tensor, x0_bw: torch.Tensor,

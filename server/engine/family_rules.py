@@ -18,7 +18,11 @@ LLaDA2.0 / 2.1 (``llada2``, the published ``modeling_llada2_moe.py`` ``generate`
   schedule splits ``block_length`` over the block's steps); the threshold is 0.95 (the reference default) unless
   the request sets one (the fast preset: 0.9); the mask token is never banned (a block whose proposals stay the
   mask token ends after its steps, as in the reference); ``remasking='random'`` and ``factor`` are not rules of
-  this family.
+  this family;
+- LLaDA2.1's editing (``editing_threshold``): at least one mask commits per step (the minimum count is 1), already
+  generated positions of the block are rewritten where the prediction differs with confidence above the editing
+  threshold, a step that changes nothing ends the block, and up to ``max_post_steps`` edit-only steps follow a
+  full block. A block's tokens are final, streamed and checked for EOS, only once the block ends.
 
 Dream (``dream``): the model itself applies Dream's one-position logits shift. A request with ``alg``
 (``DiffusionParams.alg``: ``maskgit_plus``, ``topk_margin``, ``entropy``) is decoded by Dream's own
@@ -53,6 +57,11 @@ class FamilyRules:
         """(message, field) naming a request setting this family cannot run, or None. ``params``: DiffusionParams."""
         if params.alg is not None and self.family != "dream":
             return f"alg is Dream's diffusion_generate rule; this is a {self.family} model", "alg"
+        if params.editing_threshold is not None:
+            if self.min_count_threshold is None:
+                return f"editing_threshold is LLaDA2.1's rule; this is a {self.family} model", "editing_threshold"
+            if params.structured_outputs is not None:
+                return "editing_threshold cannot be combined with a structured-output constraint", "editing_threshold"
         if not self.block_causal:
             return None
         if params.cache == "dual":

@@ -132,6 +132,13 @@ class DiffusionParams:
     logprobs: int | None = None
     """Per output token: its log-probability at the step that committed it plus this many top alternatives
     (0–20); None = not computed (no cost)."""
+    editing_threshold: float | None = None
+    """LLaDA2.1 models: token editing. At every step, already generated positions of the current block whose
+    prediction differs from their token with confidence > this are rewritten; at least one mask commits per step;
+    once the block has no mask, up to ``max_post_steps`` edit-only steps run (stopping at a step that changes
+    nothing). Tokens are final, and streamed, once their block ends. None = no editing."""
+    max_post_steps: int = 16
+    """Edit-only steps after a block is full (``editing_threshold``), the reference's default 16."""
     alg: str | None = None
     """Dream models: decode with Dream's ``diffusion_generate`` rule instead of LLaDA's: one block over the whole
     canvas, ``int(masked · (1 − s/t))`` commits at each step of the timestep schedule ``linspace(1, 1e-3,
@@ -189,6 +196,11 @@ class DiffusionParams:
             raise ValueError(f"threshold={self.threshold!r} is not valid; use a value in (0, 1]")
         if self.factor is not None and (not _finite(self.factor) or self.factor <= 0):
             raise ValueError(f"factor={self.factor!r} is not valid; use a finite value > 0")
+        if self.editing_threshold is not None and (not _finite(self.editing_threshold)
+                                                   or not 0 < self.editing_threshold <= 1):
+            raise ValueError(f"editing_threshold={self.editing_threshold!r} is not valid; use a value in (0, 1]")
+        if not isinstance(self.max_post_steps, int) or isinstance(self.max_post_steps, bool) or self.max_post_steps < 0:
+            raise ValueError(f"max_post_steps={self.max_post_steps!r} is not valid; use an integer ≥ 0")
         if self.threshold is not None and self.factor is not None:
             raise ValueError("threshold and factor are alternative commit rules; set at most one")
         if self.cache is not None and self.cache not in CACHE_MODES:

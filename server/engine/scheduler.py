@@ -19,7 +19,7 @@ import torch
 from unmask.server.config import SchedulerConfig
 from unmask.server.engine.batch import Batch, StepOutput, StepResult
 from unmask.server.engine.kv_cache import KVCacheManager
-from unmask.server.engine.commit_policy import block_finished, finishes_on_stop
+from unmask.server.engine.commit_policy import block_finished, editing_block_finished, finishes_on_stop
 from unmask.server.engine.sequence import Sequence, SeqStatus, StepKind
 
 
@@ -108,6 +108,8 @@ class Scheduler:
         for seq, kind, (positions, tokens), ran in zip(batch.seqs, batch.kinds, result.commits, result.ran_forward):
             if seq.status is SeqStatus.FINISHED:  # aborted while the step ran
                 continue
+            if seq.editing is not None and not seq.masked_in_block().any():
+                seq.post_steps += 1  # an edit-only step (the block had no mask at its start)
             if positions:
                 seq.canvas[positions] = torch.tensor(tokens, dtype=seq.canvas.dtype)
             seq.nfe += int(ran)
@@ -115,7 +117,7 @@ class Scheduler:
             if kind is StepKind.REFRESH and seq.uses_cache:
                 seq.cache_valid = True
                 seq.cached_upto = seq.block_start  # every earlier position was final when it was fed
-            self._advance(seq)
+            self._advance(seq, bool(positions))
             outputs.append(self._emit(seq))
         return outputs
 
@@ -129,12 +131,14 @@ class Scheduler:
                 outs.append(self._output(seq, ()))
         return outs
 
-    def _advance(self, seq: Sequence) -> None:
+    def _advance(self, seq: Sequence, changed: bool) -> None:
         seq.step_in_block += 1
-        if not block_finished(seq, int(seq.masked_in_block().sum())):
+        masked_left = int(seq.masked_in_block().sum())
+        if not (editing_block_finished(seq, masked_left, changed) if seq.editing is not None
+                else block_finished(seq, masked_left)):
             return
         seq.block_idx += 1
-        seq.step_in_block = 0
+        seq.step_in_block = seq.post_steps = 0
         seq.cache_valid = False
         if seq.block_idx < seq.num_blocks:
             seq.plan = seq.block_plan()

@@ -70,6 +70,8 @@ class Sequence:
         self.pages: list[int] = []  # cache pages (cached modes only)
         self.cache_valid = False  # the cache holds this sequence's K/V from the current block's refresh
         self.cached_upto = 0  # block-causal: the cache holds the final K/V of canvas positions [0, cached_upto)
+        self.editing = p.editing_threshold  # LLaDA2.1 editing threshold, or None
+        self.post_steps = 0  # editing: edit-only steps run in the current block (it had no mask at their start)
         self.finish_reason: str | None = None
         self.error: str | None = None
         self.grammar = None
@@ -133,10 +135,12 @@ class Sequence:
         return self.canvas[self.block_start:self.block_end] == self.mask_id
 
     def final_prefix_len(self) -> int:
-        """Number of leading generation positions already committed."""
+        """Number of leading generation positions already committed and final (with editing, the current block's
+        tokens may still change: only earlier blocks count)."""
         gen = self.canvas[self.prompt_len:self.gen_end]
         masked = (gen == self.mask_id).nonzero()
-        return gen.shape[0] if masked.numel() == 0 else int(masked[0, 0])
+        n = gen.shape[0] if masked.numel() == 0 else int(masked[0, 0])
+        return min(n, max(self.block_start - self.prompt_len, 0)) if self.editing is not None else n
 
     def output_token_ids(self, upto: int) -> list[int]:
         """Generation tokens [0, upto), cut at the first stop token (exclusive)."""

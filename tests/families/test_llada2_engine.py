@@ -2,6 +2,7 @@
 (prompt length, budget, block length, steps, threshold, early stop, preset), each alone and all 50 in one mixed
 batch; with the exact prefix cache (the default whenever the cache has room) and without a cache; plus the
 request settings this family refuses, by name."""
+import dataclasses
 import random
 
 import pytest
@@ -115,3 +116,55 @@ def test_infilling_is_refused(family_llm64):
     with pytest.raises(RequestRejected) as err:
         family_llm64["llada2"].generate([[1, 2, 3]], DiffusionParams(max_tokens=4), suffix=[5, 6])
     assert err.value.param == "suffix"
+
+
+def _editing_cases(n: int, seed: int = 17):
+    """n random LLaDA2.1 editing cases: (prompt ids, DiffusionParams, reference threshold)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        prompt = [rng.randint(0, 90) for _ in range(rng.randint(1, 9))]
+        threshold = rng.choice([None, 0.05, 0.1, 0.3])
+        params = DiffusionParams(max_tokens=rng.randint(1, 12), block_length=rng.choice([2, 4, 8]), threshold=threshold,
+                                 editing_threshold=rng.choice([0.02, 0.04, 0.08, 0.5]),
+                                 max_post_steps=rng.choice([0, 1, 2, 16]), early_stop=rng.random() < 0.5)
+        out.append((prompt, params, LLADA2_THRESHOLD if threshold is None else threshold))
+    return out
+
+
+EDITING = _editing_cases(30)
+
+
+def _edit_reference(model, prompt, params, threshold, stop_ids):
+    x = llada2_generate.generate(forward(model, True), torch.tensor([prompt]), gen_length=params.max_tokens,
+                                 block_length=params.block_length, steps=params.steps_per_block, threshold=threshold,
+                                 editing_threshold=params.editing_threshold, max_post_steps=params.max_post_steps,
+                                 mask_id=MASK_ID, eos_id=EOS_ID)
+    out = []
+    for t in x[0, len(prompt):len(prompt) + params.max_tokens].tolist():
+        if t in stop_ids:
+            break
+        out.append(t)
+    return out
+
+
+def test_editing_equals_the_reference_alone_and_mixed(family_llm64):
+    """LLaDA2.1 editing: each case alone, then all of them in one batch with the non-editing cases; the edits
+    really happen (some committed token is rewritten), and streamed tokens are only those of finished blocks."""
+    llm = family_llm64["llada2"]
+    stops = set(llm.engine.stop_token_ids)
+    want = [_edit_reference(llm.engine.model, p, sp, t, stops) for p, sp, t in EDITING]
+    for (prompt, params, _), w in zip(EDITING, want):
+        assert llm.generate([prompt], params)[0].token_ids == w, (prompt, params)
+    mixed = EDITING + CASES[:20]
+    outs = llm.generate([p for p, _, _ in mixed], [sp for _, sp, _ in mixed])
+    assert [o.token_ids for o in outs[:len(EDITING)]] == want
+    plain = [_edit_reference(llm.engine.model, p, dataclasses.replace(sp, editing_threshold=None), t, stops)
+             for p, sp, t in EDITING]
+    assert sum(a != b for a, b in zip(want, plain)) >= 5  # editing changed the answer of several cases
+
+
+def test_editing_is_refused_on_other_families(family_llm64):
+    with pytest.raises(RequestRejected) as err:
+        family_llm64["dream"].generate([[1, 2, 3]], DiffusionParams(max_tokens=4, editing_threshold=0.5))
+    assert err.value.param == "editing_threshold"
