@@ -13,6 +13,7 @@ import torch
 from tests.engine.reference_cases import oracle, random_case
 from tests.engine.test_batch_invariance import run_staggered
 from unmask import LLM
+from unmask.server.engine.client import Request
 
 pytestmark = [pytest.mark.interpret, pytest.mark.skipif(
     torch.cuda.is_available(), reason="interpreter test on CPU tensors; on CUDA tests/gpu covers Triton vs torch")]
@@ -69,3 +70,25 @@ def test_fast_mode_on_triton_equals_torch(small_ckpts, monkeypatch, loop):
     monkeypatch.setenv("UNMASK_KERNELS", "triton")
     got = [o.token_ids for o in LLM(str(small_ckpts["dense"]), device="cpu", dtype="float32").generate(prompts, params)]
     assert got == want
+
+
+def test_llada2_cached_exact_on_triton_equals_torch(tmp_path, monkeypatch):
+    """LLaDA2 through the engine with every op on Triton (block-causal attention reading the exact prefix cache,
+    grouped routing into the fused MoE kernel) answers as with the torch ops, alone and batched (float32)."""
+    from benchmarks.reference.family_checkpoints import write_family_checkpoint
+    from unmask import DiffusionParams
+
+    ckpt = write_family_checkpoint(tmp_path / "llada2", "llada2", seed=5)
+    rng = random.Random(8)
+    prompts = [[rng.randint(0, 90) for _ in range(rng.randint(1, 7))] for _ in range(5)]
+    params = [DiffusionParams(max_tokens=rng.randint(2, 6), block_length=rng.choice([2, 4]),
+                              threshold=rng.choice([None, 0.05])) for _ in prompts]
+    monkeypatch.setenv("UNMASK_KERNELS", "torch")
+    want = [o.token_ids for o in LLM(str(ckpt), device="cpu", dtype="float32").generate(prompts, params)]
+    monkeypatch.setenv("UNMASK_KERNELS", "triton")
+    llm = LLM(str(ckpt), device="cpu", dtype="float32")
+    from unmask.kernels.backend import active_backend
+    assert active_backend("attention", torch.device("cpu")) == "triton"
+    assert llm.engine._cached(Request("probe", (1, 2), params[0]))  # the cached exact path is the one tested
+    assert [o.token_ids for o in llm.generate(prompts, params)] == want
+    assert [llm.generate([p], sp)[0].token_ids for p, sp in zip(prompts, params)] == want
