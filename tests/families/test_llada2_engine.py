@@ -43,11 +43,14 @@ def _cases(n: int, seed: int = 11):
 
 
 def _reference(model, prompt, params, threshold, stop_ids):
-    """The reference's answer for one case: the budget's tokens, cut before the first stop id."""
+    """The reference's answer for one case: the budget's tokens, cut before the first stop id. With editing, the
+    engine early-stops block by block, which is the reference without ``eos_early_stop`` (same tokens)."""
+    editing = params.editing_threshold is not None
     x = llada2_generate.generate(forward(model, True), torch.tensor([prompt]), gen_length=params.max_tokens,
                                  block_length=params.block_length, steps=params.steps_per_block,
-                                 threshold=threshold, eos_early_stop=params.early_stop, mask_id=MASK_ID,
-                                 eos_id=EOS_ID)
+                                 threshold=threshold, eos_early_stop=params.early_stop and not editing,
+                                 editing_threshold=params.editing_threshold, max_post_steps=params.max_post_steps,
+                                 mask_id=MASK_ID, eos_id=EOS_ID)
     out = []
     for t in x[0, len(prompt):len(prompt) + params.max_tokens].tolist():
         if t in stop_ids:
@@ -135,31 +138,18 @@ def _editing_cases(n: int, seed: int = 17):
 EDITING = _editing_cases(30)
 
 
-def _edit_reference(model, prompt, params, threshold, stop_ids):
-    x = llada2_generate.generate(forward(model, True), torch.tensor([prompt]), gen_length=params.max_tokens,
-                                 block_length=params.block_length, steps=params.steps_per_block, threshold=threshold,
-                                 editing_threshold=params.editing_threshold, max_post_steps=params.max_post_steps,
-                                 mask_id=MASK_ID, eos_id=EOS_ID)
-    out = []
-    for t in x[0, len(prompt):len(prompt) + params.max_tokens].tolist():
-        if t in stop_ids:
-            break
-        out.append(t)
-    return out
-
-
 def test_editing_equals_the_reference_alone_and_mixed(family_llm64):
     """LLaDA2.1 editing: each case alone, then all of them in one batch with the non-editing cases; the edits
     really happen (some committed token is rewritten), and streamed tokens are only those of finished blocks."""
     llm = family_llm64["llada2"]
     stops = set(llm.engine.stop_token_ids)
-    want = [_edit_reference(llm.engine.model, p, sp, t, stops) for p, sp, t in EDITING]
+    want = [_reference(llm.engine.model, p, sp, t, stops) for p, sp, t in EDITING]
     for (prompt, params, _), w in zip(EDITING, want):
         assert llm.generate([prompt], params)[0].token_ids == w, (prompt, params)
     mixed = EDITING + CASES[:20]
     outs = llm.generate([p for p, _, _ in mixed], [sp for _, sp, _ in mixed])
     assert [o.token_ids for o in outs[:len(EDITING)]] == want
-    plain = [_edit_reference(llm.engine.model, p, dataclasses.replace(sp, editing_threshold=None), t, stops)
+    plain = [_reference(llm.engine.model, p, dataclasses.replace(sp, editing_threshold=None), t, stops)
              for p, sp, t in EDITING]
     assert sum(a != b for a, b in zip(want, plain)) >= 5  # editing changed the answer of several cases
 
