@@ -1,10 +1,10 @@
 """The ranks of a tensor-parallel engine on one node: worker processes 1..N-1, driven and watched by rank 0.
 
-Rank 0 is the engine's own process: it loads its shard, runs the scheduler and, for every step, sends the
-forward's inputs to each worker over a pipe (``tp_runner.StepPayload``) and then runs the same forward; the ranks
-meet in ``torch.distributed`` collectives (gloo on CPU, NCCL on CUDA: rank r on cuda:(i + r) when rank 0 has
-cuda:i). Workers are spawned, load only their own shard, allocate a KV cache of rank 0's page count, then wait
-on their pipe: a pipe closed by rank 0 (its process ended) ends the worker too.
+Rank 0 is the engine's own process: it loads its shard, runs the scheduler and, for every step, sends the forward's
+inputs to each worker over a pipe (``tp_runner.StepPayload``) and then runs the same forward; the ranks meet in
+``torch.distributed`` collectives (gloo on CPU, NCCL on CUDA: rank r on cuda:(i + r) when rank 0 has cuda:i).
+Workers are spawned (``rank_worker.run_worker``), load only their own shard, allocate a KV cache of rank 0's page
+count, then wait on their pipe: a pipe closed by rank 0 (its process ended) ends the worker too.
 
 Faults: a watcher thread on rank 0 waits on the workers' process sentinels and times every step. A rank that
 exits, or a step that takes longer than ``tp_step_timeout`` (a rank hangs), fails the group once: every
@@ -15,28 +15,25 @@ where they are in their collectives), raised to the engine as :class:`RankFailed
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import multiprocessing as mp
 import multiprocessing.connection
-import os
 import pickle
 import shutil
 import tempfile
 import threading
 import time
-import traceback
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.distributed as dist
 
-from unmask.kernels import options
 from unmask.kernels.options import KernelOptions
 from unmask.server.config import EngineConfig, ModelConfig
 from unmask.server.engine.client import EngineDeadError
-from unmask.server.engine.kv_cache import KVCacheManager, bytes_per_page
+from unmask.server.engine.kv_cache import KVCacheManager
+from unmask.server.engine.rank_worker import RankSpec, run_worker
 from unmask.server.engine.tp_runner import ShardStep, TPModelRunner
 from unmask.server.models.loader import load_model
 from unmask.server.models.parallel import TensorParallel, init_group
@@ -50,74 +47,6 @@ COLLECTIVE_SLACK_S = 30.0
 
 class RankFailedError(EngineDeadError):
     """A tensor-parallel rank died, hung or failed a step: the engine cannot serve any more."""
-
-
-@dataclasses.dataclass(frozen=True)
-class RankSpec:
-    """What a worker needs to build its rank (picklable)."""
-    model_path: str
-    device: str
-    """Rank 0's device; rank r uses ``rank_device``."""
-    dtype: torch.dtype
-    size: int
-    expert_parallel: bool
-    init_method: str
-    timeout_s: float
-    """Timeout of the collectives (longer than the step timeout: the watcher names a hang first)."""
-    kernels: KernelOptions
-
-
-def rank_device(base: torch.device, rank: int) -> torch.device:
-    """The device of ``rank`` when rank 0 uses ``base``: the next GPUs on CUDA, the CPU otherwise."""
-    return torch.device("cuda", (base.index or 0) + rank) if base.type == "cuda" else base
-
-
-def rss_anon_bytes() -> int | None:
-    """This process's resident anonymous memory (Linux ``RssAnon``: not the mapped checkpoint files), else None."""
-    status = Path("/proc/self/status")
-    if not status.is_file():
-        return None
-    line = next((x for x in status.read_text().splitlines() if x.startswith("RssAnon:")), None)
-    return int(line.split()[1]) * 1024 if line else None
-
-
-def _worker_main(rank: int, spec: RankSpec, conn) -> None:
-    """A worker process: join the group, load this rank's shard, then run what rank 0 sends until told to stop
-    or until rank 0 goes away."""
-    try:
-        device = rank_device(torch.device(spec.device), rank)
-        if device.type == "cpu":  # the node's cores are shared by the ranks
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.size))
-        conn.send(("hello", os.getpid()))
-        tp = TensorParallel(rank, spec.size, spec.expert_parallel)
-        init_group(rank, spec.size, spec.init_method, device, spec.timeout_s)
-        before = rss_anon_bytes()
-        model, cfg = load_model(spec.model_path, device, spec.dtype, tp=tp)
-        conn.send(("loaded", {"pid": os.getpid(), "rss_before_load": before, "rss_after_load": rss_anon_bytes(),
-                              "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}))
-        num_pages = conn.recv()
-        local = tp.local_config(cfg)
-        kv = KVCacheManager(local, num_pages * bytes_per_page(local, spec.dtype), device, spec.dtype)
-        shard = ShardStep(model, tp, kv.layers, device, cfg)
-        conn.send(("ready", None))
-        with options.use(options.resolve(spec.kernels)):
-            while True:
-                kind, arg = pickle.loads(conn.recv_bytes())
-                if kind == "stop":
-                    break
-                (shard.run if kind == "step" else shard.logits)(arg)
-    except EOFError:  # rank 0 is gone
-        os._exit(0)
-    except BaseException as exc:  # noqa: BLE001 - report, then leave: rank 0 fails the group
-        text = f"rank {rank}: {type(exc).__name__}: {exc}"
-        traceback.print_exc()
-        try:
-            conn.send(("error", text))
-        except OSError:
-            pass
-        os._exit(1)
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def _last_error(conn) -> str | None:
@@ -146,13 +75,14 @@ class RankGroup:
         self.cfg: ModelConfig | None = None
         self.store_dir: Path | None = None
         self._lock = threading.Lock()
+        self._read_lock = threading.Lock()  # the watcher and the engine thread may both read a dead worker's pipe
         self._closed = False
         self._step_started: float | None = None
         ctx = mp.get_context("spawn")
         self.conns, self.procs = [], []
         for rank in range(1, spec.size):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker_main, args=(rank, spec, child), name=f"unmask-tp-rank{rank}", daemon=True)
+            proc = ctx.Process(target=run_worker, args=(rank, spec, child), name=f"unmask-tp-rank{rank}", daemon=True)
             proc.start()
             child.close()
             self.conns.append(parent)
@@ -232,26 +162,36 @@ class RankGroup:
                 conn.send_bytes(data)
             return local(arg)
         except Exception as exc:  # noqa: BLE001 - the ranks may be out of step: no further step is safe
-            reason = self.failure or f"tensor-parallel step failed on rank 0: {type(exc).__name__}: {exc}"
+            reason = (self.failure or self._exited_rank(wait_s=1.0)
+                      or f"tensor-parallel step failed on rank 0: {type(exc).__name__}: {exc}")
             self.fail(reason)
             raise RankFailedError(reason) from exc
         finally:
             self._step_started = None
 
+    def _exited_rank(self, wait_s: float) -> str | None:
+        """Why the group broke if a worker exited (or exits within ``wait_s``: a collective that failed because a
+        peer died can be noticed before its process is gone): that rank, its exit code and its last error."""
+        sentinels = {proc.sentinel: rank for rank, proc in enumerate(self.procs, start=1)}
+        done = mp.connection.wait(list(sentinels), timeout=wait_s)
+        if not done:
+            return None
+        rank = sentinels[done[0]]
+        proc = self.procs[rank - 1]
+        proc.join(1.0)
+        with self._read_lock:
+            said = _last_error(self.conns[rank - 1])
+        return f"tensor-parallel rank {rank} (pid {proc.pid}) exited with code {proc.exitcode}" + (
+            f" ({said})" if said else "")
+
     def _watch(self) -> None:
         """Watcher thread: a worker that exits, or a step past the timeout, fails the group."""
-        sentinels = {proc.sentinel: rank for rank, proc in enumerate(self.procs, start=1)}
         while not self._closed and self.failure is None:
-            done = mp.connection.wait(list(sentinels), timeout=0.2)
+            reason = self._exited_rank(wait_s=0.2)
             if self._closed:
                 return
-            if done:
-                rank = sentinels[done[0]]
-                proc, conn = self.procs[rank - 1], self.conns[rank - 1]
-                proc.join(1.0)
-                said = _last_error(conn)
-                self.fail(f"tensor-parallel rank {rank} (pid {proc.pid}) exited with code {proc.exitcode}"
-                          + (f" ({said})" if said else ""))
+            if reason is not None:
+                self.fail(reason)
                 return
             started = self._step_started
             if started is not None and time.monotonic() - started > self.step_timeout_s:

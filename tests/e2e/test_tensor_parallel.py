@@ -1,5 +1,5 @@
 """``unmask serve --tensor-parallel-size 2`` as a real process (gloo on CPU): the embedded models answer the same
-text as on one device at temperature 0, streamed and not, and a SIGKILLed server leaves no rank running; a worker
+text as on one device at temperature 0, streamed and not, and a stopped or SIGKILLed server leaves no rank; a worker
 rank killed (or hung) under load fails every request with a clear error, /health says why, the server exits and
 leaves no process behind."""
 from __future__ import annotations
@@ -60,9 +60,10 @@ def _answers(srv: RemoteServer, stream: bool) -> list[str]:
     return texts
 
 
-@pytest.mark.parametrize("model,extra", [("tiny-llada-instruct", ()),
-                                         ("tiny-llada-moe-instruct", ("--enable-expert-parallel",))])
-def test_two_ranks_answer_as_one_device(model, extra, tmp_path):
+@pytest.mark.parametrize("model,extra,stop", [("tiny-llada-instruct", (), signal.SIGTERM),
+                                              ("tiny-llada-moe-instruct", ("--enable-expert-parallel",), signal.SIGKILL)])
+def test_two_ranks_answer_as_one_device(model, extra, stop, tmp_path):
+    """Then the server is stopped: SIGTERM (it drains and exits 0) or SIGKILL; either way no rank stays."""
     args = (*EXACT, "--served-model-name", "m")
     with RemoteServer(model, args, log_path=tmp_path / "tp1.log") as one:
         want = _answers(one, stream=False)
@@ -70,15 +71,16 @@ def test_two_ranks_answer_as_one_device(model, extra, tmp_path):
         assert len(_ranks(two.proc.pid)) == 1  # rank 1
         assert _answers(two, stream=False) == want
         assert _answers(two, stream=True) == want
-        _kill_leaves_no_rank(two)
+        _stop_leaves_no_rank(two, stop)
     assert any(w.strip() for w in want)
 
 
-def _kill_leaves_no_rank(srv: RemoteServer) -> None:
-    """SIGKILL on the server (rank 0) leaves no worker running: each sees its pipe close and exits."""
+def _stop_leaves_no_rank(srv: RemoteServer, sig: int) -> None:
+    """SIGTERM: the server stops its ranks and exits 0. SIGKILL on the server (rank 0): each worker sees its pipe
+    close and exits. Either way no worker (nor multiprocessing's tracker) keeps running."""
     children = list(_children(srv.proc.pid))
-    srv.proc.kill()
-    srv.proc.wait(10)
+    srv.proc.send_signal(sig)
+    assert srv.proc.wait(30) == (0 if sig == signal.SIGTERM else -signal.SIGKILL)
     deadline = time.monotonic() + 15
     while not all(_gone(c) for c in children) and time.monotonic() < deadline:
         time.sleep(0.1)
