@@ -61,7 +61,8 @@ def _answers(srv: RemoteServer, stream: bool) -> list[str]:
 
 
 @pytest.mark.parametrize("model,extra,stop", [("tiny-llada-instruct", (), signal.SIGTERM),
-                                              ("tiny-llada-moe-instruct", ("--enable-expert-parallel",), signal.SIGKILL)])
+                                              ("tiny-llada-moe-instruct", ("--enable-expert-parallel",),
+                                               signal.SIGKILL)])
 def test_two_ranks_answer_as_one_device(model, extra, stop, tmp_path):
     """Then the server is stopped: SIGTERM (it drains and exits 0) or SIGKILL; either way no rank stays."""
     args = (*EXACT, "--served-model-name", "m")

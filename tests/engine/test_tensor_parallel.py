@@ -1,8 +1,8 @@
 """Tensor and expert parallelism on CPU (gloo, one spawned process per extra rank): tiny random float64 checkpoints
-of the LLaDA families (and LLaDA2, Dream over 2 ranks) split over 2 and 4 ranks give the single-device logits (within 1e-10 relative) and the same
-tokens in exact and fast modes, on the reduce path and on the paths that gather whole logit rows (sampling
-controls, logprobs, CFG, grammar constraints); each rank holds about 1/N of the weights (parameter bytes and
-measured RSS); a model that cannot be split is refused with a clear error."""
+of the LLaDA families split over 2 and 4 ranks (LLaDA2 and Dream over 2) give the single-device logits (within 1e-10
+relative) and the same tokens in exact and fast modes, on the reduce path and on the paths that gather whole logit
+rows (sampling controls, logprobs, CFG, grammar constraints); each rank holds about 1/N of the weights (parameter
+bytes and measured RSS); a model that cannot be split, or loaded, is refused with a clear error and no process left."""
 from __future__ import annotations
 
 import re
@@ -17,6 +17,7 @@ from tests.helpers import write_checkpoint
 from unmask import LLM, DiffusionParams
 from unmask.server.config import UnsupportedConfigError
 
+KV = 16 << 20  # KV cache bytes per rank (the CPU default, 1 GiB, would be zeroed on every rank)
 PROMPTS = [[5, 6, 7, 8, 9], list(range(10, 40)), [60, 61], [33, 3, 33, 3]]
 SPLITS = [("dense", 2, False), ("moe", 2, False), ("moe", 2, True), ("moe", 4, True)]  # TP 4: heads, vocabulary, EP
 
@@ -29,7 +30,7 @@ def ckpts(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def single(ckpts):
-    llms = {fam: LLM(str(path), device="cpu", dtype="float64") for fam, path in ckpts.items()}
+    llms = {fam: LLM(str(path), device="cpu", dtype="float64", kv_cache_memory=KV) for fam, path in ckpts.items()}
     yield llms
 
 
@@ -51,7 +52,7 @@ def _relative_gap(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("family,size,expert_parallel", SPLITS)
 def test_split_model_matches_one_device(ckpts, single, family, size, expert_parallel):
     ref = single[family]
-    with LLM(str(ckpts[family]), device="cpu", dtype="float64", tensor_parallel_size=size,
+    with LLM(str(ckpts[family]), device="cpu", dtype="float64", kv_cache_memory=KV, tensor_parallel_size=size,
              enable_expert_parallel=expert_parallel) as tp:
         for ids in PROMPTS[:2]:
             a, b = ref.logits(ids), tp.logits(ids)
@@ -83,13 +84,14 @@ FAMILY_SPLITS = [("llada2", True), ("dream", False)]
 @pytest.mark.parametrize("family,expert_parallel", FAMILY_SPLITS)
 def test_llada2_and_dream_split_as_one_device(tmp_path, family, expert_parallel):
     """LLaDA2 expert-parallel (q/k/v stored as one tensor, split part by part; shared experts split by units while
-    the routed ones are whole; dense first layer; block-causal) and Dream (q/k/v bias, GQA, shifted logits; its alg confidences gather whole rows)."""
+    the routed ones are whole; dense first layer; block-causal) and Dream (q/k/v bias, GQA, shifted logits; its alg
+    confidences gather whole rows)."""
     path = write_family_checkpoint(tmp_path / family, family, seed=5, shards=2)
-    ref = LLM(str(path), device="cpu", dtype="float64")
+    ref = LLM(str(path), device="cpu", dtype="float64", kv_cache_memory=KV)
     params = [ref.default_params(max_tokens=8), ref.default_params(max_tokens=8, preset="fast")]
     if family == "dream":
         params.append(ref.default_params(max_tokens=8, alg="entropy"))
-    with LLM(str(path), device="cpu", dtype="float64", tensor_parallel_size=2,
+    with LLM(str(path), device="cpu", dtype="float64", kv_cache_memory=KV, tensor_parallel_size=2,
              enable_expert_parallel=expert_parallel) as tp:
         a, b = ref.logits(PROMPTS[1]), tp.logits(PROMPTS[1])
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12 * float(a.abs().max()))
@@ -147,5 +149,5 @@ def test_a_checkpoint_that_fails_to_load_leaves_no_rank_behind(tmp_path):
     del tensors["model.transformer.blocks.1.ff_out.weight"]
     save_file(tensors, str(path / "model.safetensors"))
     with pytest.raises(CheckpointError, match="missing tensor 'model.transformer.blocks.1.ff_out.weight'"):
-        LLM(str(path), device="cpu", dtype="float64", tensor_parallel_size=2)
+        LLM(str(path), device="cpu", dtype="float64", kv_cache_memory=KV, tensor_parallel_size=2)
     assert multiprocessing.active_children() == []

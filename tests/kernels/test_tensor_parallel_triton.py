@@ -11,6 +11,7 @@ from unmask import LLM, DiffusionParams
 pytestmark = [pytest.mark.interpret, pytest.mark.skipif(
     torch.cuda.is_available(), reason="interpreter test on CPU tensors; a multi-GPU run is gpu_check.sh's tp phase")]
 
+KV = 16 << 20  # KV cache bytes per rank (the CPU default, 1 GiB, would be zeroed on every rank)
 PROMPTS = [[5, 6, 7, 8], [9, 10, 11, 12, 13, 14]]
 PARAMS = [DiffusionParams(max_tokens=4, block_length=2, steps=4, ignore_eos=True),
           DiffusionParams(max_tokens=4, block_length=2, steps=4, cache="dual", ignore_eos=True)]
@@ -24,9 +25,10 @@ def test_split_model_on_triton_kernels_answers_as_one_device(tmp_path, monkeypat
     path = write_checkpoint(tmp_path / "moe", "moe", seed=9, d=32, heads=2, inter=16)
     monkeypatch.setenv("UNMASK_KERNELS", "torch")
     prompts, params = [c[0] for c in CASES], [c[1] for c in CASES]
-    want = [o.token_ids for o in LLM(str(path), device="cpu", dtype="float32").generate(prompts, params)]
+    one = LLM(str(path), device="cpu", dtype="float32", kv_cache_memory=KV)
+    want = [o.token_ids for o in one.generate(prompts, params)]
     monkeypatch.setenv("UNMASK_KERNELS", "triton")
-    with LLM(str(path), device="cpu", dtype="float32", tensor_parallel_size=2) as tp:
+    with LLM(str(path), device="cpu", dtype="float32", kv_cache_memory=KV, tensor_parallel_size=2) as tp:
         assert tp.engine.ranks is not None
         got = [o.token_ids for o in tp.generate(prompts, params)]
     assert got == want and all(len(t) == 4 for t in want)
