@@ -45,8 +45,8 @@ FAMILY_TEXT = {
              "mask `<|mdm_mask|>` (`mask_token_id`), EOS = pad `<|endoftext|>`, end of turn `<|eot_id|>`"),
     "LLaDAMoEModelLM": dict(fmt="LLaDA-MoE-7B-A1B-Instruct", objective=_LLADA_SFT, fast=_FAST_TEXT, chat=_MOE_CHAT),
     "LLaDA2MoeModelLM": dict(
-        fmt="LLaDA2.0-mini (block-causal MoE: grouped sigmoid routing with expert bias, a shared expert, the first "
-            "layer dense, partial rotary, QK-norm)",
+        fmt="LLaDA2.0-mini, a block-causal MoE with grouped sigmoid routing and expert bias, a shared expert, the "
+            "first layer dense, partial rotary and QK-norm",
         chat="LLaDA2.0's (Ling 2.0) template: `<role>SYSTEM</role>detailed thinking off<|role_end|>"
              "<role>HUMAN</role>{prompt}<|role_end|><role>ASSISTANT</role>` (a caller's system message goes first "
              "in the SYSTEM turn, then a newline); mask `<|mask|>` (no `mask_token_id` in config.json), EOS "

@@ -16,18 +16,21 @@ from unmask.server.tokenizer import Tokenizer
 ROOT = Path(__file__).resolve().parents[2]
 ASSETS = ROOT / "server" / "assets"
 DENSE, MOE = ASSETS / "tiny-llada-instruct", ASSETS / "tiny-llada-moe-instruct"
+LLADA2 = ASSETS / "tiny-llada2-instruct"
 FLOOR = 0.75
 """Fraction of the sampled held-out prompts (every task) that must be answered exactly: well below the cards'
 figures, 50 prompts per task: dense 96-100%, MoE 92-100% per task."""
+FLOORS = {"tiny-llada2-instruct": 0.4}
+"""Models whose card reports less: LLaDA2-style 54.0% overall (one training stage; copying and arithmetic unlearned)."""
 PER_TASK = 4
 
 
 def test_assets_fit_the_size_budget():
-    total = sum(f.stat().st_size for d in (DENSE, MOE) for f in d.iterdir())
+    total = sum(f.stat().st_size for d in (DENSE, MOE, LLADA2) for f in d.iterdir())
     assert total <= 25 * 2**20
 
 
-@pytest.mark.parametrize("path", [DENSE, MOE], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [DENSE, MOE, LLADA2], ids=lambda p: p.name)
 def test_checkpoint_files_and_loader(path):
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md"):
         assert (path / name).is_file(), name
@@ -42,6 +45,12 @@ def test_checkpoint_files_and_loader(path):
         assert raw["architectures"] == ["LLaDAModelLM"] and not cfg.is_moe
         assert raw["mask_token_id"] == cfg.mask_token_id == tok.token_to_id("<|mdm_mask|>")
         assert cfg.eot_token_id == tok.token_to_id("<|eot_id|>")
+    elif path == LLADA2:
+        assert raw["architectures"] == ["LLaDA2MoeModelLM"] and cfg.is_moe and cfg.attention_pattern == "block_causal"
+        assert "mask_token_id" not in raw and cfg.mask_token_id == tok.token_to_id("<|mask|>")
+        assert cfg.routing == "sigmoid_grouped" and cfg.n_group > 1 and cfg.num_shared_experts == 1
+        assert cfg.first_k_dense == 1 and cfg.rotary_dim < cfg.head_dim and cfg.num_kv_heads < cfg.num_heads
+        assert cfg.eot_token_id == tok.token_to_id("<|role_end|>")
     else:
         assert raw["architectures"] == ["LLaDAMoEModelLM"] and cfg.is_moe
         assert "mask_token_id" not in raw and cfg.mask_token_id == tok.token_to_id("<|mask|>")
@@ -73,11 +82,27 @@ def test_moe_chat_template_uses_llada_moe_roles():
     assert tok.render_chat(msgs) == (
         "<role>SYSTEM</role>You are a helpful AI assistant.<|role_end|><role>HUMAN</role>A<|role_end|>"
         "<role>ASSISTANT</role>B<|role_end|><role>HUMAN</role>C<|role_end|><role>ASSISTANT</role>")
+
+
+@pytest.mark.parametrize("path", [MOE, LLADA2], ids=lambda p: p.name)
+def test_ling_special_tokens_are_single_tokens(path):
+    tok = Tokenizer.from_pretrained(path)
     for name in ("<|mask|>", "<|role_end|>", "<role>", "</role>", "<|endoftext|>"):
         assert tok.encode(name) == [tok.token_to_id(name)]
 
 
-@pytest.mark.parametrize("name", ["tiny-llada-instruct", "tiny-llada-moe-instruct"])
+def test_llada2_chat_template_is_ling_2():
+    tok = Tokenizer.from_pretrained(LLADA2)
+    assert tok.render_chat([{"role": "user", "content": "Hi"}]) == (
+        "<role>SYSTEM</role>detailed thinking off<|role_end|><role>HUMAN</role>Hi<|role_end|><role>ASSISTANT</role>")
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "A"},
+            {"role": "assistant", "content": "B"}, {"role": "user", "content": "C"}]
+    assert tok.render_chat(msgs) == (
+        "<role>SYSTEM</role>Be brief.\ndetailed thinking off<|role_end|><role>HUMAN</role>A<|role_end|>"
+        "<role>ASSISTANT</role>B<|role_end|><role>HUMAN</role>C<|role_end|><role>ASSISTANT</role>")
+
+
+@pytest.mark.parametrize("name", ["tiny-llada-instruct", "tiny-llada-moe-instruct", "tiny-llada2-instruct"])
 def test_checkpoint_answers_heldout_prompts(name):
     from unmask import LLM, DiffusionParams
 
@@ -87,5 +112,5 @@ def test_checkpoint_answers_heldout_prompts(name):
     outs = llm.generate([[{"role": "user", "content": ex.prompt}] for ex in examples],
                         DiffusionParams(max_tokens=64, block_length=32, steps=64, temperature=0.0))
     right = [check(ex, out.text) for ex, out in zip(examples, outs)]
-    assert sum(right) >= FLOOR * len(examples), [
+    assert sum(right) >= FLOORS.get(name, FLOOR) * len(examples), [
         (ex.prompt, out.text) for ex, out, ok in zip(examples, outs, right) if not ok]
