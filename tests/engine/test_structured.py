@@ -182,7 +182,7 @@ def test_apply_bitmask_sets_exactly_the_disallowed_tokens_to_minus_inf():
 def test_run_length_follows_the_presets_rule(rule, conf, k, expect):
     class Seq:
         params = DiffusionParams(max_tokens=8, **rule)
-        plan, step_in_block = [k], 0
+        plan, step_in_block, editing = [k], 0, None
 
     assert commit_policy.run_length(Seq, torch.tensor(conf, dtype=torch.float64)) == expect
 
