@@ -60,8 +60,9 @@ def sft_loss(model, batch: Batch, mask_id: int, eos_id: int, gen: torch.Generato
 
 
 class RouterBalance:
-    """Softmax-routed MoE layers (LLaDA-MoE; layers with an expert bias use ``ExpertBiasBalance``). Collects each SparseMoE layer's input in a forward and returns the Switch-style balance loss
-    E · Σ_e f_e · P_e (f_e: fraction of top-k slots routed to e, P_e: mean router probability)."""
+    """Softmax-routed MoE layers (LLaDA-MoE; layers with an expert bias use ``ExpertBiasBalance``). Collects each
+    SparseMoE layer's input in a forward and returns the Switch-style balance loss E · Σ_e f_e · P_e (f_e: fraction
+    of top-k slots routed to e, P_e: mean router probability)."""
 
     def __init__(self, model):
         self.inputs: list[tuple[torch.nn.Module, torch.Tensor]] = []

@@ -63,8 +63,9 @@ def _tiny_model():
     return cfg, build_model(cfg, "cpu", torch.float32, init_std=0.02, seed=0)
 
 
-def test_config_is_the_published_key_set_and_parses_block_causal():
+def test_recipe_config_builds_a_block_causal_llada2():
     cfg, model = _tiny_model()
+    assert any(hasattr(m, "expert_bias") for m in model.modules()) and hasattr(model.blocks[0].ffn, "gate_up_proj")
     assert cfg.family == "llada2" and cfg.attention_pattern == "block_causal" and cfg.routing == "sigmoid_grouped"
     assert cfg.rotary_dim == cfg.head_dim // 2 and cfg.first_k_dense == 1 and cfg.num_shared_experts == 1
 
