@@ -295,17 +295,3 @@ def check_top_logprobs(top: int | None, asked: bool, flag: str = "logprobs") -> 
         raise bad_request(f"top_logprobs={top} is not valid; use an integer in [0, 20]", "top_logprobs")
     if top and not asked:
         raise bad_request(f"top_logprobs needs {flag}", "top_logprobs")
-
-
-class TokenizeRequest(OpenAIBase):
-    model: StrictStr | None = None
-    prompt: StrictStr | None = None
-    messages: list[ChatMessage] | None = None
-    add_generation_prompt: StrictBool = True
-    add_special_tokens: StrictBool = True
-    return_token_strs: bool = False
-
-
-class DetokenizeRequest(OpenAIBase):
-    model: StrictStr | None = None
-    tokens: list[StrictInt]

@@ -85,9 +85,7 @@ def _structured(value: Any) -> StructuredOutputs | None:
 
 def _build(field: str, **fields: Any) -> StructuredOutputs:
     """StructuredOutputs(**fields), a 400 naming ``field`` when the value is malformed."""
-    if "json" in fields and isinstance(fields["json"], str):
-        pass  # JSON text: parsed and checked by StructuredOutputs
-    elif "json" in fields and not isinstance(fields["json"], (dict, bool)):
+    if "json" in fields and not isinstance(fields["json"], (str, dict, bool)):  # JSON text: StructuredOutputs parses it
         raise bad_request(f"{field} must be a JSON schema object", field)
     try:
         return StructuredOutputs(**fields)

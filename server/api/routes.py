@@ -14,8 +14,8 @@ from starlette.responses import FileResponse, Response
 import unmask
 from unmask.server.api.errors import APIError, JSONAnswer, bad_request
 from unmask.server.api.metrics import CONTENT_TYPE
-from unmask.server.api.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest,
-                                        TokenizeRequest)
+from unmask.server.api.protocol import ChatCompletionRequest, CompletionRequest
+from unmask.server.api.protocol_tokenize import DetokenizeRequest, TokenizeRequest
 from unmask.server.api.protocol_responses import ResponsesRequest
 from unmask.server.api.serving import serve
 from unmask.server.api.serving_responses import prepare_responses

@@ -10,7 +10,8 @@ from unmask.server.api.errors import APIError, bad_request
 from unmask.server.api.protocol import CompletionRequest, GenerateRequest
 from unmask.server.api.serving import Prepared, StreamFlags
 from unmask.server.engine.client import RequestRejected
-from unmask.server.engine.params import DEFAULT_BLOCK_LENGTH, DiffusionParams, round_up
+from unmask.server.engine.budget import DEFAULT_BLOCK_LENGTH, round_up
+from unmask.server.engine.params import DiffusionParams
 
 
 class CompletionShape:

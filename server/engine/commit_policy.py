@@ -10,6 +10,11 @@ path, the same two calls:
     select(plan, logits, x0, conf)     confidence rules, k rule, ops.select_commits on [B, W]; one
                                        device -> host copy of the picked tokens -> per-sequence commits
 
+This module holds the per-step plan and those two calls; the rules they apply live beside it, one job each:
+``commit_counts`` (how many a step commits: schedules, factor, LLaDA2's minimum counts, ties in the reference's
+order), ``commit_confidence`` (confidence_eos_eot_inf, Dream's margin / entropy) and ``commit_constrained``
+(the structured-output rule).
+
 Where each rule runs, and why:
 
 - Which positions may commit (``candidates``) and the LLaDA k schedule (``commit_schedule``, ``step_k``):
@@ -42,55 +47,21 @@ parity holds wherever the k-th and (k+1)-th best differ, always in the float64 t
 from __future__ import annotations
 
 import dataclasses
-import functools
-import time
 from typing import TYPE_CHECKING
 
 import torch
 
 from unmask.kernels import ops
 from unmask.server.engine import sampling, structured
+from unmask.server.engine.commit_confidence import dream_confidence, eos_eot_confidence
+from unmask.server.engine.commit_constrained import constrained_commits
+from unmask.server.engine.commit_counts import NEG_INF, ranked_counts, reference_topk, step_k
 
 if TYPE_CHECKING:
     from unmask.server.engine.params import DiffusionParams
     from unmask.server.engine.sequence import Sequence
 
-NEG_INF = float("-inf")
 _SEED_MASK = (1 << 63) - 1
-
-
-def commit_schedule(num_masked: int, steps: int) -> list[int]:
-    """LLaDA ``get_num_transfer_tokens``: n // s per step, plus one for the first n % s steps."""
-    base, rem = divmod(num_masked, steps)
-    return [base + (1 if i < rem else 0) for i in range(steps)]
-
-
-def step_k(seq: Sequence) -> int:
-    """Tokens the fixed schedule commits at this step of the current block (Dream's ``alg``: its timestep rule)."""
-    if seq.params.alg is not None:
-        return dream_k(int(seq.masked_in_block().sum()), seq.step_in_block, seq.steps_per_block)
-    if seq.editing is not None:  # LLaDA2.1: the minimum count is 1 while masks remain
-        return int(bool(seq.masked_in_block().any()))
-    return seq.plan[seq.step_in_block] if seq.step_in_block < len(seq.plan) else 0
-
-
-DREAM_EPS = 1e-3
-"""The last timestep of Dream's ``diffusion_generate`` schedule (its ``eps`` default)."""
-
-
-@functools.lru_cache(maxsize=256)
-def _dream_timesteps(steps: int) -> torch.Tensor:
-    return torch.linspace(1, DREAM_EPS, steps + 1)  # [steps + 1] float32, as the reference
-
-
-def dream_k(masked: int, step: int, steps: int) -> int:
-    """Dream's commit count at ``step`` of ``steps`` with ``masked`` masks left: ``int(masked · (1 − s/t))`` in
-    float32 as its ``diffusion_generate`` computes it, every mask at the last step."""
-    if step >= steps - 1:
-        return masked
-    ts = _dream_timesteps(steps)
-    t, s = ts[step], ts[step + 1]
-    return int(torch.tensor(masked) / 1 * (1 - s / t))
 
 
 def candidates(seq: Sequence) -> torch.Tensor:
@@ -278,64 +249,6 @@ def propose_sampled(logits: torch.Tensor, rules: LogitRules):
     return ops.remask_confidence(logits, rules.temperature, rules.seeds)
 
 
-def eos_eot_confidence(plan: CommitPlan, logits: torch.Tensor, x0: torch.Tensor, conf: torch.Tensor,
-                       eos_id: int, eot_id: int | None) -> torch.Tensor:
-    """The reference's ``confidence_eos_eot_inf`` as it behaves (LLADA-SPEC.md §1.5): the confidence is
-    softmax(logits)[x0] with the EoT logit −inf, and the EOS logit too at T = 0. conf [M] -> [M] (a copy)."""
-    rows = plan.eos_eot_rows
-    lf = logits[rows].to(torch.promote_types(logits.dtype, torch.float32))  # [R, V] a copy
-    if eot_id is not None:
-        lf[:, eot_id] = NEG_INF
-    lf[:, eos_id] = torch.where(plan.eos_eot_greedy, NEG_INF, lf[:, eos_id])
-    c = torch.softmax(lf, dim=-1).gather(1, x0[rows, None])[:, 0].to(logits.dtype)  # [R], rounded as remask
-    conf = conf.clone()
-    conf[rows] = c.to(conf.dtype)
-    return conf
-
-
-def dream_confidence(plan: CommitPlan, logits: torch.Tensor, conf: torch.Tensor) -> torch.Tensor:
-    """Dream's ``topk_margin`` (top-1 minus top-2 probability) and ``entropy`` (Σ p·log(p + 1e−10)) confidences of
-    the plan's Dream rows, from softmax(logits / T) (T = 0: the logits) in the logits dtype, as its
-    ``sample_tokens``. conf [M] -> [M] (a copy)."""
-    rows, entropy, temp = plan.dream_conf
-    lf = logits[rows] / torch.where(temp > 0, temp, 1.0).to(logits.dtype)[:, None]  # [R, V]
-    probs = torch.softmax(lf, dim=-1)  # [R, V]
-    top2 = torch.topk(probs, 2, dim=-1).values  # [R, 2]
-    c = torch.where(entropy, (probs * torch.log(probs + 1e-10)).sum(-1), top2[:, 0] - top2[:, 1])  # [R]
-    conf = conf.clone()
-    conf[rows] = c.to(conf.dtype)
-    return conf
-
-
-def ranked_counts(conf: torch.Tensor, cand: torch.Tensor, plan: CommitPlan):
-    """conf [B, W] (−inf off candidates), cand [B, W] -> (k [B] int64: how many best candidates each sequence
-    commits, fixed schedule, factor rule or LLaDA2's strict threshold with a minimum count (every candidate with
-    conf > τ when there are at least the schedule's k of them, else the min(k, n) best); tied [B] bool: a
-    fixed-count k-th best equals the next one, so which of them commits is the reference's ``torch.topk``
-    order, not ours)."""
-    sorted_c = torch.sort(conf.double(), dim=1, descending=True).values  # [B, W], candidates first
-    n = cand.sum(1)  # [B]
-    k = torch.where(plan.factor > 0, factor_k(sorted_c, n, plan.factor), plan.k.long())  # [B]
-    if plan.strict is not None:  # compared in the confidences' dtype, as the reference compares
-        above = (conf > plan.strict.to(conf.dtype)[:, None]).sum(1)  # [B] (NaN: never above)
-        k = torch.where(plan.strict.isnan(), k, torch.maximum(above, torch.minimum(k, n)))
-    fixed = (plan.factor == 0) & (plan.threshold == 0) & (k > 0) & (k < n)
-    last = sorted_c.gather(1, (k - 1).clamp(min=0)[:, None])[:, 0]  # [B] the k-th best
-    nxt = sorted_c.gather(1, k.clamp(max=conf.shape[1] - 1)[:, None])[:, 0]  # [B] the (k+1)-th
-    return k, fixed & (last == nxt)
-
-
-def factor_k(sorted_c: torch.Tensor, n: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Fast-dLLM's factor rule as a count. sorted_c [B, W] float64 candidates' confidences c_0 ≥ c_1 ≥ …
-    (then −inf), n [B] candidates, factor [B] -> k [B] int64: the first i ≥ 1 with c_i < 1 − f/(i+2), else
-    all n; Fast-dLLM's quirk kept: a break at the last index accepts all."""
-    i = torch.arange(sorted_c.shape[1], device=sorted_c.device)  # [W]
-    limit = 1.0 - factor[:, None] / (i + 2).double()  # [B, W]
-    fails = (i >= 1) & (i < n[:, None]) & (sorted_c < limit)  # [B, W]
-    first = torch.where(fails.any(1), fails.int().argmax(1), n)  # [B]
-    return torch.where(first == n - 1, n, first)
-
-
 def select(plan: CommitPlan, logits: torch.Tensor, x0: torch.Tensor, conf: torch.Tensor, eos_id: int,
            eot_id: int | None) -> list[tuple[list[int], list[int]]]:
     """The step's commits. logits [M, V] (after the logit rules), x0/conf [M] from ``propose``, rows in the
@@ -385,148 +298,3 @@ def edit_slots(plan: CommitPlan, conf_bw: torch.Tensor, x0_bw: torch.Tensor) -> 
     return torch.where(edit, x0_bw, -1)
 
 
-def reference_topk(plan: CommitPlan, tied: torch.Tensor, conf_bw: torch.Tensor, x0_bw: torch.Tensor,
-                   k: torch.Tensor, out: list[tuple[list[int], list[int]]]) -> None:
-    """Fixed-schedule commits exactly as the reference picks them, for the sequences whose k-th best confidence
-    ties the next: ``torch.topk`` on the host over the row the reference ranks (``CommitPlan.topk_row``: the canvas
-    [L] or, LLaDA2, the block; −inf off candidates), whose order among equal confidences is topk's own. One 2-D
-    ``topk`` per (row length, k) group: row by row it picks the same indices, in the same order, as the
-    reference's 1-D call on that row. tied [T] host batch indices,
-    conf_bw/x0_bw [B, W] (device), k [B] host -> ``out[i]`` replaced by (canvas positions, tokens)."""
-    rows = tied.to(conf_bw.device)
-    conf_t, x0_t, cand_t = conf_bw[rows].cpu(), x0_bw[rows].cpu(), plan.cand[rows].cpu()  # [T, W] each
-    origin = torch.tensor([plan.topk_row[i][0] for i in tied.tolist()])  # [T]
-    pos_t = plan.slot_pos[tied] - origin[:, None]  # [T, W] host row positions (padding slots: negative)
-    groups: dict[tuple[int, int], list[int]] = {}
-    for j, i in enumerate(tied.tolist()):
-        groups.setdefault((plan.topk_row[i][1], int(k[i])), []).append(j)
-    for (length, kk), js in groups.items():
-        g = torch.tensor(js)  # [G]
-        at = torch.where(plan.slot_pos[tied][g] >= 0, pos_t[g], length)  # [G, W] padding goes to a spare column
-        canvas = torch.full((g.numel(), length + 1), NEG_INF, dtype=conf_t.dtype)  # [G, L + 1]
-        canvas.scatter_(1, at, torch.where(cand_t[g], conf_t[g], NEG_INF))
-        tokens = torch.zeros(g.numel(), length + 1, dtype=x0_t.dtype).scatter_(1, at, x0_t[g])  # [G, L + 1]
-        chosen = torch.topk(canvas[:, :length], kk, dim=1).indices  # [G, k] row positions
-        for j, c, t in zip(js, chosen, tokens.gather(1, chosen)):
-            out[int(tied[j])] = ((c + origin[j]).tolist(), t.tolist())
-
-
-# ---- The constrained commit rule (structured outputs; grammar machinery in structured.py) ----------------------
-#
-# A grammar is matched left to right, a diffusion step commits anywhere in its block. A constrained sequence
-# therefore commits only a contiguous run starting at its leftmost masked position, so its committed text is
-# always a valid prefix of the grammar and its canvas is always committed prefix + masks:
-#
-# 1. before the step, ``force_grammar`` commits the tokens the grammar forces (no forward needed for them);
-# 2. the leftmost masked position's logits are masked by the matcher (``structured.MaskJob``, a bitmask applied
-#    on device in ``apply_logit_rules``), so its proposal is always valid and always commits;
-# 3. ``constrained_commits`` extends the run over the next positions while the preset's rule accepts them
-#    (threshold: conf ≥ τ; factor: the i-th of the run has conf ≥ 1 − f/(i+2); fixed schedule: the step's k,
-#    at least 1) *and* each proposal is a valid continuation of the tokens before it (``validate_tokens``).
-#    Those positions' logits were not masked: when the model's proposal is allowed, it is exactly the token the
-#    masked distribution gives with the same noise (argmax / Gumbel-max over a subset that contains the winner),
-#    and its confidence is a lower bound of the masked one, so the run never commits more than the masked rule
-#    would; the first disallowed proposal ends the run and becomes the next step's masked leftmost position.
-# 4. once the grammar is complete and the model (or the grammar) ends it, the end token fills the rest of the
-#    canvas; the request finishes as any request that produced EOS. If the budget runs out first, the output is
-#    a valid but incomplete prefix and the finish reason is ``length``.
-#
-# A constrained block ends when it is full (not after ``steps_per_block``): a step may commit fewer tokens than
-# the fixed schedule's k when a proposal is refused.
-
-
-def force_grammar(seqs: list[Sequence]) -> list[tuple[list[int], list[int]]] | None:
-    """Before a step: each constrained sequence's grammar-forced tokens, written into its canvas (so the forward
-    sees them) -> per sequence (positions, tokens) committed, or None when no sequence is constrained."""
-    if all(s.grammar is None for s in seqs):
-        return None
-    return [([], []) if s.grammar is None else _force_one(s) for s in seqs]
-
-
-def _force_one(seq: Sequence) -> tuple[list[int], list[int]]:
-    st, stats = seq.grammar, seq.grammar.compiler.stats
-    t0 = time.perf_counter()
-    positions, tokens, filled = [], [], 0
-    while True:
-        masked = (seq.canvas[seq.block_start:seq.block_end] == seq.mask_id).nonzero(as_tuple=True)[0]  # [n]
-        forced = st.forced() if masked.numel() else []
-        if not forced:
-            break
-        if st.ended():  # the grammar is complete: its end token fills every masked generation position
-            pos, tok = _end_fill(seq)
-            positions += pos
-            tokens += tok
-            filled = len(tok)
-            break
-        run = forced[:masked.numel()]
-        pos = (masked[:len(run)] + seq.block_start).tolist()
-        st.consume(run)
-        seq.canvas[pos] = torch.tensor(run, dtype=seq.canvas.dtype)
-        positions += pos
-        tokens += run
-        if len(run) < len(forced):
-            break
-    stats.forced_tokens += len(tokens) - filled  # end tokens are counted by _end_fill
-    stats.host_s += time.perf_counter() - t0
-    return positions, tokens
-
-
-def _end_fill(seq: Sequence) -> tuple[list[int], list[int]]:
-    """Commit the grammar's end token at every still-masked generation position (into the canvas)."""
-    gen = torch.arange(seq.prompt_len, seq.gen_end)
-    pos = gen[seq.canvas[seq.prompt_len:seq.gen_end] == seq.mask_id]  # [n]
-    seq.canvas[pos] = seq.grammar.end_token
-    seq.grammar.compiler.stats.end_tokens += pos.numel()
-    return pos.tolist(), [seq.grammar.end_token] * pos.numel()
-
-
-def merge_forced(commits: list[tuple[list[int], list[int]]], forced: list[tuple[list[int], list[int]]] | None):
-    """The step's commits with each sequence's forced commits in front (``force_grammar``); in place."""
-    if forced is not None:
-        for i, (pos, tok) in enumerate(forced):
-            if pos:
-                commits[i] = (pos + commits[i][0], tok + commits[i][1])
-    return commits
-
-
-def run_length(seq: Sequence, conf: torch.Tensor) -> int:
-    """How many positions of a constrained sequence's masked run (from its leftmost mask) the preset's rule
-    accepts, before the grammar check. conf [n] float64 host: the run's confidences in position order."""
-    p, n = seq.params, conf.numel()
-    if n == 0:
-        return 0
-    if not p.parallel:
-        return min(max(step_k(seq), 1), n)
-    i = torch.arange(1, n, dtype=torch.float64)  # [n − 1] index in the run
-    limit = torch.full_like(i, p.threshold) if p.threshold is not None else 1.0 - p.factor / (i + 2)
-    fails = (conf[1:] < limit).nonzero(as_tuple=True)[0]
-    return 1 + (int(fails[0]) if fails.numel() else n - 1)
-
-
-def constrained_commits(plan: CommitPlan, conf_bw: torch.Tensor, x0_bw: torch.Tensor,
-                        out: list[tuple[list[int], list[int]]]) -> None:
-    """Replace each constrained sequence's commits in ``out`` by its contiguous valid run (rule above) and advance
-    its matcher. conf_bw [B, W], x0_bw [B, W] on device; one extra device -> host copy of the constrained rows."""
-    t0 = time.perf_counter()
-    idx = torch.tensor([b for b, _ in plan.grammar], device=conf_bw.device)  # [G]
-    host = torch.stack([conf_bw[idx].double(), x0_bw[idx].double()]).cpu()  # [2, G, W]
-    for j, (b, seq) in enumerate(plan.grammar):
-        st = seq.grammar
-        slots = plan.slot_pos[b]
-        run = slots[slots >= 0]  # [n] the masked run from the leftmost mask, ascending
-        n = run_length(seq, host[0, j, :run.numel()])
-        proposed = host[1, j, :n].long().tolist()
-        ok = st.valid_prefix(proposed)
-        st.compiler.stats.rejected_proposals += int(ok < n)
-        tokens = proposed[:ok] if ok else [st.first_allowed()]  # the masked row is always valid; guard anyway
-        positions = run[:len(tokens)].tolist()
-        st.consume(tokens)
-        st.compiler.stats.sampled_tokens += len(tokens)
-        st.compiler.stats.sequence_steps += 1
-        if st.ended():
-            seq.canvas[positions] = torch.tensor(tokens, dtype=seq.canvas.dtype)
-            end_pos, end_tok = _end_fill(seq)
-            positions, tokens = positions + end_pos, tokens + end_tok
-        out[b] = (positions, tokens)
-    st.compiler.stats.steps += 1
-    st.compiler.stats.host_s += time.perf_counter() - t0

@@ -27,7 +27,7 @@ LLaDA2.0 / 2.1 (``llada2``, the published ``modeling_llada2_moe.py`` ``generate`
 Dream (``dream``): the model itself applies Dream's one-position logits shift. A request with ``alg``
 (``DiffusionParams.alg``: ``maskgit_plus``, ``topk_margin``, ``entropy``) is decoded by Dream's own
 ``diffusion_generate`` rule (one block over the whole canvas, the timestep schedule's commit counts, that
-confidence; ``commit_policy.dream_k`` / ``dream_confidence``), equal to it token for token at T = 0; ``origin``
+confidence; ``commit_counts.dream_k`` / ``commit_confidence.dream_confidence``), equal to it token for token at T = 0; ``origin``
 (random reveals) and ``alg_temp`` (sampled positions) are not served. Without ``alg`` Dream is decoded with the
 LLaDA block rules (low-confidence or random remasking, threshold/factor, prefix/dual caches), as Fast-dLLM
 decodes it: the fast path for this family.
@@ -37,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 
 from unmask.server.config import ModelConfig
-from unmask.server.engine.params import round_up
+from unmask.server.engine.budget import round_up
 
 LLADA2_THRESHOLD = 0.95
 """The LLaDA2 reference ``generate``'s default confidence threshold (its exact preset)."""

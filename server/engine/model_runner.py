@@ -14,7 +14,7 @@ import torch
 from unmask.kernels import options
 from unmask.kernels.options import KernelOptions
 from unmask.server.config import ModelConfig
-from unmask.server.engine import commit_policy
+from unmask.server.engine import commit_constrained, commit_policy
 from unmask.server.engine.batch import Batch, StepResult
 from unmask.server.engine.cuda_graph import GraphedBlockStep
 from unmask.server.engine.forward_inputs import ForwardInputs, build_inputs
@@ -47,7 +47,7 @@ class ModelRunner:
 
     def _run(self, batch: Batch) -> StepResult:
         commits: Commits = [([], []) for _ in batch.seqs]
-        forced = commit_policy.force_grammar(batch.seqs)  # None unless a sequence is constrained
+        forced = commit_constrained.force_grammar(batch.seqs)  # None unless a sequence is constrained
         ran = [commit_policy.needs_forward(s) for s in batch.seqs]
         for seq, r in zip(batch.seqs, ran):
             if not r:
@@ -63,7 +63,7 @@ class ModelRunner:
             inputs = build_inputs([batch.seqs[i] for i in eager], [batch.kinds[i] for i in eager], self.kv, self.device)
             for i, c in zip(eager, self._step(inputs)):
                 commits[i] = c
-        return StepResult(commits=commit_policy.merge_forced(commits, forced), ran_forward=ran)
+        return StepResult(commits=commit_constrained.merge_forced(commits, forced), ran_forward=ran)
 
     def _graph_group(self, batch: Batch, fwd: list[int]) -> list[int]:
         """Indices of the graphable steps sharing the most common block width (one graph per width)."""

@@ -1,19 +1,10 @@
-"""DiffusionParams: the per-request settings of block diffusion (LLADA-SPEC.md §1, §5), and the one
-budget rule that turns a client's ``max_tokens`` / ``block_length`` / ``steps`` into a canvas.
+"""DiffusionParams: the per-request settings of block diffusion (LLADA-SPEC.md §1, §5).
 
 ``preset="exact"`` is LLaDA's reference ``generate()`` (no cache, fixed commit schedule);
 ``preset="fast"`` fills unset fields with Fast-dLLM's settings: prefix cache + confidence threshold 0.9
 (Fast-dLLM v1, arXiv 2505.22618). Every invalid combination raises ``ValueError`` naming the field first
-(``threshold=2 is not valid; ...``), so the HTTP layer can report the offending parameter.
-
-The budget rule (:func:`plan_canvas`, used by the offline ``LLM`` and the HTTP API alike):
-
-- ``max_tokens`` is how many tokens the caller can get back;
-- ``block_length`` defaults to ``min(32, max_tokens)``;
-- the generation region (the *canvas* after the prompt) is ``max_tokens`` rounded up to a multiple of
-  ``block_length``; the output is cut back to ``max_tokens`` (finish reason ``length``);
-- ``steps`` (total denoising steps over the canvas) defaults to the canvas length and is rounded up to
-  a multiple of the number of blocks, as LLaDA requires an equal step count per block.
+(``threshold=2 is not valid; ...``), so the HTTP layer can report the offending parameter. The budget rule
+that turns ``max_tokens`` / ``block_length`` / ``steps`` into a canvas is ``budget.plan_canvas``.
 """
 from __future__ import annotations
 
@@ -21,52 +12,19 @@ import dataclasses
 import math
 from typing import Any, Mapping
 
+from unmask.server.engine.budget import check_int, plan_canvas, round_up
 from unmask.server.engine.constraint import StructuredOutputs
 
 REMASKING = ("low_confidence", "random")
 CACHE_MODES = ("none", "prefix", "dual")
 PRESETS = ("exact", "fast")
 FAST_THRESHOLD = 0.9
-DEFAULT_BLOCK_LENGTH = 32
 DREAM_ALGORITHMS = ("maskgit_plus", "topk_margin", "entropy")
 """Dream's ``diffusion_generate`` confidence algorithms the engine serves (``alg``; Dream models only)."""
 COMMIT_RULE_FIELDS = ("preset", "cache", "threshold", "factor", "alg")
 """The fields that choose how a step commits; a request that sets one takes no default for the others."""
 SEED_SPACE = 1 << 63
 """Seeds are reduced modulo 2^63 (request seeds may be any 64-bit integer, negative included)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class CanvasPlan:
-    """What the budget rule decided for one request."""
-    canvas_length: int
-    """Generation positions appended to the prompt: max_tokens rounded up to a block multiple."""
-    block_length: int
-    """Semi-autoregressive block size."""
-    steps: int
-    """Total denoising steps over the canvas (a multiple of num_blocks)."""
-
-    @property
-    def num_blocks(self) -> int:
-        return self.canvas_length // self.block_length
-
-
-def round_up(n: int, multiple: int) -> int:
-    """Smallest multiple of ``multiple`` that is ≥ n."""
-    return -(-n // multiple) * multiple
-
-
-def plan_canvas(max_tokens: int, block_length: int | None = None, steps: int | None = None) -> CanvasPlan:
-    """The budget rule (module docstring): budget, optional block length and step count -> canvas plan.
-    Raises ValueError naming the field when one is not a positive integer."""
-    _check_int("max_tokens", max_tokens, 1)
-    block = min(DEFAULT_BLOCK_LENGTH, max_tokens) if block_length is None else block_length
-    _check_int("block_length", block, 1)
-    canvas = round_up(max_tokens, block)
-    num_blocks = canvas // block
-    total = canvas if steps is None else steps
-    _check_int("steps", total, 1)
-    return CanvasPlan(canvas_length=canvas, block_length=block, steps=round_up(total, num_blocks))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,7 +261,7 @@ def _check_controls(p: DiffusionParams) -> None:
     object.__setattr__(p, "stop_token_ids", tuple(p.stop_token_ids))
     if any(not _token(t) for t in p.stop_token_ids):
         bad("stop_token_ids", "use token ids ≥ 0")
-    _check_int("min_tokens", p.min_tokens, 0)
+    check_int("min_tokens", p.min_tokens, 0)
     if p.min_tokens > p.max_tokens:
         bad("min_tokens", f"it must not exceed max_tokens={p.max_tokens}")
     if not isinstance(p.ignore_eos, bool):
@@ -318,11 +276,6 @@ def _token(t) -> bool:
 
 def _finite(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _check_int(name: str, value, lo: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < lo:
-        raise ValueError(f"{name}={value!r} is not valid; use an integer ≥ {lo}")
 
 
 def _check_structured(p: DiffusionParams) -> None:

@@ -15,7 +15,7 @@ import enum
 import torch
 
 from unmask.server.engine.client import Request
-from unmask.server.engine.commit_policy import commit_schedule
+from unmask.server.engine.commit_counts import commit_schedule
 from unmask.server.engine.family_rules import LLADA_RULES, FamilyRules
 
 

@@ -10,7 +10,7 @@ in a 400, and its matcher offers what diffusion decoding needs: ``compute_ff_tok
 committed without a forward), ``validate_tokens`` (how many of the model's proposals for the next positions are
 a valid continuation, without consuming them) and masks written straight into a tensor with the GIL released.
 
-How the engine uses it (the commit rule itself is ``commit_policy.constrained_commits``):
+How the engine uses it (the commit rule itself is ``commit_constrained.constrained_commits``):
 
 - **compile** (``GrammarCompiler.compile``): once per distinct constraint (an LRU of ``CACHE_SIZE`` matchers;
   each request gets a ``deep_copy``), bounded by llguidance's fuel limits and by ``COMPILE_TIMEOUT_S`` of wall

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from unmask import LLM, DiffusionParams
-from unmask.server.engine import commit_policy
+from unmask.server.engine import commit_counts, commit_policy
 from unmask.server.engine.client import Request
 from unmask.server.engine.sequence import Sequence
 
@@ -70,7 +70,7 @@ def test_factor_count_equals_fast_dllm_loop():
         n = int(torch.randint(0, w + 1, (1,), generator=g))
         f = float(torch.rand(1, generator=g)) * 2
         row = torch.tensor(conf[:n] + [float("-inf")] * (w - n), dtype=torch.float64)
-        k = commit_policy.factor_k(row.sort(descending=True).values[None], torch.tensor([n]),
+        k = commit_counts.factor_k(row.sort(descending=True).values[None], torch.tensor([n]),
                                    torch.tensor([f], dtype=torch.float64))
         assert int(k) == _factor_loop(conf[:n], f)
 
@@ -107,7 +107,7 @@ def test_tied_sequences_of_a_batch_each_follow_their_own_1d_topk():
     for seq, sl, c, (pos, tok) in zip(seqs, slots, conf, commits):
         row = torch.full((seq.length,), float("-inf"), dtype=torch.float64)
         row[sl] = c
-        k = commit_policy.step_k(seq)
+        k = commit_counts.step_k(seq)
         want = torch.topk(row, k).indices.sort().values
         assert sorted(pos) == want.tolist()
         assert sorted(tok) == (torch.searchsorted(sl, want) + start).tolist()

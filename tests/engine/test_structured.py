@@ -15,7 +15,7 @@ import torch
 from benchmarks.reference.family_checkpoints import write_family_checkpoint
 from tests.structured_cases import CHOICES, EMBEDDED, PROMPT, REGEXES, json_schemas, write_random_ckpt
 from unmask import LLM, DiffusionParams
-from unmask.server.engine import commit_policy, structured
+from unmask.server.engine import commit_constrained, structured
 from unmask.server.engine.client import RequestRejected
 from unmask.server.engine.constraint import StructuredOutputs
 
@@ -184,7 +184,7 @@ def test_run_length_follows_the_presets_rule(rule, conf, k, expect):
         params = DiffusionParams(max_tokens=8, **rule)
         plan, step_in_block, editing = [k], 0, None
 
-    assert commit_policy.run_length(Seq, torch.tensor(conf, dtype=torch.float64)) == expect
+    assert commit_constrained.run_length(Seq, torch.tensor(conf, dtype=torch.float64)) == expect
 
 
 @pytest.mark.parametrize("family", ["llada2", "dream"])

@@ -12,7 +12,7 @@ from benchmarks.reference.checkpoints import EOS_ID, EOT_ID, MASK_ID
 from tests.families.test_references import forward
 from unmask import DiffusionParams
 from unmask.server.engine.client import RequestRejected
-from unmask.server.engine.commit_policy import dream_k
+from unmask.server.engine.commit_counts import dream_k
 
 
 def _cases(n: int, seed: int = 21):

@@ -6,7 +6,8 @@ import torch
 from unmask import DiffusionParams
 from unmask.server.config import SchedulerConfig
 from unmask.server.engine.batch import StepResult
-from unmask.server.engine.commit_policy import candidates, step_k
+from unmask.server.engine.commit_counts import step_k
+from unmask.server.engine.commit_policy import candidates
 from unmask.server.engine.kv_cache import KVCacheManager
 from unmask.server.engine.scheduler import Scheduler
 from unmask.server.engine.client import Request
