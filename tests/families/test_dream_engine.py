@@ -9,7 +9,7 @@ import torch
 
 from benchmarks.reference import dream_generate, llada_generate
 from benchmarks.reference.checkpoints import EOS_ID, EOT_ID, MASK_ID
-from tests.families.test_references import forward
+from tests.families.test_references import cut_at_stop, forward
 from unmask import DiffusionParams
 from unmask.server.engine.client import RequestRejected
 from unmask.server.engine.commit_counts import dream_k
@@ -32,15 +32,6 @@ def _cases(n: int, seed: int = 21):
     return out
 
 
-def _cut(tokens, stop_ids):
-    out = []
-    for t in tokens:
-        if t in stop_ids:
-            break
-        out.append(t)
-    return out
-
-
 def _reference(model, prompt, params, stop_ids):
     x = torch.tensor([prompt])
     if params.alg is not None:
@@ -50,7 +41,7 @@ def _reference(model, prompt, params, stop_ids):
         y = llada_generate.generate(forward(model, False), x, steps=params.steps,
                                     gen_length=params.canvas_length, block_length=params.block_length,
                                     mask_id=MASK_ID, eos_id=EOS_ID, eot_id=EOT_ID)
-    return _cut(y[0, len(prompt):len(prompt) + params.max_tokens].tolist(), stop_ids)
+    return cut_at_stop(y[0, len(prompt):len(prompt) + params.max_tokens].tolist(), stop_ids)
 
 
 CASES = _cases(50)

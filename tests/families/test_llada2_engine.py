@@ -10,7 +10,7 @@ import torch
 
 from benchmarks.reference import llada2_generate
 from benchmarks.reference.checkpoints import EOS_ID, MASK_ID
-from tests.families.test_references import forward
+from tests.families.test_references import cut_at_stop, forward
 from unmask import DiffusionParams
 from unmask.server.engine.client import RequestRejected
 from unmask.server.engine.family_rules import LLADA2_THRESHOLD
@@ -51,12 +51,7 @@ def _reference(model, prompt, params, threshold, stop_ids):
                                  threshold=threshold, eos_early_stop=params.early_stop and not editing,
                                  editing_threshold=params.editing_threshold, max_post_steps=params.max_post_steps,
                                  mask_id=MASK_ID, eos_id=EOS_ID)
-    out = []
-    for t in x[0, len(prompt):len(prompt) + params.max_tokens].tolist():
-        if t in stop_ids:
-            break
-        out.append(t)
-    return out
+    return cut_at_stop(x[0, len(prompt):len(prompt) + params.max_tokens].tolist(), stop_ids)
 
 
 CASES = _cases(50)

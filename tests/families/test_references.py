@@ -21,6 +21,16 @@ def forward(model, blocks: bool):
     return run
 
 
+def cut_at_stop(tokens: list[int], stop_ids) -> list[int]:
+    """A reference canvas's answer as the engine returns it: the tokens before the first stop id."""
+    out = []
+    for t in tokens:
+        if t in stop_ids:
+            break
+        out.append(t)
+    return out
+
+
 def full_canvas(model, total):
     """Forward of the whole aligned canvas (the suffix beyond the window masked), cut back to the window."""
     def run(x, block_length):
