@@ -3,6 +3,13 @@ overall, through the offline engine (``unmask.LLM``) or a running server's OpenA
 
     python -m benchmarks.quality --model tiny-llada-instruct --preset exact --n 50 --seed 0 --json q.json
     python -m benchmarks.quality --model tiny-llada-instruct --url http://127.0.0.1:8000 --preset fast
+    python -m benchmarks.quality --model tiny-llada-instruct --tasks infill,json,tool_call,tool_plain [--constrained]
+
+The API tasks (``recipes/tasks_api.py``) go through what a client would use: ``infill`` through ``suffix=`` (its
+text + the end-of-turn token; offline only), ``json`` through ``response_format: json_schema`` and the tool tasks
+through ``tools`` with ``tool_choice: auto`` over HTTP, or the same constraint / the server's tool system message
+offline. ``--constrained`` turns the constraint on (json: the answer's schema; tool_call: ``tool_choice:
+required``); without it the model answers freely and must get the format right by itself.
 
 Forward and reversal directions of the lookup and couplet tasks are separate rows (and a ``directions``
 block in the JSON), as in the LLaDA paper's poem table. Prints a table; ``--json`` writes the numbers
@@ -17,7 +24,8 @@ import json
 import time
 from pathlib import Path
 
-from recipes.tasks import TASKS, Example, check, heldout_set
+from recipes.tasks import TASKS, Example
+from recipes.tasks_api import ALL_TASKS, check, heldout_set, json_schema, tool_function
 
 DEFAULT_MAX_TOKENS = 64
 """Generation length the model cards report (the engine's default)."""
@@ -35,7 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS)
     p.add_argument("--block-length", type=int, default=None, help="default: the engine's (32 if it divides)")
     p.add_argument("--steps", type=int, default=None, help="default: max_tokens (one token per step)")
-    p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of tasks")
+    p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated tasks of {','.join(ALL_TASKS)}")
+    p.add_argument("--constrained", action="store_true",
+                   help="json / tool_call answers under their grammar constraint (response_format / tool_choice)")
     p.add_argument("--concurrency", type=int, default=32, help="HTTP requests in flight")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
@@ -46,7 +56,26 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _messages(ex: Example) -> list[dict]:
-    return [{"role": "user", "content": ex.prompt}]
+    """The chat messages of an example (its system message: the tool list, as the server renders ``tools``)."""
+    return ([{"role": "system", "content": ex.system}] if ex.system else []) + [{"role": "user", "content": ex.prompt}]
+
+
+def _constraint(ex: Example, args) -> dict | None:
+    """The structured-output constraint of an example under ``--constrained`` (None: free answer)."""
+    if not args.constrained:
+        return None
+    if ex.task == "json":
+        return {"json": json_schema(ex)}
+    if ex.task == "tool_call":
+        from unmask.server.api.tools import call_schema
+
+        return {"json": call_schema([tool_function(n) for n in _tools(ex)], parallel=True)}
+    return None
+
+
+def _tools(ex: Example) -> list[str]:
+    """Names of the tools an example's system message shows."""
+    return [json.loads(line)["name"] for line in (ex.system or "").splitlines() if line.startswith("{")]
 
 
 def run_offline(examples: list[Example], args) -> list[str]:
@@ -54,9 +83,23 @@ def run_offline(examples: list[Example], args) -> list[str]:
     from unmask import LLM, DiffusionParams
 
     llm = LLM(model=args.model, device=args.device, dtype=args.dtype, quantization=args.quantization)
-    params = DiffusionParams(max_tokens=args.max_tokens, block_length=args.block_length, steps=args.steps,
-                             temperature=0.0, preset=args.preset)
-    return [out.text for out in llm.generate([_messages(ex) for ex in examples], params)]
+    eot = llm.engine.model_config.eot_token_id
+    params = [DiffusionParams(max_tokens=args.max_tokens, block_length=args.block_length, steps=args.steps,
+                              temperature=0.0, preset=args.preset, structured_outputs=_constraint(ex, args))
+              for ex in examples]
+    suffixes = [llm.tokenizer.encode(ex.suffix) + [eot] if ex.task == "infill" else [] for ex in examples]
+    outs = llm.generate([_messages(ex) for ex in examples], params, suffix=suffixes)
+    return [_call_text(out.text) if ex.task.startswith("tool") and args.constrained else out.text
+            for ex, out in zip(examples, outs)]
+
+
+def _call_text(text: str) -> str:
+    """A forced call's answer (a JSON list of calls) as one call's JSON, the way the examples write it."""
+    try:
+        calls = json.loads(text)
+    except ValueError:
+        return text
+    return json.dumps(calls[0]) if isinstance(calls, list) and len(calls) == 1 else text
 
 
 def run_http(examples: list[Example], args) -> list[str]:
@@ -71,11 +114,24 @@ def run_http(examples: list[Example], args) -> list[str]:
         args.model = model  # recorded in the results
 
         def one(ex: Example) -> str:
-            body = {"model": model, "messages": _messages(ex), "max_tokens": args.max_tokens,
-                    "temperature": 0.0, "preset": args.preset, **extra}
+            if ex.task == "infill":
+                raise SystemExit("infill runs offline only (chat has no suffix)")
+            body = {"model": model, "messages": [{"role": "user", "content": ex.prompt}],
+                    "max_tokens": args.max_tokens, "temperature": 0.0, "preset": args.preset, **extra}
+            if ex.system:  # the tools go in as `tools`: the server renders the same system message
+                body["tools"] = [{"type": "function", "function": tool_function(n)} for n in _tools(ex)]
+                body["tool_choice"] = "required" if args.constrained and ex.task == "tool_call" else "auto"
+            elif args.constrained and ex.task == "json":
+                body["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "strict": True,
+                                                                                  "schema": json_schema(ex)}}
             resp = client.post(f"{base}/v1/chat/completions", json=body)
             resp.raise_for_status()
-            return resp.json()["choices"][0]["message"]["content"] or ""
+            message = resp.json()["choices"][0]["message"]
+            calls = message.get("tool_calls") or []
+            if calls:
+                return json.dumps([{"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}
+                                   for c in calls][0] if len(calls) == 1 else calls)
+            return message["content"] or ""
 
         with concurrent.futures.ThreadPoolExecutor(args.concurrency) as pool:
             return list(pool.map(one, examples))
@@ -87,7 +143,7 @@ def score(examples: list[Example], replies: list[str]) -> dict:
     for ex, reply in zip(examples, replies):
         totals[ex.task] += 1
         hits[ex.task] += check(ex, reply)
-    rows = {t: {"n": totals[t], "correct": hits[t], "accuracy": hits[t] / totals[t]} for t in TASKS if totals[t]}
+    rows = {t: {"n": totals[t], "correct": hits[t], "accuracy": hits[t] / totals[t]} for t in ALL_TASKS if totals[t]}
     n, c = sum(totals.values()), sum(hits.values())
     directions = {name: {"forward": rows[f]["accuracy"], "reversal": rows[r]["accuracy"]}
                   for name, (f, r) in DIRECTIONS.items() if f in rows and r in rows}
@@ -109,17 +165,17 @@ def print_table(result: dict, header: str) -> None:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     wanted = tuple(t for t in args.tasks.split(",") if t)
-    unknown = set(wanted) - set(TASKS)
+    unknown = set(wanted) - set(ALL_TASKS)
     if unknown:
-        raise SystemExit(f"unknown tasks {sorted(unknown)}; choose from {TASKS}")
-    examples = heldout_set(args.n, seed=args.seed, tasks=wanted)
+        raise SystemExit(f"unknown tasks {sorted(unknown)}; choose from {ALL_TASKS}")
+    examples = heldout_set(args.n, seed=args.seed, tasks_wanted=wanted)
     t0 = time.time()
     replies = run_http(examples, args) if args.url else run_offline(examples, args)
     elapsed = time.time() - t0
     result = score(examples, replies)
     result["settings"] = {"model": args.model, "url": args.url, "preset": args.preset, "n_per_task": args.n,
                           "seed": args.seed, "max_tokens": args.max_tokens, "block_length": args.block_length,
-                          "steps": args.steps, "temperature": 0.0, "elapsed_s": round(elapsed, 1)}
+                          "steps": args.steps, "constrained": args.constrained, "temperature": 0.0, "elapsed_s": round(elapsed, 1)}
     print_table(result, f"model={args.model or 'default'} via={'http ' + args.url if args.url else 'offline'} "
                         f"preset={args.preset} max_tokens={args.max_tokens} block={args.block_length} "
                         f"steps={args.steps} n/task={args.n} seed={args.seed} ({elapsed:.0f}s)")

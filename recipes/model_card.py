@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from recipes import tasks
-from recipes.train_tiny import TASK_WEIGHTS
+from recipes.step_data import TASK_WEIGHTS
 
 TASK_TEXT = {
     "add": f"a + b, both operands with exactly {tasks.DIGITS} digits",

@@ -1,9 +1,10 @@
 """Turn task examples into LLaDA SFT sequences: chat-templated prompt + EOS-padded response.
 
-A sequence is ``prompt_ids + response_ids`` where ``response_ids = answer + [end of turn] + [eos] * pad``
+A sequence is ``prompt_ids + response_ids (+ suffix_ids)`` where ``response_ids = answer + [end of turn] + [eos] * pad``
 (LLaDA's SFT layout: the answer is closed by the end-of-turn token, ``<|eot_id|>`` or ``<|role_end|>``,
 then padded with ``<|endoftext|>`` up to the training length; the padding is trained on, so the model
-learns to fill a longer canvas with EOS). The prompt is rendered with the checkpoint's own chat
+learns to fill a longer canvas with EOS). An infilling example's response is its middle + EOS padding, followed
+by the clean suffix + end of turn (the canvas the engine builds for ``suffix=``). The prompt is rendered with the checkpoint's own chat
 template (jinja2, the way Hugging Face renders it), so training sees exactly what serving sends.
 
 Legend: N packed tokens of a batch, B sequences.
@@ -46,12 +47,21 @@ class ChatEncoder:
         msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
         return self.tok.encode(self.render(msgs)).ids
 
-    def response_ids(self, answer: str, length: int) -> list[int]:
-        """answer + end of turn + EOS padding, exactly ``length`` ids (ValueError if it does not fit)."""
-        ids = self.tok.encode(answer).ids + [self.eot_id]
+    def response_ids(self, answer: str, length: int, closed: bool = True) -> list[int]:
+        """answer + end of turn (unless not ``closed``: an infilling middle) + EOS padding, exactly ``length`` ids
+        (ValueError if it does not fit)."""
+        ids = self.tok.encode(answer).ids + ([self.eot_id] if closed else [])
         if len(ids) > length:
             raise ValueError(f"answer of {len(ids)} tokens does not fit a response of {length}")
         return ids + [self.eos_id] * (length - len(ids))
+
+    def suffix_ids(self, ex: Example) -> list[int]:
+        """An infilling example's suffix: its text + end of turn; [] for an ordinary example."""
+        return self.tok.encode(ex.suffix).ids + [self.eot_id] if ex.suffix else []
+
+    def need(self, ex: Example) -> int:
+        """Tokens the response region must hold at least: the answer, + end of turn unless infilling."""
+        return len(self.tok.encode(ex.answer).ids) + (0 if ex.suffix else 1)
 
     def decode_reply(self, ids: list[int]) -> str:
         """Generated ids -> text: cut at the first EOS / end of turn, special tokens skipped."""
@@ -78,6 +88,15 @@ class Batch:
     """Block-causal attention: each sequence's block size (absolute positions), or None (bidirectional)."""
 
 
+def system_message(ex: Example, rng: random.Random, system_prob: float, systems: tuple[str, ...]) -> str | None:
+    """The system turn of one training example: a random one of ``systems`` (probability ``system_prob``), the
+    example's own (a tool list) appended after a blank line as the server appends it, or None."""
+    system = rng.choice(systems) if rng.random() < system_prob else None
+    if ex.system:
+        return f"{system}\n\n{ex.system}" if system else ex.system
+    return system
+
+
 def make_batch(encoder: ChatEncoder, examples: list[Example], resp_lens: list[int], rng: random.Random,
                system_prob: float, systems: tuple[str, ...], equal_lengths: bool = False) -> Batch:
     """Pack ``examples`` into one SFT batch; sequence b gets a response region of ``resp_lens[b]`` tokens.
@@ -85,20 +104,18 @@ def make_batch(encoder: ChatEncoder, examples: list[Example], resp_lens: list[in
     Packing lets every sequence keep its own training length. With ``equal_lengths`` every response is
     padded further with EOS so that all sequences have the batch's longest total length, as LLaDA's SFT
     pads its dense batches (attention then runs as one batched call instead of one per sequence)."""
-    prompts = []
-    for ex in examples:
-        system = rng.choice(systems) if rng.random() < system_prob else None
-        prompts.append(encoder.prompt_ids(ex.prompt, system))
+    prompts = [encoder.prompt_ids(ex.prompt, system_message(ex, rng, system_prob, systems)) for ex in examples]
+    suffixes = [encoder.suffix_ids(ex) for ex in examples]
     if equal_lengths:
-        total = max(len(p) + r for p, r in zip(prompts, resp_lens))
-        resp_lens = [total - len(p) for p in prompts]
+        total = max(len(p) + r + len(s) for p, r, s in zip(prompts, resp_lens, suffixes))
+        resp_lens = [total - len(p) - len(s) for p, s in zip(prompts, suffixes)]
     ids, pos, resp, seq, lens = [], [], [], [], []
-    for b, (ex, p) in enumerate(zip(examples, prompts)):
-        r = encoder.response_ids(ex.answer, resp_lens[b])
-        n = len(p) + len(r)
-        ids += p + r
+    for b, (ex, p, s) in enumerate(zip(examples, prompts, suffixes)):
+        r = encoder.response_ids(ex.answer, resp_lens[b], closed=not ex.suffix)
+        n = len(p) + len(r) + len(s)
+        ids += p + r + s
         pos += range(n)
-        resp += [False] * len(p) + [True] * len(r)
+        resp += [False] * len(p) + [True] * len(r) + [False] * len(s)
         seq += [b] * n
         lens.append(n)
     return Batch(torch.tensor(ids), torch.tensor(pos), lens, torch.tensor(resp), torch.tensor(seq))
@@ -116,8 +133,9 @@ def make_block_batch(encoder: ChatEncoder, examples: list[Example], rng: random.
     response positions of the active block only, the ones the loss masks and scores."""
     ids, pos, resp, seq, lens, blocks = [], [], [], [], [], []
     for b, ex in enumerate(examples):
-        system = rng.choice(systems) if rng.random() < system_prob else None
-        p = encoder.prompt_ids(ex.prompt, system)
+        if ex.suffix:
+            raise ValueError("block-causal training has no infilling examples: no position sees a suffix")
+        p = encoder.prompt_ids(ex.prompt, system_message(ex, rng, system_prob, systems))
         content = encoder.tok.encode(ex.answer).ids + [encoder.eot_id]
         s = rng.choice(block_sizes)
         first, last = len(p) // s, (len(p) + len(content) - 1) // s

@@ -49,7 +49,11 @@ class Example:
     prompt: str
     """The user message."""
     answer: str
-    """The exact expected assistant reply."""
+    """The exact expected assistant reply (infilling: the middle between the prompt and ``suffix``)."""
+    suffix: str = ""
+    """Infilling: text after the reply (followed by the end of turn); empty for ordinary answers."""
+    system: str | None = None
+    """A system message the task needs (the tool list of ``tasks_api``), or None."""
 
 
 _TEMPLATES = {
@@ -76,7 +80,7 @@ _TEMPLATES = {
 }
 
 
-def _bucket(text: str) -> int:
+def bucket(text: str) -> int:
     """Stable (process-independent) hash bucket of a task instance."""
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") % HELDOUT_BUCKETS
 
@@ -158,7 +162,7 @@ def sample(task: str, rng: random.Random, split: str) -> Example:
         return rng.choice(table_pool(task, split))
     while True:
         instance, prompt, answer = _GENERATED[task](rng)
-        if (_bucket(instance) == 0) == (split == "heldout"):
+        if (bucket(instance) == 0) == (split == "heldout"):
             return Example(task, prompt, answer)
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import random
 import time
 from pathlib import Path
 
@@ -25,15 +24,11 @@ import torch
 from recipes import configs, objective, tasks, tokenizer_build
 from recipes.evaluate import evaluate
 from recipes.progress import progress
-from recipes.sft_data import Batch, ChatEncoder, make_batch, make_block_batch
+from recipes.sft_data import ChatEncoder
+from recipes.step_data import batches
 from unmask.server.config import from_dict
 from unmask.server.models.export import save_hf_checkpoint
 from unmask.server.models.registry import build_model
-
-TASK_WEIGHTS = {"add": 2.5, "sub": 2.5, "reverse": 2.0, "sort": 2.0, "upper": 1.5, "lookup_fwd": 0.6,
-                "lookup_rev": 0.6, "couplet_next": 0.3, "couplet_prev": 0.3}
-"""Relative frequency of each task in training batches (the generated tasks are the hard ones)."""
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -69,7 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="wall-clock guard: checkpoint and export when exceeded (the LR schedule stays cut)")
     p.add_argument("--task-weights", default=None, help="overrides of TASK_WEIGHTS, e.g. reverse=4,upper=4")
     p.add_argument("--init-from", default=None,
-                   help="start from this run's last.pt weights (fresh optimizer, schedule and step count)")
+                   help="start from this run's last.pt weights, or from an HF checkpoint directory (fresh "
+                        "optimizer, schedule and step count)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--export-only", action="store_true", help="export RUN/last.pt and exit")
     for name in ("d-model", "n-layers", "n-heads", "mlp-hidden-size", "hidden-size", "num-hidden-layers",
@@ -89,91 +85,6 @@ def lr_at(step: int, args, elapsed_s: float = 0.0) -> float:
     if args.max_minutes:
         frac = max(frac, elapsed_s / (60 * args.max_minutes))
     return args.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, frac))))
-
-
-def task_weights(args) -> dict[str, float]:
-    """TASK_WEIGHTS with the ``--task-weights name=w,...`` overrides applied."""
-    weights = dict(TASK_WEIGHTS)
-    for item in filter(None, (args.task_weights or "").split(",")):
-        name, _, w = item.partition("=")
-        if name not in weights:
-            raise ValueError(f"--task-weights: unknown task {name!r} (tasks: {', '.join(weights)})")
-        weights[name] = float(w)
-    return weights
-
-
-def response_length(need: int, rng: random.Random, args) -> int:
-    """Training length of one response (answer + end of turn = ``need`` tokens, then EOS padding):
-    the generation length ``--resp-len`` (20%), a random length up to ``--max-resp-len`` (10%), or the
-    answer plus 0-8 padding tokens (70%, cheap; it still teaches the EOS run after the end of turn)."""
-    u = rng.random()
-    if u < 0.20:
-        return max(need, args.resp_len)
-    if u < 0.30:
-        return rng.randint(need, max(need, args.max_resp_len))
-    return need + rng.randint(0, 8)
-
-
-def attn_blocks(args) -> tuple[int, ...]:
-    """``--attn-blocks`` as a tuple of positive block sizes."""
-    sizes = tuple(int(x) for x in str(args.attn_blocks).split(",") if x.strip())
-    if not sizes or min(sizes) <= 0:
-        raise ValueError(f"--attn-blocks {args.attn_blocks!r}: expected positive block sizes, e.g. 32 or 16,32")
-    return sizes
-
-
-def step_batch(encoder: ChatEncoder, args, step: int):
-    """The batch of ``step``: a pure function of (seed, step), which makes resuming exact."""
-    rng = random.Random(f"{args.seed}/batch/{step}")
-    weights = task_weights(args)
-    names = list(weights)
-    exs = [tasks.sample(t, rng, "train") for t in rng.choices(names, [weights[t] for t in names],
-                                                                k=args.batch_size)]
-    if args.family == "llada2":
-        return make_block_batch(encoder, exs, rng, args.system_prob, tokenizer_build.SYSTEM_PROMPTS,
-                                attn_blocks(args))
-    resp = [response_length(len(encoder.tok.encode(ex.answer).ids) + 1, rng, args) for ex in exs]
-    return make_batch(encoder, exs, resp, rng, args.system_prob, tokenizer_build.SYSTEM_PROMPTS,
-                      equal_lengths=args.equal_lengths)
-
-
-_WORKER: tuple | None = None
-
-
-def _worker_init(tok_dir: str, family: str, args) -> None:
-    global _WORKER
-    torch.set_num_threads(1)
-    _WORKER = (ChatEncoder(tok_dir, family), args)
-
-
-def _worker_batch(step: int):
-    """A batch as plain numpy arrays (they pickle by value; tensors would travel as shared-memory fds)."""
-    encoder, args = _WORKER
-    b = step_batch(encoder, args, step)
-    return (b.input_ids.numpy(), b.positions.numpy(), b.seq_lens, b.response.numpy(), b.seq_index.numpy(),
-            b.attn_blocks)
-
-
-def _from_worker(arrays) -> Batch:
-    ids, pos, lens, resp, seq, blocks = arrays
-    return Batch(torch.from_numpy(ids), torch.from_numpy(pos), lens, torch.from_numpy(resp), torch.from_numpy(seq),
-                 blocks)
-
-
-def batches(encoder: ChatEncoder, args, start: int):
-    """Batches of steps ``start..args.steps-1`` in order, built inline or by ``args.workers`` processes
-    (each batch is a pure function of (seed, step), so both give the same stream)."""
-    if args.workers <= 0:
-        for step in range(start, args.steps):
-            yield step_batch(encoder, args, step)
-        return
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    tok_dir = str(Path(args.run_dir) / "tokenizer")
-    with ctx.Pool(args.workers, initializer=_worker_init, initargs=(tok_dir, args.family, args)) as pool:
-        for arrays in pool.imap(_worker_batch, range(start, args.steps), chunksize=4):
-            yield _from_worker(arrays)
 
 
 def setup(args):
@@ -221,6 +132,15 @@ def log_eval(model, encoder, cfg, args, log, step: int) -> dict:
     return acc
 
 
+def initial_weights(path: Path, device: str) -> dict:
+    """``--init-from``: a run directory's last.pt model state, or an HF checkpoint's weights (bf16 -> fp32)."""
+    if (path / "last.pt").exists():
+        return torch.load(path / "last.pt", map_location=device)["model"]
+    from unmask.server.models.loader import load_model
+
+    return load_model(path, device, torch.float32)[0].state_dict()
+
+
 def train(args) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -237,7 +157,7 @@ def train(args) -> None:
     if args.export_only:
         return export(model, cfg, cfg_json, args)
     if args.init_from:
-        model.load_state_dict(torch.load(Path(args.init_from) / "last.pt", map_location=args.device)["model"])
+        model.load_state_dict(initial_weights(Path(args.init_from), args.device))
         print(f"initialised from {args.init_from}")
     balance = objective.RouterBalance(model)
     bias_balance = objective.ExpertBiasBalance(model, args.bias_rate, fresh=start == 0 and not args.init_from)
