@@ -275,18 +275,23 @@ class ChatCompletionRequest(GenerateRequest):
         return tool_plan(self)
 
     def constraint(self) -> tuple[StructuredOutputs | None, str | None]:
-        """A forced tool call (tool_choice required / named) is this request's constraint; with it, no other."""
-        own = request_constraint(self)
-        plan = self.tool_plan()
-        if plan is None or not plan.forced:
-            return own
-        if own[0] is not None:
-            raise bad_request(f"tool_choice={self.tool_choice!r} forces a tool call; it cannot be combined with "
-                              f"{own[1]}", own[1])
-        return plan.constraint(), "tools"
+        return constraint_with_tools(self)
 
     def logprobs_count(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
+
+
+def constraint_with_tools(body) -> tuple[StructuredOutputs | None, str | None]:
+    """A body's structured-output constraint and the field it came from (protocol_structured.py); a forced tool
+    call (tool_choice required / named, ``body.tool_plan()``) is the constraint, and then no other may be set."""
+    own = request_constraint(body)
+    plan = body.tool_plan()
+    if plan is None or not plan.forced:
+        return own
+    if own[0] is not None:
+        raise bad_request(f"tool_choice={body.tool_choice!r} forces a tool call; it cannot be combined with "
+                          f"{own[1]}", own[1])
+    return plan.constraint(), "tools"
 
 
 def check_top_logprobs(top: int | None, asked: bool, flag: str = "logprobs") -> None:

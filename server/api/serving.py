@@ -54,20 +54,21 @@ class EchoOnly:
 
 class Shape(Protocol):
     """The wire shapes of one endpoint (serving_completion.CompletionShape, serving_chat.ChatShape,
-    serving_responses.ResponseShape): the events of a stream and the one answer of a non-streaming request."""
+    responses_shape.ResponseShape): the events of a stream and the one answer of a non-streaming request."""
 
     def head(self) -> list[bytes]:
         """Events that open a stream, before any text."""
     def chunk(self, index: int, text: str, finish_reason: str | None = None, stop_reason: str | None = None,
-              usage_: dict | None = None, logprobs: list | None = None) -> dict | None:
-        """A stream delta of choice ``index`` (the last one carries its finish reason); None: no event.
+              usage_: dict | None = None, logprobs: list | None = None) -> dict | list[dict] | None:
+        """A stream delta of choice ``index`` (the last one carries its finish reason); None: no event; a list:
+        several events (the Responses API opens an output item with its first delta).
         ``logprobs``: (token id, entry) of the tokens it carries (api/logprobs.py), None when not asked for."""
     def role_chunk(self, index: int) -> dict | None:
         """Chat's first chunk of a choice, sent with its first text (None: no such chunk)."""
     def usage_chunk(self, usage_: dict | None) -> dict:
         """The shape a denoise event borrows (and, with include_usage, the usage chunk)."""
-    def encode(self, event: dict) -> bytes:
-        """One event as SSE bytes."""
+    def encode(self, event: dict | list[dict]) -> bytes:
+        """One event (or the list a chunk returned) as SSE bytes."""
     def tail(self, choices: list[Choice], usage_: dict, include_usage: bool) -> list[bytes]:
         """Events that close a finished stream."""
     def error_events(self, body: dict) -> bytes:

@@ -49,7 +49,7 @@ def test_nothing_is_stored(client, http):
         client.responses.create(model="tiny", input="B", previous_response_id="resp_x")
     r = client.responses.create(model="tiny", input="B", max_output_tokens=4, store=True)
     assert http.get(f"/v1/responses/{r.id}").status_code == 404
-    bad = http.post("/v1/responses", json={"input": [{"type": "function_call_output", "output": "x"}]})
+    bad = http.post("/v1/responses", json={"input": [{"type": "reasoning", "summary": []}]})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "input.0.type"
-    tools = http.post("/v1/responses", json={"input": "B", "tools": [{"type": "function", "name": "f"}]})
-    assert tools.status_code == 400 and tools.json()["error"]["param"] == "tools"
+    effort = http.post("/v1/responses", json={"input": "B", "reasoning": {"effort": "high"}})
+    assert effort.status_code == 400 and effort.json()["error"]["param"] == "reasoning"

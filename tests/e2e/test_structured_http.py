@@ -1,7 +1,8 @@
 """Structured outputs and tool calls over HTTP, parsed by the openai SDK: the 50 schemas through every field that
 carries a JSON schema (response_format, structured_outputs, guided_json), streamed and not, on both presets,
 concurrently with unconstrained requests; regex and choice on completions; the Responses API's text.format;
-n > 1 with a seed at T > 0; tools with required / named / auto; 400s that name the field."""
+n > 1 with a seed at T > 0; tools with required / named / auto, on chat and on the Responses API (function_call
+items, their stream events, history items); 400s that name the field."""
 from __future__ import annotations
 
 import asyncio
@@ -174,6 +175,68 @@ def test_auto_and_none_answer_with_text_and_history_renders(srv):
     assert '{"name":"add","arguments":{"a":12,"b":30}}' in text and "tool\n\n42" in text  # specials skipped
     r = client.chat.completions.create(model="tiny", messages=history, tools=[ADD], max_tokens=8)
     assert r.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+
+RESPONSES_TOOLS = [{"type": "function", **t["function"]} for t in TOOLS]
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "name": "city"}])
+def test_responses_forced_calls_are_function_call_items_streamed_and_not(srv, choice):
+    client = srv.openai()
+    kw = dict(model="tiny", input=PROMPT, tools=RESPONSES_TOOLS, tool_choice=choice, max_output_tokens=128,
+              extra_body={"preset": "fast"})
+    r = client.responses.create(**kw)
+    assert r.status == "completed" and r.output and all(o.type == "function_call" for o in r.output)
+    _check_calls([(o.call_id, o.name, o.arguments) for o in r.output], choice if choice == "required" else "named",
+                 parallel=choice == "required")
+    assert r.tool_choice == choice or r.tool_choice.name == "city"
+    with client.responses.stream(**kw) as stream:
+        kinds, args = [], {}
+        for event in stream:
+            kinds.append(event.type)
+            if event.type == "response.function_call_arguments.delta":
+                args[event.output_index] = args.get(event.output_index, "") + event.delta
+        final = stream.get_final_response()
+    assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.completed"
+    assert "response.output_text.delta" not in kinds and kinds.count("response.output_item.added") == len(final.output)
+    assert [o.arguments for o in final.output] == [args[k] for k in range(len(final.output))]
+    _check_calls([(o.call_id, o.name, o.arguments) for o in final.output], choice if choice == "required" else "named",
+                 parallel=choice == "required")
+
+
+def test_responses_auto_answers_text_and_renders_call_history_like_chat(srv):
+    client = srv.openai()
+    r = client.responses.create(model="tiny", input=PROMPT, tools=RESPONSES_TOOLS, max_output_tokens=16)
+    chat = client.chat.completions.create(model="tiny", messages=PROMPT, tools=TOOLS, max_tokens=16)
+    assert r.output[0].type == "message" and r.output_text == chat.choices[0].message.content
+    with client.responses.stream(model="tiny", input=PROMPT, tools=RESPONSES_TOOLS, max_output_tokens=16) as s:
+        events = list(s)  # the random model's answer may end by the budget: response.incomplete
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == r.output_text
+    assert events[-1].type in ("response.completed", "response.incomplete")
+    assert events[-1].response.output[0].content[0].text == r.output_text
+    history = [{"type": "function_call", "call_id": "call_1", "name": "add", "arguments": '{"a": 12, "b": 30}'},
+               {"type": "function_call_output", "call_id": "call_1", "output": "42"}]
+    chat_history = [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a": 12, "b": 30}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "42"}]
+    r = client.responses.create(model="tiny", input=PROMPT + history, tools=RESPONSES_TOOLS, max_output_tokens=8)
+    chat = client.chat.completions.create(model="tiny", messages=PROMPT + chat_history, tools=TOOLS, max_tokens=8)
+    assert r.usage.input_tokens == chat.usage.prompt_tokens  # the same rendered prompt
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"tools": [{"type": "web_search"}]}, "tools.0.type"),
+    ({"tools": [{"type": "function", "name": ""}]}, "tools.0.name"),
+    ({"tools": RESPONSES_TOOLS, "tool_choice": {"type": "function", "name": "nope"}}, "tool_choice"),
+    ({"tools": RESPONSES_TOOLS, "tool_choice": {"type": "file_search"}}, "tool_choice"),
+    ({"tools": RESPONSES_TOOLS, "tool_choice": "required",
+      "text": {"format": {"type": "json_object"}}}, "text.format"),
+    ({"input": [{"type": "function_call_output", "output": "1"}]}, "input.0.call_id"),
+])
+def test_responses_bad_tools_are_400_naming_the_field(srv, body, param):
+    with srv.http() as h:
+        r = h.post("/v1/responses", json={"input": "hi", "max_output_tokens": 8, **body})
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
 
 
 @pytest.mark.parametrize("body, param", [

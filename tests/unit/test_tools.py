@@ -123,3 +123,45 @@ def test_history_calls_render_as_the_call_json():
     with pytest.raises(APIError) as e:
         tools.history_calls([{"id": "c", "function": {"name": "add", "arguments": "{"}}], 3)
     assert e.value.param == "messages.3.tool_calls.0"
+
+
+def _responses_shape(tool_choice=None):
+    from unmask.server.api.protocol_responses import ResponsesRequest
+    from unmask.server.api.responses_tool_shape import ToolResponseShape
+
+    body = ResponsesRequest(input="x", tools=[{"type": "function", **ADD["function"]}], tool_choice=tool_choice)
+    return ToolResponseShape(body, "tiny", None, None, body.tool_plan())
+
+
+def _events(shape, pieces: list[str], finish: str = "stop") -> list[dict]:
+    """Stream ``pieces`` through a Responses tool shape -> every event after the head, decoded."""
+    raw = b""
+    for i, piece in enumerate(pieces):
+        out = shape.chunk(0, piece, finish if i == len(pieces) - 1 else None)
+        raw += shape.encode(out) if out else b""
+    done = types.SimpleNamespace(text="".join(pieces), finish_reason=finish, token_ids=[], logprobs=None)
+    raw += b"".join(shape.tail([done], {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}, False))
+    return [json.loads(block.split(b"data: ", 1)[1]) for block in raw.split(b"\n\n") if block]
+
+
+@pytest.mark.parametrize("tool_choice", [None, "required"])
+def test_responses_calls_stream_as_function_call_items(tool_choice):
+    answer = ['[{"name":"add","argu', 'ments":{"a":1,', '"b":2}}]']
+    events = _events(_responses_shape(tool_choice), answer)
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "response.output_item.added" and kinds[-1] == "response.completed"
+    assert "response.output_text.delta" not in kinds and "response.content_part.added" not in kinds
+    added, final = events[0]["item"], events[-1]["response"]["output"]
+    args = "".join(e["delta"] for e in events if e["type"] == "response.function_call_arguments.delta")
+    assert args == '{"a":1,"b":2}' and added["type"] == "function_call" and added["name"] == "add"
+    assert final == [{**added, "arguments": args, "status": "completed"}]
+    assert [e["sequence_number"] for e in events] == sorted(e["sequence_number"] for e in events)
+
+
+def test_responses_auto_text_opens_the_message_with_its_first_text():
+    events = _events(_responses_shape(), ["The answer", " is 3."])
+    kinds = [e["type"] for e in events]
+    assert kinds[:3] == ["response.output_item.added", "response.content_part.added", "response.output_text.delta"]
+    assert events[-1]["response"]["output"][0]["content"][0]["text"] == "The answer is 3."
+    held = _events(_responses_shape(), ["{not a call", "}"])  # JSON-looking text that is no call: text at the end
+    assert [e["delta"] for e in held if e["type"] == "response.output_text.delta"] == ["{not a call}"]
