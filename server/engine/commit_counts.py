@@ -65,7 +65,9 @@ def ranked_counts(conf: torch.Tensor, cand: torch.Tensor, plan: CommitPlan):
     order, not ours)."""
     sorted_c = torch.sort(conf.double(), dim=1, descending=True).values  # [B, W], candidates first
     n = cand.sum(1)  # [B]
-    k = torch.where(plan.factor > 0, factor_k(sorted_c, n, plan.factor), plan.k.long())  # [B]
+    k = plan.k.long()  # [B]
+    if plan.uses_factor:
+        k = torch.where(plan.factor > 0, factor_k(sorted_c, n, plan.factor), k)
     if plan.strict is not None:  # compared in the confidences' dtype, as the reference compares
         above = (conf > plan.strict.to(conf.dtype)[:, None]).sum(1)  # [B] (NaN: never above)
         k = torch.where(plan.strict.isnan(), k, torch.maximum(above, torch.minimum(k, n)))
@@ -92,21 +94,19 @@ def reference_topk(plan: CommitPlan, tied: torch.Tensor, conf_bw: torch.Tensor, 
     ties the next: ``torch.topk`` on the host over the row the reference ranks (``CommitPlan.topk_row``: the canvas
     [L] or, LLaDA2, the block; −inf off candidates), whose order among equal confidences is topk's own. One 2-D
     ``topk`` per (row length, k) group: row by row it picks the same indices, in the same order, as the
-    reference's 1-D call on that row. tied [T] host batch indices,
-    conf_bw/x0_bw [B, W] (device), k [B] host -> ``out[i]`` replaced by (canvas positions, tokens)."""
-    rows = tied.to(conf_bw.device)
-    conf_t, x0_t, cand_t = conf_bw[rows].cpu(), x0_bw[rows].cpu(), plan.cand[rows].cpu()  # [T, W] each
-    origin = torch.tensor([plan.topk_row[i][0] for i in tied.tolist()])  # [T]
-    pos_t = plan.slot_pos[tied] - origin[:, None]  # [T, W] host row positions (padding slots: negative)
+    reference's 1-D call on that row. tied [T] host batch indices, conf_bw [B, W] (−inf off candidates) and
+    x0_bw [B, W] (device), k [B] host -> ``out[i]`` replaced by (canvas positions, tokens)."""
+    conf_h, x0_h = conf_bw.cpu(), x0_bw.cpu()  # [B, W] each (no copy on CPU)
     groups: dict[tuple[int, int], list[int]] = {}
-    for j, i in enumerate(tied.tolist()):
-        groups.setdefault((plan.topk_row[i][1], int(k[i])), []).append(j)
-    for (length, kk), js in groups.items():
-        g = torch.tensor(js)  # [G]
-        at = torch.where(plan.slot_pos[tied][g] >= 0, pos_t[g], length)  # [G, W] padding goes to a spare column
-        canvas = torch.full((g.numel(), length + 1), NEG_INF, dtype=conf_t.dtype)  # [G, L + 1]
-        canvas.scatter_(1, at, torch.where(cand_t[g], conf_t[g], NEG_INF))
-        tokens = torch.zeros(g.numel(), length + 1, dtype=x0_t.dtype).scatter_(1, at, x0_t[g])  # [G, L + 1]
+    for i in tied.tolist():
+        groups.setdefault((plan.topk_row[i][1], int(k[i])), []).append(i)
+    for (length, kk), rows in groups.items():
+        g = torch.tensor(rows)  # [G]
+        origin = torch.tensor([plan.topk_row[i][0] for i in rows])[:, None]  # [G, 1]
+        pos = plan.slot_pos[g]  # [G, W] canvas positions (padding slots: −1)
+        at = torch.where(pos >= 0, pos - origin, length)  # [G, W] row positions, padding to a spare column
+        canvas = torch.full((len(rows), length + 1), NEG_INF, dtype=conf_h.dtype).scatter_(1, at, conf_h[g])
+        tokens = torch.zeros(len(rows), length + 1, dtype=x0_h.dtype).scatter_(1, at, x0_h[g])  # [G, L + 1]
         chosen = torch.topk(canvas[:, :length], kk, dim=1).indices  # [G, k] row positions
-        for j, c, t in zip(js, chosen, tokens.gather(1, chosen)):
-            out[int(tied[j])] = ((c + origin[j]).tolist(), t.tolist())
+        for i, c, t in zip(rows, (chosen + origin).tolist(), tokens.gather(1, chosen).tolist()):
+            out[i] = (c, t)

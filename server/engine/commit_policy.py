@@ -148,6 +148,7 @@ class CommitPlan:
     strict: torch.Tensor | None  # [B] float64 device: LLaDA2's strict threshold with minimum count (NaN = not
     # that rule), or None when no sequence uses it
     factor: torch.Tensor  # [B] float64 device: Fast-dLLM factor f, 0 = none
+    uses_factor: bool  # host: some sequence has factor > 0 (else the factor rule's ops are skipped)
     random_conf: torch.Tensor | None  # [B, W] float32 device: host-drawn confidences (random remasking)
     is_random: torch.Tensor | None  # [B] bool device: the sequence uses random remasking
     eos_eot_rows: torch.Tensor | None  # [R] int64 device: logit rows of confidence_eos_eot_inf requests
@@ -169,9 +170,9 @@ def build_rules(seqs: list[Sequence], slots: list[torch.Tensor], device: torch.d
     def per_row(values, dtype):
         return torch.tensor([v for v, n in zip(values, counts) for _ in range(n)], dtype=dtype, device=device)  # [M]
 
-    seeds = []
-    for seq, pos in zip(seqs, slots):
-        seeds += [row_seed(seq.seed, seq.num_steps, p) for p in pos.tolist()]
+    seeds = []  # the noise only matters at T > 0 (remask_confidence reads the seeds of those rows alone)
+    for seq, pos, n in zip(seqs, slots, counts):
+        seeds += [row_seed(seq.seed, seq.num_steps, p) for p in pos.tolist()] if seq.params.temperature > 0 else [0] * n
     return LogitRules(
         temperature=per_row([s.params.temperature for s in seqs], torch.float32),
         seeds=torch.tensor(seeds, dtype=torch.int64, device=device),
@@ -188,9 +189,9 @@ def build_plan(seqs: list[Sequence], slots: list[torch.Tensor], device: torch.de
     masked = [s.canvas[pos] == s.mask_id for s, pos in zip(seqs, slots)]
     cand = torch.nn.utils.rnn.pad_sequence(masked, batch_first=True, padding_value=False)  # [B, W]
     row_slot = (slot_pos.view(-1) >= 0).nonzero(as_tuple=True)[0]  # [M], rows are slot-major per sequence
-    rand = [torch.rand(s.length, generator=s.generator)[pos] if s.params.remasking == "random" else
-            torch.zeros(pos.numel()) for s, pos in zip(seqs, slots)]
     is_random = [s.params.remasking == "random" for s in seqs]
+    rand = [torch.rand(s.length, generator=s.generator)[pos] if r else torch.zeros(pos.numel())
+            for s, pos, r in zip(seqs, slots, is_random)] if any(is_random) else None
     counts = [pos.numel() for pos in slots]
     starts = torch.cumsum(torch.tensor([0] + counts[:-1]), 0).tolist()
     eos_eot = [(torch.arange(a, a + n), s.params.temperature == 0) for s, a, n in zip(seqs, starts, counts)
@@ -206,7 +207,8 @@ def build_plan(seqs: list[Sequence], slots: list[torch.Tensor], device: torch.de
         strict=torch.tensor([float("nan") if s.threshold is None else s.threshold for s in seqs],
                             dtype=torch.float64, device=device) if any(s.threshold is not None for s in seqs) else None,
         factor=torch.tensor([s.params.factor or 0.0 for s in seqs], dtype=torch.float64, device=device),
-        random_conf=torch.nn.utils.rnn.pad_sequence(rand, batch_first=True).to(device) if any(is_random) else None,
+        uses_factor=any(s.params.factor for s in seqs),
+        random_conf=None if rand is None else torch.nn.utils.rnn.pad_sequence(rand, batch_first=True).to(device),
         is_random=torch.tensor(is_random, device=device) if any(is_random) else None,
         eos_eot_rows=torch.cat([r for r, _ in eos_eot]).to(device) if eos_eot else None,
         eos_eot_greedy=torch.cat([torch.full((r.numel(),), g) for r, g in eos_eot]).to(device) if eos_eot else None,
