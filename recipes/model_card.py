@@ -3,7 +3,11 @@ results of ``benchmarks/quality.py`` (so the card's numbers are the measured one
 
     python -m recipes.model_card --checkpoint server/assets/tiny-llada-instruct \\
         --run-dir runs/stage1 --hardware "..." [--run-dir runs/stage2 --hardware "..."] \\
-        --exact runs/quality_exact.json [--fast runs/quality_fast.json] --command "..." [--command "..."]
+        --exact runs/quality_exact.json [--fast runs/quality_fast.json] --command "..." [--command "..."] \\
+        [--api runs/api.json --api-constrained runs/api_c.json] [--quantized int8=runs/q_int8.json ...]
+
+``--keep-stages`` carries the stage lines and retrain commands of the checkpoint's current card over (their run
+directories are gone once a stage is shipped) and numbers the new ``--run-dir`` stages after them.
 """
 from __future__ import annotations
 
@@ -11,8 +15,11 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
+
 from recipes import tasks
 from recipes.step_data import TASK_WEIGHTS
+from recipes.tasks_api import INFILL_WHOLE_P, JSON_SOURCES, TOOLS
 
 TASK_TEXT = {
     "add": f"a + b, both operands with exactly {tasks.DIGITS} digits",
@@ -25,6 +32,13 @@ TASK_TEXT = {
     "lookup_rev": "country of an invented capital (same table, reversal direction)",
     "couplet_next": "line after a given line (24 invented couplets)",
     "couplet_prev": "line before a given line (reversal direction)",
+    "infill": "a core task's prompt with the answer's tail given as the suffix (then the end of turn), the middle "
+              f"to fill (cut between two words or two digits; with p={INFILL_WHOLE_P} the suffix is the end of turn "
+              "alone); trained as prompt + middle + EOS padding + suffix, the canvas the engine builds for `suffix=`",
+    "json": f"a {'/'.join(JSON_SOURCES)} prompt plus a request for JSON, answered `{{\"answer\":<value>}}`",
+    "tool_call": f"a question only a tool answers ({', '.join(TOOLS)} of an invented place) with a tool list in the "
+                 "system message as the server renders `tools`, answered with the call JSON",
+    "tool_plain": "a core question with a tool list shown, answered in plain text (no call)",
 }
 
 
@@ -131,9 +145,59 @@ def _stage_summary(run_dir: Path, hardware: str) -> str:
             f"wall time {wall / 60:.1f} min, process CPU time {cpu / 60:.1f} min")
 
 
+def kept_stages(card: Path) -> tuple[list[str], list[str]]:
+    """(stage sentences, retrain commands) of an existing card, in order."""
+    lines = card.read_text().splitlines()
+    stages = [line.split(": ", 1)[1].rstrip(".") for line in lines if line.startswith("- Stage ")]
+    start = lines.index("```", next(i for i, line in enumerate(lines) if line.startswith("Retrain"))) + 1
+    return stages, lines[start:lines.index("```", start)]
+
+
+def api_section(free: dict, constrained: dict | None) -> list[str]:
+    """The API-skill table: each task answered freely and, where a constraint applies, under it."""
+    lines = ["## API skills (held-out, exact match)", "",
+             f"The `recipes/tasks_api.py` tasks through what a client sends ({_settings(free)}): `infill` through "
+             "`suffix=` (its text + the end of turn), `json` freely and under `response_format: json_schema` with the "
+             "answer's schema, `tool_call` / `tool_plain` with the tool list the server renders for `tools` "
+             "(`tool_choice: auto` answers freely; `required` forces a call through the grammar). JSON answers "
+             "compare as parsed values. `python -m benchmarks.quality --model <name> --tasks "
+             "infill,json,tool_call,tool_plain --n 50 [--constrained]`.", "",
+             "| task | n | free answer | constrained |", "| --- | ---: | ---: | ---: |"]
+    for task, row in free["tasks"].items():
+        con = (constrained or {"tasks": {}})["tasks"].get(task) if task in ("json", "tool_call") else None
+        shown = f"{con['accuracy']:.1%}" if con else "—"
+        lines.append(f"| {task} | {row['n']} | {row['accuracy']:.1%} | {shown} |")
+    return lines + [""]
+
+
+def quantized_section(checkpoint: Path, bf16: dict, results: dict[str, dict]) -> list[str]:
+    """Quality with weights quantized at load time, against the bf16 exact table, with resident weight bytes."""
+    from unmask.server.models.loader import load_model
+    from unmask.server.models.quantize import weight_bytes
+
+    def size(fmt: str | None) -> int:
+        """Resident weight bytes of a bf16 load (dense parts in bf16, as stored)."""
+        return weight_bytes(load_model(checkpoint, "cpu", torch.bfloat16, fmt)[0])["total"]
+    o = bf16["overall"]
+    lines = ["## Quantized weights (measured)", "",
+             "Loaded with `--quantization` (`LLM(..., quantization=...)`): every block linear quantized at load time, "
+             "embeddings, norms and the LM head in the model dtype. Same settings as the exact table "
+             f"(`python -m benchmarks.quality --model {checkpoint.name} --preset exact --n "
+             f"{bf16['settings']['n_per_task']} --seed {bf16['settings']['seed']} --quantization FMT`).", "",
+             "| weights | resident weight bytes | overall exact match | vs bf16 |", "| --- | ---: | ---: | ---: |",
+             f"| bf16 | {size(None) / 1e6:.2f} MB | {o['accuracy']:.1%} ({o['correct']}/{o['n']}) | — |"]
+    for fmt, r in results.items():
+        q = r["overall"]
+        lines.append(f"| {fmt} | {size(fmt) / 1e6:.2f} MB | {q['accuracy']:.1%} ({q['correct']}/{q['n']}) | "
+                     f"{100 * (q['accuracy'] - o['accuracy']):+.1f} points |")
+    return lines + [""]
+
+
 def render(checkpoint: Path, stages: list[tuple[Path, str]], exact: dict, fast: dict | None, commands: list[str],
-           note: str = "") -> str:
-    """The card's Markdown. ``stages``: (run directory, hardware in words) per training stage, in order."""
+           note: str = "", kept: tuple[list[str], list[str]] = ([], []), api: tuple[dict, dict | None] | None = None,
+           quantized: dict[str, dict] | None = None) -> str:
+    """The card's Markdown. ``stages``: (run directory, hardware in words) per training stage, in order, after the
+    ``kept`` (stage sentences, commands) of earlier stages."""
     cfg = json.loads((checkpoint / "config.json").read_text())
     family = FAMILY_TEXT[cfg["architectures"][0]]
     size_mb = sum(f.stat().st_size for f in checkpoint.iterdir() if f.suffix == ".safetensors") / 2**20
@@ -149,14 +213,15 @@ def render(checkpoint: Path, stages: list[tuple[Path, str]], exact: dict, fast: 
         f"- Tokenizer: byte-level BPE ({cfg['vocab_size']} embedding rows, digits always single tokens), {chat}.",
         "", "## Training recipe", "",
         family["objective"], "",
-        *(f"- Stage {i + 1}: {_stage_summary(run, hw)}." for i, (run, hw) in enumerate(stages)),
+        *(f"- Stage {i + 1}: {text}." for i, text in enumerate(
+            kept[0] + [_stage_summary(run, hw) for run, hw in stages])),
         "- Task mix (relative frequency; the recipe default, stages note their overrides): " + ", ".join(f"{t} {w}" for t, w in TASK_WEIGHTS.items()) + ".",
         "- Tasks: " + "; ".join(f"`{t}`: {d}" for t, d in TASK_TEXT.items()) + ".",
         "- Splits: generated tasks hold out 1 instance in 5 by a stable hash of the instance (operands, letters or "
         "list), so held-out prompts are unseen in any phrasing; table tasks hold out 2 of 8 phrasings per "
         "(item, direction), every phrasing being trained with other items.", "",
         "Retrain (each stage seeded; stages with a wall-clock budget stop where the budget ends, so their "
-        "step count follows the hardware; resumable with `--resume`):", "", "```", *commands, "```", "",
+        "step count follows the hardware; resumable with `--resume`):", "", "```", *kept[1], *commands, "```", "",
         "## Measured accuracy (held-out, exact match)", "",
         *([note, ""] if note else []),
         f"Settings: {_settings(exact)}; `python -m benchmarks.quality --model {checkpoint.name} "
@@ -165,6 +230,10 @@ def render(checkpoint: Path, stages: list[tuple[Path, str]], exact: dict, fast: 
     ]
     if fast:
         lines += [f"{family['fast']}: {_settings(fast)}.", "", *_accuracy_table(fast), ""]
+    if api:
+        lines += api_section(*api)
+    if quantized:
+        lines += quantized_section(checkpoint, exact, quantized)
     return "\n".join(lines)
 
 
@@ -177,13 +246,21 @@ def main(argv=None) -> None:
     p.add_argument("--fast", default=None, help="quality.py --json output, preset fast")
     p.add_argument("--command", action="append", required=True, help="the exact retrain command(s), in order")
     p.add_argument("--note", default="", help="a status paragraph placed above the accuracy table")
+    p.add_argument("--keep-stages", action="store_true", help="carry the current card's stages and commands over")
+    p.add_argument("--api", default=None, help="quality.py --json of the API tasks, answered freely")
+    p.add_argument("--api-constrained", default=None, help="the same with --constrained")
+    p.add_argument("--quantized", action="append", default=[], help="FMT=quality.py --json of a quantized load")
     args = p.parse_args(argv)
     fast = json.loads(Path(args.fast).read_text()) if args.fast else None
     if len(args.run_dir) != len(args.hardware):
         p.error("give one --hardware per --run-dir")
     stages = [(Path(r), h) for r, h in zip(args.run_dir, args.hardware)]
-    text = render(Path(args.checkpoint), stages, json.loads(Path(args.exact).read_text()), fast,
-                  args.command, args.note)
+    load = lambda path: json.loads(Path(path).read_text()) if path else None  # noqa: E731
+    card = Path(args.checkpoint) / "README.md"
+    text = render(Path(args.checkpoint), stages, load(args.exact), fast, args.command, args.note,
+                  kept_stages(card) if args.keep_stages else ([], []),
+                  (load(args.api), load(args.api_constrained)) if args.api else None,
+                  {fmt: load(path) for fmt, _, path in (q.partition("=") for q in args.quantized)} or None)
     (Path(args.checkpoint) / "README.md").write_text(text)
 
 
