@@ -12,8 +12,8 @@ path, the same two calls:
 
 This module holds the per-step plan and those two calls; the rules they apply live beside it, one job each:
 ``commit_counts`` (how many a step commits: schedules, factor, LLaDA2's minimum counts, ties in the reference's
-order), ``commit_confidence`` (confidence_eos_eot_inf, Dream's margin / entropy) and ``commit_constrained``
-(the structured-output rule).
+order), ``commit_confidence`` (confidence_eos_eot_inf, Dream's margin / entropy), ``commit_editing`` (LLaDA2.1's
+token edits) and ``commit_constrained`` (the structured-output rule).
 
 Where each rule runs, and why:
 
@@ -47,6 +47,7 @@ parity holds wherever the k-th and (k+1)-th best differ, always in the float64 t
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import TYPE_CHECKING
 
 import torch
@@ -56,6 +57,7 @@ from unmask.server.engine import sampling, structured
 from unmask.server.engine.commit_confidence import dream_confidence, eos_eot_confidence
 from unmask.server.engine.commit_constrained import constrained_commits
 from unmask.server.engine.commit_counts import NEG_INF, ranked_counts, reference_topk, step_k
+from unmask.server.engine.commit_editing import edit_slots
 
 if TYPE_CHECKING:
     from unmask.server.engine.params import DiffusionParams
@@ -83,15 +85,6 @@ def needs_forward(seq: Sequence) -> bool:
     if seq.grammar is not None:
         return bool(seq.masked_in_block().any())
     return seq.params.parallel or seq.threshold is not None or step_k(seq) > 0
-
-
-def editing_block_finished(seq: Sequence, masked_left: int, changed: bool) -> bool:
-    """LLaDA2.1 editing, after a step: the block ends when the step changed nothing, or when it is full and its
-    ``max_post_steps`` edit-only steps have run (the reference's checks, moved to the end of the step). A cap of
-    block_length + max_post_steps steps bounds a model that keeps proposing the mask token."""
-    p = seq.params
-    return (not changed or (masked_left == 0 and seq.post_steps >= p.max_post_steps)
-            or seq.step_in_block >= p.block_length + p.max_post_steps)
 
 
 def skip_step(seq: Sequence) -> None:
@@ -133,6 +126,8 @@ class LogitRules:
     eos_bias: torch.Tensor  # [M] float32: −inf on rows of logits_eos_inf requests, else 0
     sampling: sampling.SamplingRules | None = None  # sampling controls, bans, penalties (None: no row uses one)
     grammar: structured.MaskJob | None = None  # grammar masks of constrained rows (None: no sequence has one)
+    biases: bool = True  # host: some row has a −inf mask or EOS bias (eager steps skip the adds when none has;
+    # a captured graph always applies them)
 
 
 @dataclasses.dataclass
@@ -173,13 +168,14 @@ def build_rules(seqs: list[Sequence], slots: list[torch.Tensor], device: torch.d
     seeds = []  # the noise only matters at T > 0 (remask_confidence reads the seeds of those rows alone)
     for seq, pos, n in zip(seqs, slots, counts):
         seeds += [row_seed(seq.seed, seq.num_steps, p) for p in pos.tolist()] if seq.params.temperature > 0 else [0] * n
+    mask_bias = [0.0 if s.params.is_exact or s.threshold is not None else NEG_INF for s in seqs]
+    eos_bias = [NEG_INF if s.params.logits_eos_inf else 0.0 for s in seqs]
     return LogitRules(
         temperature=per_row([s.params.temperature for s in seqs], torch.float32),
         seeds=torch.tensor(seeds, dtype=torch.int64, device=device),
-        mask_bias=per_row([0.0 if s.params.is_exact or s.threshold is not None else NEG_INF for s in seqs],
-                          torch.float32),
-        eos_bias=per_row([NEG_INF if s.params.logits_eos_inf else 0.0 for s in seqs], torch.float32),
-        sampling=sampling.build(seqs, slots, device), grammar=structured.mask_job(seqs, slots, device))
+        mask_bias=per_row(mask_bias, torch.float32), eos_bias=per_row(eos_bias, torch.float32),
+        sampling=sampling.build(seqs, slots, device), grammar=structured.mask_job(seqs, slots, device),
+        biases=any(mask_bias) or any(eos_bias))
 
 
 def build_plan(seqs: list[Sequence], slots: list[torch.Tensor], device: torch.device) -> CommitPlan:
@@ -193,7 +189,7 @@ def build_plan(seqs: list[Sequence], slots: list[torch.Tensor], device: torch.de
     rand = [torch.rand(s.length, generator=s.generator)[pos] if r else torch.zeros(pos.numel())
             for s, pos, r in zip(seqs, slots, is_random)] if any(is_random) else None
     counts = [pos.numel() for pos in slots]
-    starts = torch.cumsum(torch.tensor([0] + counts[:-1]), 0).tolist()
+    starts = list(itertools.accumulate(counts, initial=0))  # first logit row of each sequence
     eos_eot = [(torch.arange(a, a + n), s.params.temperature == 0) for s, a, n in zip(seqs, starts, counts)
                if s.params.confidence_eos_eot_inf]
     dream = [(torch.arange(a, a + n), s.params.alg == "entropy", s.params.temperature)
@@ -228,8 +224,9 @@ def build_plan(seqs: list[Sequence], slots: list[torch.Tensor], device: torch.de
 def apply_logit_rules(logits: torch.Tensor, rules: LogitRules, mask_id: int, eos_id: int) -> torch.Tensor:
     """logits [M, V] (modified in place and returned): the batched logits stage before the commit policy.
     Elementwise on per-row tensors only, so it can be captured in a CUDA graph."""
-    logits[:, mask_id] += rules.mask_bias.to(logits.dtype)
-    logits[:, eos_id] += rules.eos_bias.to(logits.dtype)
+    if rules.biases:
+        logits[:, mask_id] += rules.mask_bias.to(logits.dtype)
+        logits[:, eos_id] += rules.eos_bias.to(logits.dtype)
     if rules.grammar is not None:
         rules.grammar.apply(logits)
     if rules.sampling is not None:
@@ -288,15 +285,3 @@ def select(plan: CommitPlan, logits: torch.Tensor, x0: torch.Tensor, conf: torch
     if plan.logprobs is not None:
         sampling.token_logprobs(plan.logprobs, logits, x0, out)
     return out
-
-
-def edit_slots(plan: CommitPlan, conf_bw: torch.Tensor, x0_bw: torch.Tensor) -> torch.Tensor:
-    """LLaDA2.1's edits: committed (unmasked) slots whose proposal differs from their token with confidence above
-    the editing threshold (compared in the confidences' dtype). conf_bw/x0_bw [B, W] -> [B, W] int64 proposed
-    token where a slot is rewritten, else −1."""
-    current, thr = plan.editing
-    edit = (~plan.cand & (current >= 0) & (x0_bw != current)
-            & (conf_bw > thr.to(conf_bw.dtype)[:, None]))  # [B, W] (NaN threshold: never)
-    return torch.where(edit, x0_bw, -1)
-
-

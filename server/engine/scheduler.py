@@ -19,7 +19,8 @@ import torch
 from unmask.server.config import SchedulerConfig
 from unmask.server.engine.batch import Batch, StepOutput, StepResult
 from unmask.server.engine.kv_cache import KVCacheManager
-from unmask.server.engine.commit_policy import block_finished, editing_block_finished, finishes_on_stop
+from unmask.server.engine.commit_editing import editing_block_finished
+from unmask.server.engine.commit_policy import block_finished, finishes_on_stop
 from unmask.server.engine.sequence import Sequence, SeqStatus, StepKind
 
 
