@@ -73,8 +73,8 @@ class ResponsesRequest(GenerateRequest):
             raise bad_request("previous_response_id is not supported: this server stores no responses (every "
                               "response behaves as store=false); send the whole conversation as input",
                               "previous_response_id", "unsupported_parameter")
-        self.check_common(fields, " Reasoning effort does not apply: the embedded and supported models have no "
-                                  "reasoning mode to switch.")
+        self.check_common(fields, " reasoning.effort has no counterpart in the supported models (no reasoning-effort "
+                                  "control).")
         if self.n != 1:
             raise bad_request("the Responses API returns one output; n must be 1", "n")
         asked = LOGPROBS_INCLUDE in (self.include or ())

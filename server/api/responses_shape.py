@@ -54,7 +54,8 @@ class ResponseShape:
     def lifecycle_head(self) -> list[dict]:
         """response.created and response.in_progress."""
         pending = self.response("in_progress")
-        return [self._event("response.created", response=pending), self._event("response.in_progress", response=pending)]
+        return [self._event("response.created", response=pending),
+                self._event("response.in_progress", response=pending)]
 
     def open_message(self) -> list[dict]:
         """The events that open the message item and its text part (before the first text delta)."""

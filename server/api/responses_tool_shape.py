@@ -94,7 +94,8 @@ class ToolResponseShape(ResponseShape):
         message."""
         if self._item_ids:  # streamed: the items the client has seen
             status = "completed" if choice.finish_reason == "stop" else "incomplete"
-            return [self._call_item(k, name, arguments, status) for k, (name, arguments) in enumerate(self._announced())]
+            return [self._call_item(k, name, arguments, status)
+                    for k, (name, arguments) in enumerate(self._announced())]
         calls = tools.parse_calls(choice.text, self.plan) if choice.finish_reason == "stop" else None
         if calls is None:
             return super().output_items(choice, logprobs)
