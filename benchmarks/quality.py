@@ -8,8 +8,10 @@ overall, through the offline engine (``unmask.LLM``) or a running server's OpenA
 The API tasks (``recipes/tasks_api.py``) go through what a client would use: ``infill`` through ``suffix=`` (its
 text + the end-of-turn token; offline only), ``json`` through ``response_format: json_schema`` and the tool tasks
 through ``tools`` with ``tool_choice: auto`` over HTTP, or the same constraint / the server's tool system message
-offline. ``--constrained`` turns the constraint on (json: the answer's schema; tool_call: ``tool_choice:
-required``); without it the model answers freely and must get the format right by itself.
+offline. ``--constrained`` turns the constraint on (json: the answer's schema; tool_call: ``tool_choice: required`` with
+``parallel_tool_calls: false``, one call as the examples write it: under the list grammar of parallel calls a model
+that never saw a list keeps appending calls); without it the model answers freely and must get the format right by
+itself.
 
 Forward and reversal directions of the lookup and couplet tasks are separate rows (and a ``directions``
 block in the JSON), as in the LLaDA paper's poem table. Prints a table; ``--json`` writes the numbers
@@ -69,7 +71,7 @@ def _constraint(ex: Example, args) -> dict | None:
     if ex.task == "tool_call":
         from unmask.server.api.tools import call_schema
 
-        return {"json": call_schema([tool_function(n) for n in _tools(ex)], parallel=True)}
+        return {"json": call_schema([tool_function(n) for n in _tools(ex)], parallel=False)}
     return None
 
 
@@ -89,17 +91,7 @@ def run_offline(examples: list[Example], args) -> list[str]:
               for ex in examples]
     suffixes = [llm.tokenizer.encode(ex.suffix) + [eot] if ex.task == "infill" else [] for ex in examples]
     outs = llm.generate([_messages(ex) for ex in examples], params, suffix=suffixes)
-    return [_call_text(out.text) if ex.task.startswith("tool") and args.constrained else out.text
-            for ex, out in zip(examples, outs)]
-
-
-def _call_text(text: str) -> str:
-    """A forced call's answer (a JSON list of calls) as one call's JSON, the way the examples write it."""
-    try:
-        calls = json.loads(text)
-    except ValueError:
-        return text
-    return json.dumps(calls[0]) if isinstance(calls, list) and len(calls) == 1 else text
+    return [out.text for out in outs]
 
 
 def run_http(examples: list[Example], args) -> list[str]:
@@ -121,6 +113,7 @@ def run_http(examples: list[Example], args) -> list[str]:
             if ex.system:  # the tools go in as `tools`: the server renders the same system message
                 body["tools"] = [{"type": "function", "function": tool_function(n)} for n in _tools(ex)]
                 body["tool_choice"] = "required" if args.constrained and ex.task == "tool_call" else "auto"
+                body["parallel_tool_calls"] = False  # one call, as the examples write it
             elif args.constrained and ex.task == "json":
                 body["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "strict": True,
                                                                                   "schema": json_schema(ex)}}
@@ -175,7 +168,8 @@ def main(argv=None) -> dict:
     result = score(examples, replies)
     result["settings"] = {"model": args.model, "url": args.url, "preset": args.preset, "n_per_task": args.n,
                           "seed": args.seed, "max_tokens": args.max_tokens, "block_length": args.block_length,
-                          "steps": args.steps, "constrained": args.constrained, "temperature": 0.0, "elapsed_s": round(elapsed, 1)}
+                          "steps": args.steps, "constrained": args.constrained, "temperature": 0.0,
+                          "elapsed_s": round(elapsed, 1)}
     print_table(result, f"model={args.model or 'default'} via={'http ' + args.url if args.url else 'offline'} "
                         f"preset={args.preset} max_tokens={args.max_tokens} block={args.block_length} "
                         f"steps={args.steps} n/task={args.n} seed={args.seed} ({elapsed:.0f}s)")

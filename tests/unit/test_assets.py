@@ -19,7 +19,7 @@ DENSE, MOE = ASSETS / "tiny-llada-instruct", ASSETS / "tiny-llada-moe-instruct"
 LLADA2 = ASSETS / "tiny-llada2-instruct"
 FLOOR = 0.75
 """Fraction of the sampled held-out prompts (every task) that must be answered exactly: well below the cards'
-figures, 50 prompts per task: dense 96-100%, MoE 92-100% per task."""
+figures, 50 prompts per task: dense 94-100%, MoE 85-100% per task."""
 FLOORS = {"tiny-llada2-instruct": 0.4}
 """Models whose card reports less: LLaDA2-style 54.0% overall (one training stage; copying and arithmetic unlearned)."""
 PER_TASK = 4
