@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from recipes.tasks import TASKS, Example
-from recipes.tasks_api import ALL_TASKS, check, heldout_set, json_schema, tool_function
+from recipes.tasks_api import ALL_TASKS, check, heldout_set, json_schema, shown_tools, tool_function
 
 DEFAULT_MAX_TOKENS = 64
 """Generation length the model cards report (the engine's default)."""
@@ -71,13 +71,8 @@ def _constraint(ex: Example, args) -> dict | None:
     if ex.task == "tool_call":
         from unmask.server.api.tools import call_schema
 
-        return {"json": call_schema([tool_function(n) for n in _tools(ex)], parallel=False)}
+        return {"json": call_schema([tool_function(n) for n in shown_tools(ex)], parallel=False)}
     return None
-
-
-def _tools(ex: Example) -> list[str]:
-    """Names of the tools an example's system message shows."""
-    return [json.loads(line)["name"] for line in (ex.system or "").splitlines() if line.startswith("{")]
 
 
 def run_offline(examples: list[Example], args) -> list[str]:
@@ -111,7 +106,7 @@ def run_http(examples: list[Example], args) -> list[str]:
             body = {"model": model, "messages": [{"role": "user", "content": ex.prompt}],
                     "max_tokens": args.max_tokens, "temperature": 0.0, "preset": args.preset, **extra}
             if ex.system:  # the tools go in as `tools`: the server renders the same system message
-                body["tools"] = [{"type": "function", "function": tool_function(n)} for n in _tools(ex)]
+                body["tools"] = [{"type": "function", "function": tool_function(n)} for n in shown_tools(ex)]
                 body["tool_choice"] = "required" if args.constrained and ex.task == "tool_call" else "auto"
                 body["parallel_tool_calls"] = False  # one call, as the examples write it
             elif args.constrained and ex.task == "json":

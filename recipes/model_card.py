@@ -237,6 +237,10 @@ def render(checkpoint: Path, stages: list[tuple[Path, str]], exact: dict, fast: 
     return "\n".join(lines)
 
 
+def _load(path: str | None) -> dict | None:
+    return json.loads(Path(path).read_text()) if path else None
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True)
@@ -251,16 +255,15 @@ def main(argv=None) -> None:
     p.add_argument("--api-constrained", default=None, help="the same with --constrained")
     p.add_argument("--quantized", action="append", default=[], help="FMT=quality.py --json of a quantized load")
     args = p.parse_args(argv)
-    fast = json.loads(Path(args.fast).read_text()) if args.fast else None
+    fast = _load(args.fast)
     if len(args.run_dir) != len(args.hardware):
         p.error("give one --hardware per --run-dir")
     stages = [(Path(r), h) for r, h in zip(args.run_dir, args.hardware)]
-    load = lambda path: json.loads(Path(path).read_text()) if path else None  # noqa: E731
     card = Path(args.checkpoint) / "README.md"
-    text = render(Path(args.checkpoint), stages, load(args.exact), fast, args.command, args.note,
+    text = render(Path(args.checkpoint), stages, _load(args.exact), fast, args.command, args.note,
                   kept_stages(card) if args.keep_stages else ([], []),
-                  (load(args.api), load(args.api_constrained)) if args.api else None,
-                  {fmt: load(path) for fmt, _, path in (q.partition("=") for q in args.quantized)} or None)
+                  (_load(args.api), _load(args.api_constrained)) if args.api else None,
+                  {fmt: _load(path) for fmt, _, path in (q.partition("=") for q in args.quantized)} or None)
     (Path(args.checkpoint) / "README.md").write_text(text)
 
 

@@ -59,6 +59,11 @@ def tools_system_text(names: list[str]) -> str:
     return system_text(ToolPlan(tuple(tool_function(n) for n in names), "auto", None, True))
 
 
+def shown_tools(ex: Example) -> list[str]:
+    """Names of the tools a ``tool_call`` / ``tool_plain`` example's system message lists, in order ([] otherwise)."""
+    return [json.loads(line)["name"] for line in (ex.system or "").splitlines() if line.startswith("{")]
+
+
 def json_schema(ex: Example) -> dict:
     """The JSON schema a ``json`` example's reply satisfies (``answer``: integer for arithmetic, else string)."""
     kind = "integer" if isinstance(json.loads(ex.answer)["answer"], int) else "string"

@@ -19,7 +19,7 @@ from typing import Any, Literal, Mapping, Union
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from unmask.server.api.errors import bad_request, unsupported
-from unmask.server.api.protocol_structured import request_constraint
+from unmask.server.api.protocol_structured import constraint_with_tools, request_constraint
 from unmask.server.api.tools import ToolPlan, tool_plan
 from unmask.server.api.settings import ServerSettings
 from unmask.server.engine.constraint import StructuredOutputs
@@ -279,19 +279,6 @@ class ChatCompletionRequest(GenerateRequest):
 
     def logprobs_count(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
-
-
-def constraint_with_tools(body) -> tuple[StructuredOutputs | None, str | None]:
-    """A body's structured-output constraint and the field it came from (protocol_structured.py); a forced tool
-    call (tool_choice required / named, ``body.tool_plan()``) is the constraint, and then no other may be set."""
-    own = request_constraint(body)
-    plan = body.tool_plan()
-    if plan is None or not plan.forced:
-        return own
-    if own[0] is not None:
-        raise bad_request(f"tool_choice={body.tool_choice!r} forces a tool call; it cannot be combined with "
-                          f"{own[1]}", own[1])
-    return plan.constraint(), "tools"
 
 
 def check_top_logprobs(top: int | None, asked: bool, flag: str = "logprobs") -> None:

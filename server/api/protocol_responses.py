@@ -21,8 +21,8 @@ from typing import Any, Literal
 from pydantic import Field, StrictBool, StrictInt, StrictStr
 
 from unmask.server.api.errors import bad_request
-from unmask.server.api.protocol import (ChatMessage, ContentPart, GenerateRequest, OpenAIBase, check_top_logprobs,
-                                        constraint_with_tools)
+from unmask.server.api.protocol import ChatMessage, ContentPart, GenerateRequest, OpenAIBase, check_top_logprobs
+from unmask.server.api.protocol_structured import constraint_with_tools
 from unmask.server.api.tools import ToolPlan, tool_plan
 from unmask.server.engine.constraint import StructuredOutputs
 

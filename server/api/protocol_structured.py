@@ -49,6 +49,19 @@ def request_constraint(body: Any) -> tuple[StructuredOutputs | None, str | None]
     return (found[0][1], found[0][0]) if found else (None, None)
 
 
+def constraint_with_tools(body) -> tuple[StructuredOutputs | None, str | None]:
+    """A body's structured-output constraint and the field it came from (protocol_structured.py); a forced tool
+    call (tool_choice required / named, ``body.tool_plan()``) is the constraint, and then no other may be set."""
+    own = request_constraint(body)
+    plan = body.tool_plan()
+    if plan is None or not plan.forced:
+        return own
+    if own[0] is not None:
+        raise bad_request(f"tool_choice={body.tool_choice!r} forces a tool call; it cannot be combined with "
+                          f"{own[1]}", own[1])
+    return plan.constraint(), "tools"
+
+
 def _response_format(fmt: Any, field: str, nested: bool) -> StructuredOutputs | None:
     """OpenAI's response_format (chat: the schema under ``json_schema``) or text.format (Responses: inline)."""
     if not isinstance(fmt, dict):

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from recipes.tasks_api import check, heldout_set, json_schema, tool_function
+from recipes.tasks_api import check, heldout_set, json_schema, shown_tools, tool_function
 from tests.e2e.remote import RemoteServer
 
 N = 8
@@ -25,8 +25,7 @@ def srv():
 
 
 def _tools(ex) -> list[dict]:
-    names = [json.loads(line)["name"] for line in ex.system.splitlines() if line.startswith("{")]
-    return [{"type": "function", "function": tool_function(n)} for n in names]
+    return [{"type": "function", "function": tool_function(n)} for n in shown_tools(ex)]
 
 
 def _at_least(hits: list[bool], what: str) -> None:

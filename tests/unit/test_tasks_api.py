@@ -55,8 +55,7 @@ def test_json_and_tool_answers_parse_and_satisfy_their_schema():
         jsonschema.validate(json.loads(e.answer), tasks_api.json_schema(e))
         call = tasks_api.sample("tool_call", rng, "train")
         value = json.loads(call.answer)
-        shown = [json.loads(line)["name"] for line in call.system.splitlines() if line.startswith("{")]
-        assert value["name"] in shown and list(value["arguments"].values())[0] in call.prompt
+        assert value["name"] in tasks_api.shown_tools(call) and list(value["arguments"].values())[0] in call.prompt
         jsonschema.validate(value["arguments"], tasks_api.tool_function(value["name"])["parameters"])
 
 
