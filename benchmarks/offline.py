@@ -31,6 +31,7 @@ from benchmarks.reference import llada2_generate
 from benchmarks.reference.llada_generate import generate as reference_generate
 from recipes.tasks import check, heldout_set
 from unmask import LLM, DiffusionParams
+from unmask.kernels import options
 from unmask.server.models.attention_meta import AttentionMetadata, packed_positions
 
 
@@ -62,7 +63,7 @@ def reference_run(llm: LLM, prompts: list[list[int]], p: DiffusionParams) -> dic
                                   eot_id=cfg.eot_token_id or cfg.eos_token_id)
 
     outs, committed, t0 = [], 0, time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), options.use(llm.engine.runner.kernels):  # the engine's kernels, resolved once
         for ids in prompts:
             x = generate(torch.tensor([ids], device=llm.engine.device))  # [1, P] -> [1, L]
             gen = x[0, len(ids):len(ids) + p.max_tokens].tolist()

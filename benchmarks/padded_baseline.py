@@ -16,7 +16,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from unmask.kernels import ops
+from unmask.kernels import ops, options
 from unmask.server.models.attention_meta import AttentionMetadata
 
 from benchmarks.reference.llada_generate import generate as reference_generate
@@ -64,7 +64,7 @@ def padded_run(llm, prompts: list[list[int]], p, batch_size: int) -> dict:
     model, cfg, dev = llm.engine.model, llm.model_config, llm.engine.device
     pad_id = cfg.eos_token_id  # any non-mask id: pad positions are never candidates and never seen
     outs, steps, t0 = [], 0, time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), options.use(llm.engine.runner.kernels):  # the engine's kernels, resolved once
         for i in range(0, len(prompts), batch_size):
             group = prompts[i:i + batch_size]
             width = max(len(ids) for ids in group)

@@ -3,30 +3,23 @@
 ``UNMASK_KERNELS=torch`` forces the PyTorch reference everywhere; ``UNMASK_KERNELS=triton`` forces the
 Triton kernels for every op that has one, on any device (CPU tensors then need ``TRITON_INTERPRET=1``),
 and raises if Triton cannot be imported. Unset (or ``auto``): Triton for CUDA tensors when it imports,
-torch otherwise. Triton modules are imported lazily so CPU-only installs never touch them.
+torch otherwise. The setting is ``KernelOptions.backend`` (``options.py`` reads the environment): an engine
+resolves it once and runs each step inside ``options.use``, so a step's ops do not read the environment; a bare
+call outside an engine reads it per call. Triton modules are imported lazily so CPU-only installs never touch
+them.
 """
 import functools
 import importlib
-import os
 
 import torch
 
+from unmask.kernels import options
 from unmask.kernels import torch_ref  # noqa: F401  (package marker)
+from unmask.kernels.options import KernelBackendError
 
 _TRITON_MODULES = ("attention", "moe", "remask", "select", "norm", "rope", "act", "linear", "qlinear")
-_CHOICES = ("auto", "torch", "triton")
 
-
-class KernelBackendError(RuntimeError):
-    """The requested kernel backend cannot be used."""
-
-
-def requested() -> str:
-    """The UNMASK_KERNELS setting: 'auto' (default), 'torch' or 'triton'."""
-    value = os.environ.get("UNMASK_KERNELS", "auto").strip().lower() or "auto"
-    if value not in _CHOICES:
-        raise KernelBackendError(f"UNMASK_KERNELS={value!r}: expected one of {', '.join(_CHOICES)}")
-    return value
+__all__ = ["KernelBackendError", "active_backend", "pick", "triton_table"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -51,7 +44,7 @@ def triton_table() -> dict:
 
 def pick(op_name: str, ref_fn, device: torch.device):
     """Return the implementation of ``op_name`` for tensors on ``device``."""
-    mode = requested()
+    mode = options.active().backend
     if mode == "torch":
         return ref_fn
     if mode == "triton":

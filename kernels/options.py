@@ -6,6 +6,7 @@ runs every forward inside ``use(options)``; code outside an engine (kernel bench
 directly) gets ``resolve(KernelOptions())``, so the environment variables still steer a bare script. The
 environment is read here only:
 
+    UNMASK_KERNELS=auto|torch|triton             -> backend (``backend.py``)
     UNMASK_ATTN_LOOP=merged|segmented|prefetch   -> attn_loop
     UNMASK_GEMM=cublas|triton                    -> gemm
     UNMASK_SERIAL_COMBINE=0|1                    -> serial_combine
@@ -17,10 +18,13 @@ import contextvars
 import dataclasses
 import os
 
-from unmask.kernels.backend import KernelBackendError
-
+BACKENDS = ("auto", "torch", "triton")
 ATTN_LOOPS = ("merged", "segmented", "prefetch")
 GEMMS = ("cublas", "triton")
+
+
+class KernelBackendError(RuntimeError):
+    """The requested kernel backend or option cannot be used."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,8 +39,15 @@ class KernelOptions:
     serial_combine: bool = False
     """Split-KV attention partials merged inside the attention launch by the last split to finish (True), or
     by the separate combine kernel (False, the path timed on an H100 so far); both give the same bits."""
+    backend: str = "auto"
+    """Which implementation serves each op (``backend.pick``): ``auto`` (Triton for CUDA tensors when it imports,
+    the PyTorch spec otherwise), ``torch`` (the spec everywhere) or ``triton`` (every op with a kernel, any
+    device). An engine resolves it once (``UNMASK_KERNELS`` as read when it was built); its steps read no
+    environment per op."""
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise KernelBackendError(f"kernel backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
         if self.attn_loop not in ATTN_LOOPS:
             raise KernelBackendError(f"attention loop {self.attn_loop!r}: expected one of {', '.join(ATTN_LOOPS)}")
         if self.gemm not in GEMMS:
@@ -59,7 +70,9 @@ def resolve(configured: KernelOptions | None = None) -> KernelOptions:
     opts = configured or KernelOptions()
     loop, gemm = _env("UNMASK_ATTN_LOOP", ATTN_LOOPS), _env("UNMASK_GEMM", GEMMS)
     serial = _env("UNMASK_SERIAL_COMBINE", ("0", "1", "false", "true"))
-    return dataclasses.replace(opts, attn_loop=loop or opts.attn_loop, gemm=gemm or opts.gemm,
+    backend = _env("UNMASK_KERNELS", BACKENDS)
+    return dataclasses.replace(opts, backend=backend or opts.backend, attn_loop=loop or opts.attn_loop,
+                               gemm=gemm or opts.gemm,
                                serial_combine=opts.serial_combine if serial is None else serial in ("1", "true"))
 
 

@@ -6,6 +6,7 @@ import itertools
 
 import torch
 
+from unmask.kernels import options
 from unmask.server.config import EngineConfig, SchedulerConfig
 from unmask.server.engine.client import Request
 from unmask.server.engine.engine import Engine
@@ -116,6 +117,7 @@ class LLM:
             return self.engine.runner.logits(token_ids)
         model, dev = self.engine.model, self.engine.device
         ids = torch.tensor(token_ids, dtype=torch.int64, device=dev)
-        h = model(ids, packed_positions([len(token_ids)], dev), AttentionMetadata.packed([len(token_ids)], dev))
-        out = model.compute_logits(h)
+        with options.use(self.engine.runner.kernels):  # the engine's kernels, as its steps run them
+            h = model(ids, packed_positions([len(token_ids)], dev), AttentionMetadata.packed([len(token_ids)], dev))
+            out = model.compute_logits(h)
         return out.to(torch.promote_types(out.dtype, torch.float32))

@@ -265,7 +265,10 @@ def select(plan: CommitPlan, logits: torch.Tensor, x0: torch.Tensor, conf: torch
     edits = None if plan.editing is None else edit_slots(plan, conf_bw, x0_bw)  # [B, W] tokens, −1 = none
     conf_bw = torch.where(plan.cand, conf_bw, NEG_INF)
     k, tied = ranked_counts(conf_bw, plan.cand, plan)  # [B], [B]
-    commit = ops.select_commits(conf_bw, plan.cand, k.to(torch.int32), plan.threshold.to(conf_bw.dtype))
+    if conf_bw.device.type == "cpu" and bool(tied.all()):  # free to know on CPU: reference_topk picks them all
+        commit = torch.zeros_like(plan.cand)
+    else:
+        commit = ops.select_commits(conf_bw, plan.cand, k.to(torch.int32), plan.threshold.to(conf_bw.dtype))
     parts = [torch.where(commit, x0_bw, -1), tied[:, None].long(), k[:, None]] + ([] if edits is None else [edits])
     picked = torch.cat(parts, 1).cpu()  # [B, W + 2 (+ W)]
     out = []

@@ -3,9 +3,9 @@
 Legend: B sequences fed, N packed tokens, M logit rows, V vocab, W block width, L canvas length. Each
 sequence keeps positions 0..L−1 and attends only to its own tokens, so a packed step equals an unpadded
 batch-1 run. Both paths pack with ``forward_inputs.build_inputs`` and decide commits with
-``commit_policy``: eager = packed forward, logits for the commit candidates only, ``propose``, ``select``;
-graphed (dual-cache block steps on CUDA) = the captured forward + ``propose`` on every block row, then the
-same ``select``.
+``commit_policy``: eager = packed forward (its last block runs past attention for the commit candidates'
+rows only), their logits, ``propose``, ``select``; graphed (dual-cache block steps on CUDA) = the captured
+forward + ``propose`` on every block row, then the same ``select``.
 """
 from __future__ import annotations
 
@@ -76,8 +76,8 @@ class ModelRunner:
 
     def _step(self, inp: ForwardInputs) -> Commits:
         """The eager path: packed forward, logits of the candidate rows only."""
-        hidden = self.model(inp.input_ids, inp.positions, inp.meta)  # [N, D]
-        logits = self.model.compute_logits(hidden[inp.logit_rows])  # [M(+M_cfg), V]
+        hidden = self.model(inp.input_ids, inp.positions, inp.meta, inp.logit_rows)  # [M(+M_cfg), D]
+        logits = self.model.compute_logits(hidden)  # [M(+M_cfg), V]
         logits = self._guided(logits, inp)  # [M, V]
         x0, conf = commit_policy.propose(logits, inp.rules, self.cfg.mask_token_id, self.cfg.eos_token_id)
         return commit_policy.select(inp.plan, logits, x0, conf, self.cfg.eos_token_id, self.cfg.eot_token_id)

@@ -105,8 +105,8 @@ class ShardStep:
         meta = AttentionMetadata(**{name: _device(v, dev) for name, v in p.meta.items()})
         if meta.block_table is not None or meta.slot_mapping is not None:
             meta.kv_caches = self.kv_layers
-        hidden = self.model(t["input_ids"], t["positions"], meta)  # [N, D]
-        logits = self.model.compute_logits(hidden[t["logit_rows"]])  # [M + M_cfg, Vs]
+        hidden = self.model(t["input_ids"], t["positions"], meta, t["logit_rows"])  # [M + M_cfg, D]
+        logits = self.model.compute_logits(hidden)  # [M + M_cfg, Vs]
         logits = guided_logits(logits, p.num_cond_rows, [(_device(r, dev), w) for r, w in p.cfg_rows])  # [M, Vs]
         if not p.reduce:
             return self.tp.gather_cols(logits)  # [M, V]
@@ -144,7 +144,7 @@ class TPModelRunner(ModelRunner):
         if full:
             x0, conf = commit_policy.propose(out, inp.rules, cfg.mask_token_id, cfg.eos_token_id)
             return commit_policy.select(inp.plan, out, x0, conf, cfg.eos_token_id, cfg.eot_token_id)
-        x0, conf = ops.remask_combine(out, self.shard.model.lm_head.dtype)  # [M], [M]
+        x0, conf = ops.remask_combine(out, self.shard.model.embed.dtype)  # [M], [M]
         return commit_policy.select(inp.plan, None, x0, conf, cfg.eos_token_id, cfg.eot_token_id)
 
     def logits(self, token_ids: list[int]) -> torch.Tensor:

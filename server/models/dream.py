@@ -16,13 +16,13 @@ from unmask.server.models.attention_meta import AttentionMetadata
 from unmask.server.models.llada import LLaDAModelLM
 
 
-def shift_rows(hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
-    """hidden [N, D] packed sequences (cu_seqlens [B+1]) -> [N, D]: row i takes row i − 1 of its own sequence;
+def shift_source(n: int, cu_seqlens: torch.Tensor) -> torch.Tensor:
+    """[N] int64 for N packed rows of sequences cu_seqlens [B+1]: row i reads row i − 1 of its own sequence;
     each sequence's first row keeps its own."""
-    src = torch.arange(hidden.shape[0], device=hidden.device) - 1  # [N]
+    src = torch.arange(n, device=cu_seqlens.device) - 1  # [N]
     starts = cu_seqlens[:-1].long()
-    src[starts[starts < hidden.shape[0]]] = starts[starts < hidden.shape[0]]
-    return hidden[src]
+    src[starts[starts < n]] = starts[starts < n]
+    return src
 
 
 class DreamModel(LLaDAModelLM):
@@ -38,8 +38,12 @@ class DreamModel(LLaDAModelLM):
                 "ffn.gate_up_proj": (("mlp.gate_proj.weight", "ffn"), ("mlp.up_proj.weight", "ffn"))}
     """q/k/v weights into qkv_proj and q/k/v biases into qkv_bias, gate/up into gate_up_proj."""
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        """input_ids [N] int64, positions [N] int64 -> [N, D] final hidden states, row i holding the state that
-        predicts position i (Dream's one-position logits shift)."""
-        return shift_rows(super().forward(input_ids, positions, meta), meta.cu_seqlens_q)
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+                out_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids [N] int64, positions [N] int64 -> [N, D] final hidden states (or [M, D] of ``out_rows`` [M]
+        int64), row i holding the state that predicts position i (Dream's one-position logits shift)."""
+        src = shift_source(input_ids.shape[0], meta.cu_seqlens_q)  # [N]
+        if out_rows is None:
+            return super().forward(input_ids, positions, meta)[src]
+        return super().forward(input_ids, positions, meta, src[out_rows])
 

@@ -49,9 +49,11 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(hd, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(hd, cfg.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata):
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata,
+                out_rows: torch.Tensor | None = None):
         """x [N, D], rope = (cos, sin) [N, R] each from ``ops.rope_cos_sin`` of the positions (R = Dh, or the
-        rotary dims of a partial rotary) -> [N, D]."""
+        rotary dims of a partial rotary) -> [N, D], or [M, D] for ``out_rows`` [M] int64 only: every row's keys
+        and values (and cache writes) are still computed, the output projection runs on those rows alone."""
         cfg, n = self.cfg, x.shape[0]
         hq, hk = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
         qkv = ops.linear(x, self.qkv_proj)  # [N, (H + 2Hk)·Dh]; the views below keep its row stride
@@ -74,7 +76,8 @@ class Attention(nn.Module):
         else:
             o = ops.attention(q, k, v, meta.cu_seqlens_q, meta.max_seqlen_q, cfg.head_dim ** -0.5,
                               attn_blocks=meta.attn_blocks)
-        return ops.linear(o.reshape(n, -1), self.o_proj)  # [N, D]
+        o = o.reshape(n, -1)  # [N, H·Dh]
+        return ops.linear(o if out_rows is None else o[out_rows], self.o_proj)  # [N or M, D]
 
 
 class SwiGLU(nn.Module):
@@ -145,15 +148,18 @@ class DecoderBlock(nn.Module):
         self.ffn = (SwiGLU(cfg.hidden_size, cfg.intermediate_size) if cfg.is_dense_layer(layer_idx)
                     else SparseMoE(cfg, tp))
 
-    def forward(self, x, residual, rope, meta):
+    def forward(self, x, residual, rope, meta, out_rows=None):
         """x [N, D] the previous block's ffn output (the embeddings for the first block, with residual None),
         residual [N, D] or None, rope = (cos, sin) [N, Dh] -> (ffn output [N, D], residual [N, D]); the
-        block's output is their sum."""
+        block's output is their sum. With ``out_rows`` [M] int64 (the last block: the rows whose logits are
+        wanted) both outputs are [M, D]: attention reads every row, everything after it runs on M rows."""
         if residual is None:
             n, residual = self.attn_norm(x), x
         else:
             n, residual = ops.add_rms_norm(x, residual, self.attn_norm.weight, self.attn_norm.eps)  # x = sum
-        a = self.attn(n, rope, meta)  # [N, D]
+        a = self.attn(n, rope, meta, out_rows)  # [N or M, D]
+        if out_rows is not None:
+            residual = residual[out_rows]  # [M, D]
         if self.tp is not None:
             a = self.tp.all_reduce(a)
         n, residual = ops.add_rms_norm(a, residual, self.ff_norm.weight, self.ff_norm.eps)  # norm(h), h

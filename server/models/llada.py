@@ -42,16 +42,20 @@ class LLaDAModelLM(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.lm_head = nn.Parameter(torch.empty(vocab_stop - self.vocab_start, cfg.hidden_size))
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        """input_ids [N] int64, positions [N] int64 -> final hidden states [N, D] (after the final norm)."""
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+                out_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids [N] int64, positions [N] int64 -> final hidden states [N, D] (after the final norm), or
+        [M, D] of ``out_rows`` [M] int64 alone. Every row's state is needed until the last block's attention
+        (its keys); after it only the wanted rows are computed (each row's output projection, MLP and norm
+        read that row alone, so they are the rows a full forward would give)."""
         x = embed_lookup(self.embed, input_ids, self.tp, self.vocab_start)  # [N, D]
         cfg = self.cfg
         rope = ops.rope_cos_sin(positions, cfg.rotary_dim or cfg.head_dim, cfg.rope_theta, x.dtype)  # 2 x [N, R]
-        residual = None
-        for block in self.blocks:
-            x, residual = block(x, residual, rope, meta)  # the stream is x + residual
+        residual, last = None, len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            x, residual = block(x, residual, rope, meta, out_rows if i == last else None)  # the stream is x + residual
         if residual is None:  # no layers
-            return self.norm(x)
+            return self.norm(x if out_rows is None else x[out_rows])
         return ops.add_rms_norm(x, residual, self.norm.weight, self.norm.eps)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -47,3 +47,20 @@ def test_dream_equals_published_semantics(family_ckpts):
     for got, ids in zip(_ours(model, rows, None), rows):
         want = hf.dream_logits(ref_cfg, tensors, ids[None])[0]
         assert torch.allclose(got, want, atol=1e-6, rtol=0), (got - want).abs().max()
+
+
+def test_out_rows_are_the_full_forwards_rows(family_ckpts):
+    """LLaDA2 (block-causal) and Dream (whose row i is the state of i - 1): the wanted rows alone equal the full
+    forward's rows, including each sequence's first row (Dream keeps its own there)."""
+    gen = torch.Generator().manual_seed(2)
+    for family, blocks in (("llada2", [4, 8]), ("dream", None)):
+        model, _ = load_model(family_ckpts[family], dtype=torch.float64)
+        meta = AttentionMetadata.packed([6, 11])
+        if blocks is not None:
+            meta.attn_blocks = torch.tensor(blocks, dtype=torch.int32)
+        args = (torch.randint(0, 90, (17,), generator=gen), packed_positions([6, 11]), meta)
+        full = model(*args)  # [17, D]
+        for rows in ([0, 6, 16], [7, 3, 3], []):
+            got = model(*args, torch.tensor(rows, dtype=torch.int64))
+            assert got.shape == (len(rows), full.shape[1]), family
+            assert not rows or (got - full[rows]).abs().max().item() < 1e-12, (family, rows)

@@ -105,3 +105,17 @@ def test_llm_logits_is_one_full_forward(llm64, ckpts):
     got = llm64["dense"].logits(ids)
     assert got.dtype == torch.float64 and got.shape == (5, 96)
     assert (got - dense_logits(ckpts["dense"], torch.tensor(ids))).abs().max().item() < 1e-10
+
+
+@pytest.mark.parametrize("family", ["dense", "moe"])
+def test_out_rows_are_the_full_forwards_rows(ckpts, family):
+    """The last block runs past attention on the wanted rows only: those rows equal the full forward's, for
+    rows of both packed sequences, in any order, repeated, or none."""
+    model, _ = load_model(ckpts[family], dtype=torch.float64)
+    ids = torch.randint(0, 90, (14,), generator=torch.Generator().manual_seed(3))
+    args = (ids, packed_positions([5, 9]), AttentionMetadata.packed([5, 9]))
+    full = model(*args)  # [14, D]
+    for rows in ([0, 4, 5, 13], [12, 2, 7], [6, 6], list(range(14)), []):
+        got = model(*args, torch.tensor(rows, dtype=torch.int64))
+        assert got.shape == (len(rows), full.shape[1])
+        assert (got - full[rows]).abs().max().item() < 1e-12 if rows else got.numel() == 0

@@ -1,6 +1,7 @@
 """Kernel options: a frozen config from EngineConfig / the serve flags, environment variables as overrides,
 and the engine's runner making its options the active ones while it steps."""
 import pytest
+import torch
 
 from unmask.kernels import options
 from unmask.kernels.backend import KernelBackendError
@@ -17,6 +18,23 @@ def test_environment_overrides_the_config(monkeypatch):
     assert options.resolve(configured) == KernelOptions("prefetch", "triton", False)
     with pytest.raises(KernelBackendError, match="attention loop 'spiral'"):
         KernelOptions(attn_loop="spiral")
+
+
+def test_backend_choice_is_an_option_read_from_the_environment(monkeypatch):
+    from unmask.kernels import backend
+
+    monkeypatch.delenv("UNMASK_KERNELS", raising=False)
+    assert options.resolve().backend == "auto"
+    monkeypatch.setenv("UNMASK_KERNELS", " Torch ")
+    assert options.resolve().backend == "torch"
+    with options.use(KernelOptions(backend="triton")):  # an engine's step: its resolved choice, not the variable
+        assert options.active().backend == "triton"
+    assert backend.active_backend("rms_norm", torch.device("cuda")) == "torch"
+    monkeypatch.setenv("UNMASK_KERNELS", "cuda")
+    with pytest.raises(KernelBackendError, match="UNMASK_KERNELS='cuda'"):
+        options.resolve()
+    with pytest.raises(KernelBackendError, match="kernel backend 'cuda'"):
+        KernelOptions(backend="cuda")
 
 
 def test_use_sets_the_active_options_for_its_block_only(monkeypatch):
