@@ -12,7 +12,7 @@
 # and the timings alone afterwards. PHASES=tp (not a default phase; a machine with 2+ GPUs, e.g. BUDGET=900
 # PHASES=tp bash benchmarks/gpu_check.sh) times the tensor-parallel engine at TP=1/2/4/8 (as many GPUs as there
 # are) on LLaDA-8B / LLaDA-MoE-shaped 4-layer random checkpoints and checks its answers against one device:
-# tp_step_{llada8b,moe}.json.
+# tp_step_{llada8b,moe}.json; first, tests/gpu's 2-GPU test of the per-rank captured graphs against eager.
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/results/gpu-latest}"
@@ -45,6 +45,7 @@ run() {  # name, timeout seconds, command...
 [[ " $PHASES " == *" tests "* ]] &&
   run kernel_tests 200 python -m pytest -q -p no:cacheprovider tests/kernels tests/gpu --timeout 190 --continue-on-collection-errors
 if [[ " $PHASES " == *" tp "* ]]; then
+  run tp_tests 200 python -m pytest -q -p no:cacheprovider tests/gpu -k tensor_parallel --timeout 190
   run tp_step_llada8b 300 python -m benchmarks.tp_step --shape llada-8b --layers 4 --sizes 1,2,4,8 --batches 1,8 \
     --json "$OUT/tp_step_llada8b.json"
   run tp_step_moe 300 python -m benchmarks.tp_step --shape llada-moe --layers 4 --sizes 1,2,4,8 --batches 1,8 \

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from unmask.server.config import from_dict
-from unmask.server.engine.commit_policy import LogitRules
+from unmask.server.engine.commit_policy import LogitRules, propose
 from unmask.server.engine.cuda_graph import GraphedBlockStep
 from unmask.server.engine.kv_cache import KVCacheManager
 from unmask.server.models.attention_meta import AttentionMetadata
@@ -68,8 +68,11 @@ def time_step(shape: str, layers: int, batches: list[int], graphs: bool, iters: 
     kv = KVCacheManager(cfg, max(batches) * canvas * 2 * layers * cfg.hidden_size * 2 + (1 << 26), dev, torch.bfloat16)
     for k, v in kv.layers:
         k.normal_(0, 1), v.normal_(0, 1)
-    step = GraphedBlockStep(model, kv.layers, kv.pages_for(canvas), cfg.mask_token_id, cfg.eos_token_id,
-                            capture=graphs and dev.type == "cuda")
+
+    def head(logits, rules):  # the engine's: its logit rules and proposals after the LM head
+        return (logits, *propose(logits, rules, cfg.mask_token_id, cfg.eos_token_id))
+
+    step = GraphedBlockStep(model, kv.layers, kv.pages_for(canvas), head, capture=graphs and dev.type == "cuda")
     out = {}
     for b in batches:
         pages = [kv.allocate(canvas) for _ in range(b)]

@@ -6,10 +6,10 @@ LLaDA-MoE layer dimensions (fewer layers), and whether the ranks give one device
 
 Each size serves B requests of a 512-token prompt and a 32-token canvas with the dual cache and a fixed schedule
 (32 steps: one refresh step, then 31 block steps, the step of ``benchmarks.step_table``) through
-``LLM.generate``, after one warm-up run; the figure is wall time per engine iteration (the whole step: packing,
-the ranks' forward with its all-reduces, the remask reduction, the commit). CUDA graphs are off under TP, so
-compare with the one-device row of this script, not with the step table's graphed rows. Sizes beyond the GPUs
-present are skipped.
+``LLM.generate``, after one warm-up run (every step runs: no early stop); the figure is wall time per engine
+iteration (the whole step: packing, the ranks' forward with its all-reduces, the remask reduction, the commit).
+On CUDA every rank replays its own captured graph of the block step (greedy rows on the reduce path), as one device
+does, so the TP = 1 row is the engine's graphed step. Sizes beyond the GPUs present are skipped.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def write_random_checkpoint(out: Path, shape: str, layers: int) -> Path:
 
 def time_size(path: Path, size: int, batches: list[int], args) -> dict:
     """ms per engine iteration and the tokens generated, per batch size, for ``size`` ranks."""
-    params = DiffusionParams(max_tokens=BLOCK, block_length=BLOCK, steps=BLOCK, cache="dual", ignore_eos=True)
+    params = DiffusionParams(max_tokens=BLOCK, block_length=BLOCK, steps=BLOCK, cache="dual", early_stop=False)
     out = {}
     with LLM(str(path), device=args.device, dtype=args.dtype, tensor_parallel_size=size,
              enable_expert_parallel=args.expert_parallel and size > 1, kv_cache_memory=args.kv_cache_memory) as llm:

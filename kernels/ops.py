@@ -126,8 +126,9 @@ def remask_confidence(logits: torch.Tensor, temperature: torch.Tensor, seeds: to
 
 
 def remask_partial(logits: torch.Tensor, temperature: torch.Tensor, seeds: torch.Tensor, vocab_start: int):
-    """Vocabulary-parallel remask, per rank: logits [M, Vs] (ids from vocab_start) -> [M, 4] float64 (key, token,
-    logit, lse). Always the PyTorch spec (a handful of row reductions): ``torch_ref.remask.remask_partial``."""
+    """Vocabulary-parallel remask, per rank: logits [M, Vs] (ids from vocab_start), temperature [M] float or None
+    (every row greedy, no host sync) -> [M, 4] float64 (key, token, logit, lse). Always the PyTorch spec (a handful
+    of row reductions): ``torch_ref.remask.remask_partial``."""
     return _remask.remask_partial(logits, temperature, seeds, vocab_start)
 
 

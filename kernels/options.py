@@ -10,6 +10,7 @@ environment is read here only:
     UNMASK_ATTN_LOOP=merged|segmented|prefetch   -> attn_loop
     UNMASK_GEMM=cublas|triton                    -> gemm
     UNMASK_SERIAL_COMBINE=0|1                    -> serial_combine
+    UNMASK_STATIC_GRAPH_STEP=0|1                 -> static_graph_step
 """
 from __future__ import annotations
 
@@ -39,6 +40,10 @@ class KernelOptions:
     serial_combine: bool = False
     """Split-KV attention partials merged inside the attention launch by the last split to finish (True), or
     by the separate combine kernel (False, the path timed on an H100 so far); both give the same bits."""
+    static_graph_step: bool = False
+    """Run the CUDA-graph block step's static buffers and padding eagerly instead of capturing them, on any
+    device (on CPU this turns that path on): how the graphed path, single-device and per tensor-parallel rank,
+    is tested without a GPU. Slower than either real path."""
     backend: str = "auto"
     """Which implementation serves each op (``backend.pick``): ``auto`` (Triton for CUDA tensors when it imports,
     the PyTorch spec otherwise), ``torch`` (the spec everywhere) or ``triton`` (every op with a kernel, any
@@ -65,15 +70,20 @@ def _env(name: str, choices: tuple[str, ...]) -> str | None:
     return value
 
 
+def _flag(name: str, default: bool) -> bool:
+    """The boolean environment override ``name`` (0/1/false/true), ``default`` when unset."""
+    value = _env(name, ("0", "1", "false", "true"))
+    return default if value is None else value in ("1", "true")
+
+
 def resolve(configured: KernelOptions | None = None) -> KernelOptions:
     """``configured`` (default: the defaults) with the environment overrides of the module docstring applied."""
     opts = configured or KernelOptions()
     loop, gemm = _env("UNMASK_ATTN_LOOP", ATTN_LOOPS), _env("UNMASK_GEMM", GEMMS)
-    serial = _env("UNMASK_SERIAL_COMBINE", ("0", "1", "false", "true"))
-    backend = _env("UNMASK_KERNELS", BACKENDS)
-    return dataclasses.replace(opts, backend=backend or opts.backend, attn_loop=loop or opts.attn_loop,
-                               gemm=gemm or opts.gemm,
-                               serial_combine=opts.serial_combine if serial is None else serial in ("1", "true"))
+    return dataclasses.replace(opts, attn_loop=loop or opts.attn_loop, gemm=gemm or opts.gemm,
+                               serial_combine=_flag("UNMASK_SERIAL_COMBINE", opts.serial_combine),
+                               static_graph_step=_flag("UNMASK_STATIC_GRAPH_STEP", opts.static_graph_step),
+                               backend=_env("UNMASK_KERNELS", BACKENDS) or opts.backend)
 
 
 _ACTIVE: contextvars.ContextVar[KernelOptions | None] = contextvars.ContextVar("unmask_kernel_options", default=None)

@@ -11,6 +11,9 @@ as ``W[n, k] = float32(q[n, k]) · scale[n, k // G]`` computed in fp32 (the one 
   load-time: G = 128 (64 or 32 when K is not a multiple of 128), absmax / 7.
 compressed-tensors checkpoints (float-quantized FP8, pack-quantized W8A16 / W4A16 with channel or group
 scales) map onto these layouts without dequantizing (``server/models/compressed.py``).
+A tensor-parallel shard holds the full weight's values and scales, sliced (``server/models/quantize.py``): a
+row-parallel shard (K/N of the input features) is quantized with the whole rows' absmax (``quantize(amax=)``) and,
+for int4, the G of the full K; its per-channel scales are then [.., N, 1] with G = K/N, the shard's own K.
 """
 from __future__ import annotations
 
@@ -94,25 +97,43 @@ def pack_int4(q: torch.Tensor) -> torch.Tensor:
     return u[..., 0::2] | (u[..., 1::2] << 4)
 
 
-def quantize(w: torch.Tensor, fmt: str) -> QuantizedWeight:
-    """Dense [.., N, K] (any float dtype) -> QuantizedWeight on the same device (round to nearest, symmetric)."""
+def absmax(w: torch.Tensor, fmt: str, group_size: int | None = None) -> torch.Tensor:
+    """Dense [.., N, K] -> fp32 absmax of each block of values sharing one scale: [.., N, 1] per output channel
+    (fp8, int8), [.., N, K/G] per group (int4; G = ``group_size``, else ``int4_group(K)``)."""
+    w32 = w.detach().float().abs()
+    if fmt != "int4":
+        return w32.amax(-1, keepdim=True)
+    k = w32.shape[-1]
+    g = group_size or int4_group(k)
+    if k % g:
+        raise ValueError(f"int4 group size {g} does not divide K={k}")
+    return w32.unflatten(-1, (k // g, g)).amax(-1)
+
+
+def quantize(w: torch.Tensor, fmt: str, group_size: int | None = None,
+             amax: torch.Tensor | None = None) -> QuantizedWeight:
+    """Dense [.., N, K] (any float dtype) -> QuantizedWeight on the same device (round to nearest, symmetric).
+    ``group_size``: int4 only, G (default ``int4_group(K)``). ``amax``: the fp32 absmax that sets the scales,
+    shaped as ``absmax`` returns it (default: this ``w``'s own); a row-parallel shard of a per-channel weight passes
+    the whole rows' absmax, so its values and scales are the full weight's, sliced."""
+    if fmt not in FORMATS:
+        raise ValueError(f"quantization {fmt!r}: expected one of {', '.join(FORMATS)}")
     w32 = w.detach().float()
     k = w32.shape[-1]
+    amax = absmax(w32, fmt, group_size) if amax is None else amax
     if fmt == "int4":
-        g = int4_group(k)
+        g = k // amax.shape[-1]
         grouped = w32.unflatten(-1, (k // g, g))  # [.., N, K/G, G]
-        scale = (grouped.abs().amax(-1) / 7.0).clamp_min(1e-12)  # [.., N, K/G]
+        scale = (amax / 7.0).clamp_min(1e-12)  # [.., N, K/G]
         q = torch.round(grouped / scale[..., None]).clamp(-8, 7).flatten(-2)
         return QuantizedWeight(pack_int4(q).contiguous(), scale.contiguous(), fmt, g)
-    absmax = w32.abs().amax(-1, keepdim=True).clamp_min(1e-12)  # [.., N, 1]
+    amax = amax.clamp_min(1e-12)  # [.., N, 1]
     if fmt == "int8":
-        scale = absmax / 127.0
+        scale = amax / 127.0
         q = torch.round(w32 / scale).clamp(-127, 127).to(torch.int8)
-    elif fmt == "fp8":
-        scale = absmax / _FP8_MAX
-        q = (w32 / scale).clamp(-_FP8_MAX, _FP8_MAX).to(torch.float8_e4m3fn)
     else:
-        raise ValueError(f"quantization {fmt!r}: expected one of {', '.join(FORMATS)}")
+        scale = amax / _FP8_MAX
+        q = (w32 / scale).clamp(-_FP8_MAX, _FP8_MAX).to(torch.float8_e4m3fn)
     return QuantizedWeight(q.contiguous(), scale.contiguous(), fmt, k)
 
 

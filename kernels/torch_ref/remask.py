@@ -59,12 +59,13 @@ def remask_partial(logits: torch.Tensor, temperature: torch.Tensor, seeds: torch
     vocab_start..vocab_start+Vs-1 (one rank's slice) -> [M, 4] float64 per row: (key, token, logit, lse) with
     ``token`` this slice's winner (global id, the lowest on ties), ``key`` its score (the logit at T = 0, the
     Gumbel score at T > 0, the same noise as the full row), ``logit`` its logit and ``lse`` the slice's
-    logsumexp, both in the confidence dtype (fp32, fp64 for fp64 logits)."""
+    logsumexp, both in the confidence dtype (fp32, fp64 for fp64 logits). ``temperature`` None: every row at
+    T = 0, with no host synchronisation (a captured CUDA graph's step)."""
     cdt = torch.promote_types(logits.dtype, torch.float32)
     x0 = torch.argmax(logits, dim=-1)  # [M]
     key = logits.gather(1, x0[:, None])[:, 0].to(torch.float64)  # [M]
-    hot = temperature > 0
-    if bool(hot.any()):
+    hot = None if temperature is None else temperature > 0
+    if hot is not None and bool(hot.any()):
         rows = hot.nonzero(as_tuple=True)[0]
         u = uniform_noise(seeds[rows], logits.shape[1], vocab_start)  # [m, Vs] f64
         score = logits[rows].to(torch.float64) / temperature[rows].to(torch.float64)[:, None] - torch.log(-torch.log(u))

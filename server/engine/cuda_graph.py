@@ -9,16 +9,25 @@ same call as the eager path) — is captured once per (bucket, W) and replayed a
 inputs (``forward_inputs.build_inputs(..., all_block_rows=True)``) into static buffers, so the ~10 kernel
 launches per layer cost one graph launch (KERNELS.md §4: un-graphed launches eat 1.5-3.5 ms of a 4.6 ms
 floor). Padding sequences attend only to their own tokens (kv_len = W, offset 0) and are discarded.
-The commit selection (``commit_policy.select``) runs after the replay on the returned logits and
-proposals; a step whose rows use sampling controls (server/engine/sampling.py) has them applied to the
-returned logits and proposes again, eagerly. Only used on CUDA; the kernels it runs perform no host synchronisation.
+What the step computes after the LM head is its ``head``: on one device the logits and ``propose``'s
+proposals (``ModelRunner``; the commit selection, ``commit_policy.select``, runs after the replay, and a step
+whose rows use sampling controls has them applied to the returned logits and proposes again, eagerly); on a
+tensor-parallel rank its slice's per-row partials (``tp_runner.ShardStep``: the forward's all-reduces are
+captured with it, the gather of the partials runs after the replay). The kernels it runs perform no host
+synchronisation. ``capture=False`` runs the same static buffers and padding eagerly: the path's CPU tests.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
-from unmask.server.engine.commit_policy import LogitRules, propose, propose_sampled
+from unmask.kernels.options import KernelOptions
+from unmask.server.engine.commit_policy import LogitRules
 from unmask.server.models.attention_meta import AttentionMetadata
+
+Head = Callable[[torch.Tensor, LogitRules], tuple[torch.Tensor, ...]]
+"""logits [N, V] (or a rank's [N, V/R]), the step's rules per row [N] -> the step's outputs, each [N, ...]."""
 
 BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 
@@ -28,13 +37,22 @@ def bucket_for(batch: int) -> int | None:
     return next((b for b in BUCKETS if b >= batch), None)
 
 
+def graph_capture(cuda_graphs: bool, device: torch.device, kernels: KernelOptions, kv) -> bool | None:
+    """How a runner on ``device`` runs its dual-cache block steps: True = captured CUDA graphs (CUDA with
+    ``cuda_graphs``), False = the same static buffers run eagerly (``kernels.static_graph_step``, any device),
+    None = no graphed step (the packed eager path; also without a KV cache ``kv``)."""
+    if kv is None:
+        return None
+    if kernels.static_graph_step:
+        return False
+    return True if cuda_graphs and device.type == "cuda" else None
+
+
 class GraphedBlockStep:
     """Captured block steps for one model and cache, keyed by (bucket, block width)."""
 
-    def __init__(self, model: torch.nn.Module, kv_layers: list, max_pages: int, mask_id: int, eos_id: int,
-                 capture: bool = True):
-        self.model, self.kv_layers, self.max_pages, self.capture = model, kv_layers, max_pages, capture
-        self.mask_id, self.eos_id = mask_id, eos_id
+    def __init__(self, model: torch.nn.Module, kv_layers: list, max_pages: int, head: Head, capture: bool = True):
+        self.model, self.kv_layers, self.max_pages, self.head, self.capture = model, kv_layers, max_pages, head, capture
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, dict, tuple]] = {}
         self.pool = None
 
@@ -56,9 +74,7 @@ class GraphedBlockStep:
                                  kv_lens=buf["kv_lens"], new_offsets=buf["offsets"], kv_caches=self.kv_layers)
         hidden = self.model(buf["ids"], buf["pos"], meta)  # [N, D]
         logits = self.model.compute_logits(hidden)  # [N, V]
-        rules = LogitRules(buf["temp"], buf["seeds"], buf["mask_bias"], buf["eos_bias"])
-        x0, conf = propose(logits, rules, self.mask_id, self.eos_id)  # [N], [N]
-        return logits, x0, conf
+        return self.head(logits, LogitRules(buf["temp"], buf["seeds"], buf["mask_bias"], buf["eos_bias"]))
 
     def _capture(self, b: int, w: int, device):
         buf = self._buffers(b, w, device)
@@ -78,8 +94,8 @@ class GraphedBlockStep:
     def run(self, input_ids, positions, meta: AttentionMetadata, rules: LogitRules, w: int):
         """B real sequences' block step, as packed by ``build_inputs(..., all_block_rows=True)`` (tensors on the
         model's device: input_ids/positions [B·W], meta with block_table [B, ≤P], kv_lens/new_offsets [B],
-        rules per row [B·W]) -> (logits [B·W, V], x0 [B·W] int64, conf [B·W] float32), views of static
-        buffers valid until the next run."""
+        rules per row [B·W]) -> the head's outputs for the B·W real rows (views of static buffers valid until
+        the next run; on one device: logits [B·W, V], x0 [B·W] int64, conf [B·W] float32)."""
         b = meta.kv_lens.shape[0]
         bucket = bucket_for(b)
         if (bucket, w) not in self.graphs:
@@ -93,11 +109,7 @@ class GraphedBlockStep:
             out = self._step(buf, w)
         else:
             graph.replay()
-        n = b * w
-        if rules.sampling is not None:  # sampling controls are not captured: apply them and propose again
-            x0, conf = propose_sampled(out[0][:n], rules)
-            return out[0][:n], x0, conf
-        return out[0][:n], out[1][:n], out[2][:n]
+        return tuple(t[:b * w] for t in out)
 
     @staticmethod
     def _fill(buf: dict, input_ids, positions, meta: AttentionMetadata, rules: LogitRules, b: int, bucket: int,

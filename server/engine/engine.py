@@ -40,7 +40,7 @@ class Engine:
         self.kv = KVCacheManager(kv_cfg, self._cache_bytes(), device, dtype)
         self.scheduler = Scheduler(config.scheduler, self.kv)
         self.runner = (ModelRunner(model, cfg, device, self.kv, config.cuda_graphs, config.kernels) if ranks is None
-                       else ranks.runner(self.kv, config.kernels))
+                       else ranks.runner(self.kv, config.kernels, config.cuda_graphs))
         self.max_model_len = config.scheduler.max_model_len or cfg.max_position_embeddings
         self._rng = random.Random(config.seed)
         self.generation_defaults = generation_defaults or GenerationDefaults()

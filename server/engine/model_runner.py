@@ -16,7 +16,7 @@ from unmask.kernels.options import KernelOptions
 from unmask.server.config import ModelConfig
 from unmask.server.engine import commit_constrained, commit_policy
 from unmask.server.engine.batch import Batch, StepResult
-from unmask.server.engine.cuda_graph import GraphedBlockStep
+from unmask.server.engine.cuda_graph import GraphedBlockStep, graph_capture
 from unmask.server.engine.forward_inputs import ForwardInputs, build_inputs
 from unmask.server.engine.kv_cache import KVCacheManager
 from unmask.server.engine.sequence import Sequence, StepKind
@@ -29,10 +29,13 @@ class ModelRunner:
                  cuda_graphs: bool = True, kernels: KernelOptions | None = None):
         self.model, self.cfg, self.device, self.kv = model, cfg, device, kv
         self.kernels = options.resolve(kernels)  # the config's kernel options with environment overrides
-        self.graphed = None
-        if cuda_graphs and device.type == "cuda" and kv is not None:
-            max_pages = kv.pages_for(cfg.max_position_embeddings)
-            self.graphed = GraphedBlockStep(model, kv.layers, max_pages, cfg.mask_token_id, cfg.eos_token_id)
+        capture = graph_capture(cuda_graphs, device, self.kernels, kv)
+        self.graphed = None if capture is None else GraphedBlockStep(
+            model, kv.layers, kv.pages_for(cfg.max_position_embeddings), self.propose_head, capture)
+
+    def propose_head(self, logits: torch.Tensor, rules) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The graphed step's head on one device: logits [N, V] -> (logits, x0 [N], conf [N]) after ``propose``."""
+        return (logits, *commit_policy.propose(logits, rules, self.cfg.mask_token_id, self.cfg.eos_token_id))
 
     def graphable(self, seq: Sequence, kind: StepKind) -> bool:
         """Dual-cache block steps have static shapes: they run through the captured CUDA graph."""
@@ -86,6 +89,8 @@ class ModelRunner:
         """Dual-cache block steps of equal block width through the captured graph (all W rows computed)."""
         inp = build_inputs(seqs, [StepKind.BLOCK] * len(seqs), self.kv, self.device, all_block_rows=True)
         logits, x0, conf = self.graphed.run(inp.input_ids, inp.positions, inp.meta, inp.rules, w)
+        if inp.rules.sampling is not None:  # sampling controls are not captured: apply them and propose again
+            x0, conf = commit_policy.propose_sampled(logits, inp.rules)
         return commit_policy.select(inp.plan, logits, x0, conf, self.cfg.eos_token_id, self.cfg.eot_token_id)
 
     def _guided(self, logits: torch.Tensor, inp: ForwardInputs) -> torch.Tensor:

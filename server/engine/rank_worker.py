@@ -16,9 +16,11 @@ import torch.distributed as dist
 
 from unmask.kernels import options
 from unmask.kernels.options import KernelOptions
+from unmask.server.engine.cuda_graph import graph_capture
 from unmask.server.engine.kv_cache import KVCacheManager, bytes_per_page
 from unmask.server.engine.tp_runner import ShardStep
 from unmask.server.models.loader import load_model
+from unmask.server.models.quantize import weight_bytes
 from unmask.server.models.parallel import TensorParallel, init_group
 
 
@@ -35,6 +37,11 @@ class RankSpec:
     timeout_s: float
     """Timeout of the collectives (longer than the step timeout: the watcher names a hang first)."""
     kernels: KernelOptions
+    quantization: str | None
+    """Load-time quantization (``load_model``), as rank 0's."""
+    quantize_lm_head: bool
+    cuda_graphs: bool
+    """Greedy dual-cache block steps through this rank's captured CUDA graphs (``cuda_graph.graph_capture``)."""
 
 
 def rank_device(base: torch.device, rank: int) -> torch.device:
@@ -62,15 +69,17 @@ def run_worker(rank: int, spec: RankSpec, conn) -> None:
         tp = TensorParallel(rank, spec.size, spec.expert_parallel)
         init_group(rank, spec.size, spec.init_method, device, spec.timeout_s)
         before = rss_anon_bytes()
-        model, cfg = load_model(spec.model_path, device, spec.dtype, tp=tp)
+        model, cfg = load_model(spec.model_path, device, spec.dtype, spec.quantization, spec.quantize_lm_head, tp=tp)
         conn.send(("loaded", {"pid": os.getpid(), "rss_before_load": before, "rss_after_load": rss_anon_bytes(),
-                              "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters())}))
+                              "param_bytes": weight_bytes(model)["total"]}))
         num_pages = conn.recv()
         local = tp.local_config(cfg)
         kv = KVCacheManager(local, num_pages * bytes_per_page(local, spec.dtype), device, spec.dtype)
-        shard = ShardStep(model, tp, kv.layers, device, cfg)
+        kernels = options.resolve(spec.kernels)
+        shard = ShardStep(model, tp, kv.layers, device, cfg, graph_capture(spec.cuda_graphs, device, kernels, kv),
+                          kv.pages_for(cfg.max_position_embeddings))
         conn.send(("ready", None))
-        with options.use(options.resolve(spec.kernels)):
+        with options.use(kernels):
             while True:
                 kind, arg = pickle.loads(conn.recv_bytes())
                 if kind == "stop":

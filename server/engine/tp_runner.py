@@ -21,8 +21,12 @@ commit choices then need one more collective, one of two kinds:
   confidences (``PLAN_WITHOUT_LOGITS``). Other sequences of the same step
   ride along; steps without them stay on the reduce path.
 
-CUDA graphs are not captured under tensor parallelism (every step is eager); the kernels run on each rank's
-local shapes (H/R heads, I/R units, Vs columns).
+CUDA graphs, per rank: a dual-cache block step whose rows are all greedy (T = 0) and on the reduce path runs on
+every rank through that rank's captured graph (``cuda_graph.GraphedBlockStep``: the forward with its all-reduces,
+its slice of the LM head, the logit rules on its columns and ``remask_partial``, one graph per batch bucket and
+block width); the gather of the partials follows the replay, outside the graph. Steps with T > 0 rows (the
+Gumbel noise is drawn only for those rows: a host decision) or on the gather path run eagerly. The kernels run on
+each rank's local shapes (H/R heads, I/R units, Vs columns).
 """
 from __future__ import annotations
 
@@ -35,16 +39,20 @@ from unmask.kernels import ops
 from unmask.server.config import ModelConfig
 from unmask.server.engine import commit_policy
 from unmask.server.engine.commit_policy import CommitPlan, LogitRules
-from unmask.server.engine.forward_inputs import ForwardInputs
+from unmask.server.engine.cuda_graph import GraphedBlockStep
+from unmask.server.engine.forward_inputs import ForwardInputs, build_inputs
 from unmask.server.engine.kv_cache import KVCacheManager
 from unmask.server.engine.model_runner import Commits, ModelRunner, guided_logits
+from unmask.server.engine.sequence import Sequence, StepKind
 from unmask.server.models.attention_meta import AttentionMetadata, packed_positions
 from unmask.server.models.parallel import TensorParallel
 
 BASE_RULES = ("temperature", "seeds", "mask_bias", "eos_bias")
 """LogitRules fields the reduce path applies per slice; any other rule present makes the step gather."""
+RULE_FLAGS = ("biases",)
+"""LogitRules fields that are host flags about the rules above, not rules of their own."""
 PLAN_WITHOUT_LOGITS = ("slot_pos", "topk_row", "row_slot", "cand", "k", "threshold", "strict", "factor",
-                       "random_conf", "is_random", "grammar")
+                       "uses_factor", "random_conf", "is_random", "grammar")
 """CommitPlan fields whose rules ``select`` applies without the logits; any other one present makes the step
 gather (``eos_eot_rows``, ``dream_conf``, ``logprobs``: softmaxes over whole rows)."""
 
@@ -58,16 +66,17 @@ class StepPayload:
     num_cond_rows: int
     cfg_rows: list[tuple[np.ndarray, float]]
     reduce: bool  # the step's last collective: reduce (True) or gather whole rows (False)
+    graph_w: int | None = None  # block width of a step through the ranks' graphed block step, else None
 
     @classmethod
-    def of(cls, inp: ForwardInputs, reduce: bool) -> "StepPayload":
+    def of(cls, inp: ForwardInputs, reduce: bool, graph_w: int | None = None) -> "StepPayload":
         """The payload of rank 0's packed inputs (copied to the host)."""
         names = ("input_ids", "positions", "logit_rows")
         tensors = {name: _host(getattr(inp, name)) for name in names}
         if reduce:
             tensors.update({name: _host(getattr(inp.rules, name)) for name in BASE_RULES})
         meta = {f.name: _host(getattr(inp.meta, f.name)) for f in dataclasses.fields(inp.meta) if f.name != "kv_caches"}
-        return cls(tensors, meta, inp.num_cond_rows, [(_host(r), w) for r, w in inp.cfg_rows], reduce)
+        return cls(tensors, meta, inp.num_cond_rows, [(_host(r), w) for r, w in inp.cfg_rows], reduce, graph_w)
 
 
 def _host(x):
@@ -83,7 +92,7 @@ def _device(x, device: torch.device):
 def needs_full_rows(inp: ForwardInputs) -> bool:
     """Does a rule of this step read whole logit rows (module docstring: the gather path)? A rule added later
     gathers until it is listed above as one that does not."""
-    rules = [f.name for f in dataclasses.fields(LogitRules) if f.name not in BASE_RULES]
+    rules = [f.name for f in dataclasses.fields(LogitRules) if f.name not in BASE_RULES + RULE_FLAGS]
     plan = [f.name for f in dataclasses.fields(CommitPlan) if f.name not in PLAN_WITHOUT_LOGITS]
     return (any(getattr(inp.rules, name) is not None for name in rules)
             or any(getattr(inp.plan, name) is not None for name in plan))
@@ -93,8 +102,12 @@ class ShardStep:
     """One rank's part of a step: its model shard, its KV cache layers (H/R heads) and the group."""
 
     def __init__(self, model: torch.nn.Module, tp: TensorParallel, kv_layers: list, device: torch.device,
-                 cfg: ModelConfig):
+                 cfg: ModelConfig, capture: bool | None = None, max_pages: int = 0):
+        """``capture``: this rank's graphed block step (``cuda_graph.graph_capture``: True captured, False its
+        static buffers run eagerly, None none) over block tables of up to ``max_pages`` pages."""
         self.model, self.tp, self.kv_layers, self.device, self.cfg = model, tp, kv_layers, device, cfg
+        self.graphed = None if capture is None else GraphedBlockStep(model, kv_layers, max_pages, self.greedy_head,
+                                                                     capture)
 
     @torch.inference_mode()
     def run(self, p: StepPayload) -> torch.Tensor:
@@ -105,18 +118,32 @@ class ShardStep:
         meta = AttentionMetadata(**{name: _device(v, dev) for name, v in p.meta.items()})
         if meta.block_table is not None or meta.slot_mapping is not None:
             meta.kv_caches = self.kv_layers
-        hidden = self.model(t["input_ids"], t["positions"], meta, t["logit_rows"])  # [M + M_cfg, D]
-        logits = self.model.compute_logits(hidden)  # [M + M_cfg, Vs]
-        logits = guided_logits(logits, p.num_cond_rows, [(_device(r, dev), w) for r, w in p.cfg_rows])  # [M, Vs]
-        if not p.reduce:
-            return self.tp.gather_cols(logits)  # [M, V]
-        temperature, seeds, mask_bias, eos_bias = (t[name] for name in BASE_RULES)
+        if p.graph_w is not None:  # every row greedy, reduce path: this rank's graph, then the gather
+            (partials,) = self.graphed.run(t["input_ids"], t["positions"], meta, LogitRules(
+                *(t[name] for name in BASE_RULES)), p.graph_w)  # [M, 4]
+        else:
+            hidden = self.model(t["input_ids"], t["positions"], meta, t["logit_rows"])  # [M + M_cfg, D]
+            logits = self.model.compute_logits(hidden)  # [M + M_cfg, Vs]
+            logits = guided_logits(logits, p.num_cond_rows, [(_device(r, dev), w) for r, w in p.cfg_rows])  # [M, Vs]
+            if not p.reduce:
+                return self.tp.gather_cols(logits)  # [M, V]
+            partials = self.partials(logits, *(t[name] for name in BASE_RULES))  # [M, 4]
+        parts = self.tp.gather(partials)  # R x [M, 4]
+        return None if parts is None else torch.stack(parts)  # [R, M, 4]
+
+    def partials(self, logits: torch.Tensor, temperature: torch.Tensor | None, seeds: torch.Tensor,
+                 mask_bias: torch.Tensor, eos_bias: torch.Tensor) -> torch.Tensor:
+        """This rank's logits slice [M, Vs] (modified in place) -> its ``remask_partial`` [M, 4] after the mask/EOS
+        rules, which the rank holding that column applies (``temperature`` None: every row greedy)."""
         start = self.model.vocab_start
         for token, bias in ((self.cfg.mask_token_id, mask_bias), (self.cfg.eos_token_id, eos_bias)):
-            if start <= token < start + logits.shape[1]:  # the rank holding that column applies the rule
+            if start <= token < start + logits.shape[1]:
                 logits[:, token - start] += bias.to(logits.dtype)
-        parts = self.tp.gather(ops.remask_partial(logits, temperature, seeds, start))  # R x [M, 4]
-        return None if parts is None else torch.stack(parts)  # [R, M, 4]
+        return ops.remask_partial(logits, temperature, seeds, start)
+
+    def greedy_head(self, logits: torch.Tensor, rules: LogitRules) -> tuple[torch.Tensor]:
+        """The graphed step's head on a rank: logits [N, Vs] -> (partials [N, 4],), no host synchronisation."""
+        return (self.partials(logits, None, rules.seeds, rules.mask_bias, rules.eos_bias),)
 
     @torch.inference_mode()
     def logits(self, token_ids: torch.Tensor) -> torch.Tensor:
@@ -136,6 +163,16 @@ class TPModelRunner(ModelRunner):
                  kernels=None):
         super().__init__(shard.model, cfg, device, kv, cuda_graphs=False, kernels=kernels)
         self.shard, self.group = shard, group
+        self.graphed = shard.graphed  # the ranks' graphed steps (rank 0's own here): steps of greedy rows only
+
+    def graphable(self, seq: Sequence, kind: StepKind) -> bool:
+        return super().graphable(seq, kind) and seq.params.temperature == 0
+
+    def _graph_step(self, seqs: list[Sequence], w: int) -> Commits:
+        inp = build_inputs(seqs, [StepKind.BLOCK] * len(seqs), self.kv, self.device, all_block_rows=True)
+        if needs_full_rows(inp):  # a rule reads whole rows: every rank's eager forward, rows gathered
+            return self._step(inp)
+        return self._reduced(inp, self.group.run_all("step", StepPayload.of(inp, True, w), self.shard.run))
 
     def _step(self, inp: ForwardInputs) -> Commits:
         cfg = self.cfg
@@ -144,8 +181,12 @@ class TPModelRunner(ModelRunner):
         if full:
             x0, conf = commit_policy.propose(out, inp.rules, cfg.mask_token_id, cfg.eos_token_id)
             return commit_policy.select(inp.plan, out, x0, conf, cfg.eos_token_id, cfg.eot_token_id)
-        x0, conf = ops.remask_combine(out, self.shard.model.embed.dtype)  # [M], [M]
-        return commit_policy.select(inp.plan, None, x0, conf, cfg.eos_token_id, cfg.eot_token_id)
+        return self._reduced(inp, out)
+
+    def _reduced(self, inp: ForwardInputs, parts: torch.Tensor) -> Commits:
+        """The ranks' partials [R, M, 4] -> the step's commits (``remask_combine``, then ``select``)."""
+        x0, conf = ops.remask_combine(parts, self.shard.model.embed.dtype)  # [M], [M]
+        return commit_policy.select(inp.plan, None, x0, conf, self.cfg.eos_token_id, self.cfg.eot_token_id)
 
     def logits(self, token_ids: list[int]) -> torch.Tensor:
         """One full bidirectional forward over every rank -> [L, V] (float32, float64 for a float64 model)."""

@@ -29,9 +29,11 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
+from unmask.kernels import options
 from unmask.kernels.options import KernelOptions
 from unmask.server.config import EngineConfig, ModelConfig
 from unmask.server.engine.client import EngineDeadError
+from unmask.server.engine.cuda_graph import graph_capture
 from unmask.server.engine.kv_cache import KVCacheManager
 from unmask.server.engine.rank_worker import RankSpec, run_worker
 from unmask.server.engine.tp_runner import ShardStep, TPModelRunner
@@ -70,7 +72,8 @@ class RankGroup:
         """Called once, from any thread, with the reason when the group fails."""
         self.failure: str | None = None
         self.reports: list[dict] = []
-        """Per worker rank 1..N-1: pid, parameter bytes and RssAnon before and after loading its shard."""
+        """Per worker rank 1..N-1: pid, weight bytes (``param_bytes``: parameters and quantized weights,
+        ``quantize.weight_bytes``) and RssAnon before and after loading its shard."""
         self.model: torch.nn.Module | None = None
         self.cfg: ModelConfig | None = None
         self.store_dir: Path | None = None
@@ -97,20 +100,20 @@ class RankGroup:
                                                  config.tp_step_timeout)
         if size < 1:
             raise ValueError(f"tensor_parallel_size must be ≥ 1, got {size}")
-        if config.quantization is not None:
-            raise ValueError("tensor parallelism does not support --quantization yet")
         tp = TensorParallel(0, size, expert_parallel)
         tp.check(ModelConfig.from_pretrained(path))  # refuse an unsplittable model before spawning anything
         store = Path(tempfile.mkdtemp(prefix="unmask-tp-")) / "store"
         spec = RankSpec(str(path), str(device), dtype, size, expert_parallel, f"file://{store}",
-                        step_timeout_s + COLLECTIVE_SLACK_S, config.kernels)
+                        step_timeout_s + COLLECTIVE_SLACK_S, config.kernels, config.quantization,
+                        config.quantize_lm_head, config.cuda_graphs)
         group = cls(spec, tp, step_timeout_s)
         group.store_dir = store.parent
         try:
             for rank in range(1, size):
                 group._expect(rank, "hello")
             init_group(0, size, spec.init_method, device, spec.timeout_s)
-            group.model, group.cfg = load_model(path, device, dtype, tp=tp)
+            group.model, group.cfg = load_model(path, device, dtype, config.quantization, config.quantize_lm_head,
+                                                tp=tp)
             group.reports = [group._expect(rank, "loaded") for rank in range(1, size)]
         except BaseException:
             group.shutdown()
@@ -134,9 +137,10 @@ class RankGroup:
                 raise ValueError(f"tensor-parallel rank {rank} exited with code {proc.exitcode} while starting")
         raise ValueError(f"tensor-parallel rank {rank} did not start within {STARTUP_TIMEOUT_S:.0f} s")
 
-    def runner(self, kv: KVCacheManager, kernels: KernelOptions) -> TPModelRunner:
+    def runner(self, kv: KVCacheManager, kernels: KernelOptions, cuda_graphs: bool) -> TPModelRunner:
         """Rank 0's runner over ``kv``; every worker allocates a cache of the same page count, then the watcher
-        starts."""
+        starts. Every rank runs greedy dual-cache block steps through its own CUDA graphs when ``cuda_graphs``
+        (the workers were told at spawn: ``RankSpec.cuda_graphs``)."""
         try:
             for conn in self.conns:
                 conn.send(kv.num_pages)
@@ -146,9 +150,11 @@ class RankGroup:
             self.shutdown()
             raise
         threading.Thread(target=self._watch, name="unmask-tp-watch", daemon=True).start()
-        device = self.model.lm_head.device
-        return TPModelRunner(ShardStep(self.model, self.tp, kv.layers, device, self.cfg), self, self.cfg, device,
-                             kv, kernels)
+        device = self.model.embed.device
+        capture = graph_capture(cuda_graphs, device, options.resolve(kernels), kv)
+        shard = ShardStep(self.model, self.tp, kv.layers, device, self.cfg, capture,
+                          kv.pages_for(self.cfg.max_position_embeddings))
+        return TPModelRunner(shard, self, self.cfg, device, kv, kernels)
 
     def run_all(self, kind: str, arg, local: Callable):
         """Send (kind, arg) to every worker, then run ``local(arg)`` here -> its result. Any failure is fatal

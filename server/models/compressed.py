@@ -9,6 +9,9 @@ Detected from ``config.json``'s ``quantization_config`` (``quant_method: compres
   | 'int8')`` (repacked to nibbles / int8 on load, never dequantized).
 Activation quantization in the scheme (FP8_DYNAMIC's per-token inputs) is not applied: activations stay in the
 model dtype (weight-only serving of the same weights). Anything else raises a CheckpointError naming it.
+A tensor-parallel rank reads its slice as stored (``CompressedReader.quantized``): rows slice the values, packed words
+and scale rows; a row-parallel K/N slice keeps channel scales [N, 1] whole and slices group scales along K/G (K/N
+must be a multiple of G), unpacking only the words that span its columns and cutting them exactly at the split.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from pathlib import Path
 import torch
 
 from unmask.kernels.quant import QuantizedWeight, pack_int4
-from unmask.server.config import CheckpointError
+from unmask.server.config import CheckpointError, UnsupportedConfigError
 
 _SIDE_SUFFIXES = ("weight_scale", "weight_shape", "weight_zero_point", "weight_global_scale", "input_scale")
 
@@ -69,41 +72,77 @@ def scheme(path: Path) -> Scheme | None:
 
 
 class CompressedReader:
-    """Over a plain tensor reader: ``names`` are the logical HF names (``x.weight`` for ``x.weight_packed`` +
-    side tensors), ``quantized(name)`` a QuantizedWeight, ``get(name)`` a dense tensor (dequantized in fp32 for
-    a quantized tensor the model keeps dense, such as a quantized router)."""
+    """Over a plain tensor reader (the loader's ``_Reader``): ``names`` are the logical HF names (``x.weight`` for
+    ``x.weight_packed`` + side tensors), ``quantized(name)`` a QuantizedWeight, ``get(name)`` a dense tensor
+    (dequantized in fp32 for a quantized tensor the model keeps dense, such as a quantized router); both take a
+    tensor-parallel rank's slice as the plain reader does (``dim``, row ``parts``)."""
 
     def __init__(self, reader, scheme: Scheme, device: torch.device):
         self.reader, self.scheme, self.device = reader, scheme, device
         self.names = logical_names(reader.files)
 
+    @property
+    def tp(self):
+        return self.reader.tp
+
     def is_quantized(self, name: str) -> bool:
         return f"{name}_scale" in self.reader.files
 
-    def get(self, name: str) -> torch.Tensor:
+    def get(self, name: str, dim: int | None = None) -> torch.Tensor:
         if self.is_quantized(name):
-            return self.quantized(name).dequantize(torch.float32)
-        return self.reader.get(name)
+            return self.quantized(name, dim).dequantize(torch.float32)
+        return self.reader.get(name, dim)
+
+    def get_parts(self, name: str, rows: list[int]) -> torch.Tensor:
+        if self.is_quantized(name):
+            return self.quantized(name, parts=rows).dequantize(torch.float32)
+        return self.reader.get_parts(name, rows)
 
     def close(self) -> None:
         self.reader.close()
 
-    def quantized(self, name: str) -> QuantizedWeight:
-        s = self.scheme
-        scales = self.reader.get(f"{name}_scale").float()
-        if s.packed:
-            n, k = (int(v) for v in self.reader.get(f"{name}_shape").tolist())
-            q = unpack_int32(self.reader.get(f"{name}_packed"), s.bits)[:, :k]  # [N, K] int16
-            data = pack_int4(q) if s.fmt == "int4" else q.to(torch.int8)
+    def quantized(self, name: str, dim: int | None = None, parts: list[int] | None = None) -> QuantizedWeight:
+        """Stored tensor ``name`` [N, K] -> QuantizedWeight as stored: whole (``dim`` None), this rank's rows (``dim``
+        0, or its rows of each of ``parts``) with their scale rows, or its K/N columns (``dim`` 1, row-parallel):
+        channel scales [N, 1] whole, group scales [N, K/G] sliced along K/G (K/N must be a multiple of G), packed
+        words unpacked around the split and cut at it exactly."""
+        s, r = self.scheme, self.reader
+        k = int(r.get(f"{name}_shape")[1]) if s.packed else r.shape(name)[1]
+        if dim == 1:
+            scales, data = self._columns(name, k)
         else:
-            data = self.reader.get(name)
-            n, k = data.shape
-            if data.dtype != torch.float8_e4m3fn:
-                raise CheckpointError(f"tensor {name!r} has dtype {data.dtype}, expected float8_e4m3fn")
+            rows = (lambda t: r.get_parts(t, parts)) if parts is not None else (lambda t: r.get(t, dim))
+            scales = rows(f"{name}_scale")
+            data = unpack_int32(rows(f"{name}_packed"), s.bits)[:, :k] if s.packed else rows(name)  # [N, K]
+        n, k = data.shape
+        if s.fmt == "fp8" and data.dtype != torch.float8_e4m3fn:
+            raise CheckpointError(f"tensor {name!r} has dtype {data.dtype}, expected float8_e4m3fn")
         if scales.dim() != 2 or scales.shape[0] != n or k % scales.shape[1]:
             raise CheckpointError(f"tensor {name}_scale has shape {list(scales.shape)}, which does not fit [{n}, {k}]")
-        return QuantizedWeight(data.contiguous().to(self.device), scales.contiguous().to(self.device), s.fmt,
+        if s.packed:
+            data = pack_int4(data) if s.fmt == "int4" else data.to(torch.int8)
+        return QuantizedWeight(data.contiguous().to(self.device), scales.float().contiguous().to(self.device), s.fmt,
                                k // scales.shape[1])
+
+    def _columns(self, name: str, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's K/N columns of stored tensor ``name`` -> (scales [N, 1] or [N, K/N/G], values [N, K/N]: fp8
+        codes, or the unpacked ints of the words spanning them)."""
+        s, r, tp = self.scheme, self.reader, self.reader.tp
+        groups = r.shape(f"{name}_scale")[-1]
+        if k % groups:
+            raise CheckpointError(f"tensor {name}_scale has {groups} columns, which does not divide K = {k}")
+        g = k // groups
+        lo, hi = tp.group_chunk(k, g if groups > 1 else 1, f"tensor {name!r}")
+        if s.fmt == "int4" and (hi - lo) % 2:
+            raise UnsupportedConfigError(f"tensor {name!r}: tensor parallel size {tp.size} splits its K = {k} input "
+                                         f"features into {hi - lo} per rank, an odd number (int4 packs pairs)")
+        scales = r.get(f"{name}_scale") if groups == 1 else r.span(f"{name}_scale", 1, lo // g, hi // g)
+        if not s.packed:
+            return scales, r.span(name, 1, lo, hi)
+        per = 32 // s.bits
+        first = lo // per
+        words = r.span(f"{name}_packed", 1, first, -(-hi // per))
+        return scales, unpack_int32(words, s.bits)[:, lo - first * per:hi - first * per]
 
 
 def unpack_int32(packed: torch.Tensor, bits: int) -> torch.Tensor:

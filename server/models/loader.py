@@ -7,10 +7,12 @@ twice in full. Any missing, unexpected or mis-shaped tensor raises ``CheckpointE
 Quantized weights (``--quantization`` at load time, or a compressed-tensors checkpoint) are assembled per
 parameter by ``quantize.py`` / ``compressed.py``: the model is built on the meta device and each weight is
 allocated (or quantized) as it is read. A tensor-parallel rank (``tp``, ``parallel.py``) reads only its slice of
-each split tensor (``safe_open(...).get_slice``) and only its experts under expert parallelism.
+each split tensor (``safe_open(...).get_slice``) and only its experts under expert parallelism; quantized, it holds
+exactly the one-device quantized weights' slices (values and scales; the rules are in ``quantize.py``).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -51,7 +53,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
                quantization: str | None = None, quantize_lm_head: bool = False, tp: TensorParallel | None = None):
     """Load ``path`` -> (model in eval mode without grads, ModelConfig). ``quantization``: None, 'fp8', 'int8' or
     'int4' (``quantize.py``); a compressed-tensors checkpoint is loaded quantized as stored. ``tp``: load one
-    rank's shard (its slices only)."""
+    rank's shard (its slices only). Quantizing a row-parallel tensor to fp8/int8 at load time takes one
+    all-reduce(MAX) of its row absmax in the process group (every rank loads the same tensors in the same order),
+    or, without a process group, reads the other ranks' slices of it one at a time."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a checkpoint directory")
@@ -65,8 +69,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
     quantized = scheme is not None or fmt is not None
     if tp is not None:
         tp.check(cfg)
-        if quantized:
-            raise CheckpointError(f"{path}: tensor parallelism does not support quantized weights yet")
     model = build_model(cfg, device="meta" if quantized else device, dtype=dtype, init_std=None, tp=tp)
     params = dict(model.named_parameters())
     plain, fused, stacked = cls.hf_names(cfg), cls.hf_fused_names(cfg), cls.hf_stacked_names(cfg)
@@ -84,21 +86,22 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
         first, stop = tp.expert_range(cfg)
         stacked = {ours: groups[first:stop] for ours, groups in stacked.items()}
     split = tp.split_dim if tp is not None else (lambda ours: None)
+    row_parts = (lambda ours: tp.row_parts(ours, cfg)) if tp is not None else (lambda ours: None)
     qnames, source = set(), None
     if quantized:
         reader, source, qnames = _quantized_setup(model, params, plain, fused, stacked, reader, scheme, fmt,
                                                   quantize_lm_head, torch.device(device), dtype)
     with torch.no_grad():
         for ours in sorted(qnames):
-            qw = _assemble(ours, plain, fused, stacked, source)
+            qw = _assemble(ours, plain, fused, stacked, source, split(ours), row_parts(ours))
             _check_shape(ours, qw.shape, params[ours].shape)
             quantize.set_weight(model, ours, qw)
         plain = {k: v for k, v in plain.items() if k not in qnames}
         fused = {k: v for k, v in fused.items() if k not in qnames}
         stacked = {k: v for k, v in stacked.items() if k not in qnames}
         for ours, theirs in plain.items():
-            parts = tp.row_parts(ours, cfg) if tp is not None else None
-            t = _get(reader, theirs, split(ours)) if parts is None else reader.get_parts(theirs, parts)
+            parts = row_parts(ours)
+            t = reader.get(theirs, split(ours)) if parts is None else reader.get_parts(theirs, parts)
             _check_shape(theirs, t.shape, params[ours].shape)
             params[ours].copy_(t)
         for ours, parts in fused.items():
@@ -128,27 +131,22 @@ def _quantized_setup(model, params, plain, fused, stacked, reader, scheme, fmt, 
     return reader, source, qnames
 
 
-def _assemble(ours, plain, fused, stacked, source):
-    """The QuantizedWeight of internal parameter ``ours`` from its HF parts (one, fused rows, or experts)."""
+def _assemble(ours, plain, fused, stacked, source, dim, parts):
+    """The QuantizedWeight of internal parameter ``ours`` from its HF parts (one, fused rows, or experts), each
+    this rank's slice: split along ``dim`` (None: whole), or its rows of each of ``parts`` (one tensor of q/k/v)."""
     if ours in plain:
-        return source.quantized(plain[ours])
+        return source.quantized(plain[ours], dim, parts)
     if ours in fused:
-        return quantize.cat_rows([source.quantized(n) for n, _ in fused[ours]])
-    return quantize.stack([quantize.cat_rows([source.quantized(n) for n in names]) for names in stacked[ours]])
+        return quantize.cat_rows([source.quantized(n, dim) for n, _ in fused[ours]])
+    return quantize.stack([quantize.cat_rows([source.quantized(n, dim) for n in names]) for names in stacked[ours]])
 
 
-def _get(reader, name: str, dim: int | None) -> torch.Tensor:
-    """The tensor ``name`` from any reader, or this rank's chunk along ``dim`` (``_Reader`` of a tensor-parallel
-    load; quantized readers are never split)."""
-    return reader.get(name) if dim is None else reader.get(name, dim)
-
-
-def _fill_fused(param: torch.Tensor, parts: list[tuple[str, int]], reader: "_Reader", dim: int | None = None) -> None:
+def _fill_fused(param: torch.Tensor, parts: list[tuple[str, int]], reader, dim: int | None = None) -> None:
     """param [R, C] (or a fused bias [R]) = cat(dim 0) of the named tensors, each checked against its expected
     [rows, C] ([rows]); with ``dim`` 0, each tensor's slice of this rank (rows / N)."""
     row = 0
     for name, rows in parts:
-        t = _get(reader, name, dim)
+        t = reader.get(name, dim)
         rows = rows // reader.tp.size if dim == 0 else rows
         _check_shape(name, t.shape, (rows, *param.shape[1:]))
         param[row:row + rows].copy_(t)
@@ -156,12 +154,12 @@ def _fill_fused(param: torch.Tensor, parts: list[tuple[str, int]], reader: "_Rea
     _check_shape(f"{[n for n, _ in parts]}", (row, *param.shape[1:]), param.shape)
 
 
-def _fill_stacked(param: torch.Tensor, groups: list[list[str]], reader: "_Reader", dim: int | None = None) -> None:
+def _fill_stacked(param: torch.Tensor, groups: list[list[str]], reader, dim: int | None = None) -> None:
     """param [E, R, C]: slot j = cat(dim 0) of the tensors named in groups[j] (each sliced along ``dim``)."""
     for j, names in enumerate(groups):
         row = 0
         for name in names:
-            t = _get(reader, name, dim)
+            t = reader.get(name, dim)
             if t.dim() != 2 or t.shape[1] != param.shape[2] or row + t.shape[0] > param.shape[1]:
                 raise CheckpointError(f"tensor {name!r} has shape {list(t.shape)}, which does not fit "
                                       f"expert slot [{param.shape[1]}, {param.shape[2]}]")
@@ -185,15 +183,24 @@ class _Reader:
                 raise CheckpointError(f"{f}: cannot read safetensors file ({exc})") from exc
         return self.handles[f]
 
-    def get(self, name: str, dim: int | None = None) -> torch.Tensor:
-        """The tensor ``name``, or with ``dim`` only this rank's chunk of it along that dim."""
-        handle = self._handle(name)
+    def shape(self, name: str) -> list[int]:
+        """The shape of tensor ``name`` (from the file's header; nothing is read)."""
+        return self._handle(name).get_slice(name).get_shape()
+
+    def span(self, name: str, dim: int, lo: int, hi: int) -> torch.Tensor:
+        """Indices [lo, hi) of tensor ``name`` along ``dim`` (only those are read)."""
         try:
-            if dim is None:
-                return handle.get_tensor(name)
-            part = handle.get_slice(name)
-            lo, hi = self.tp.chunk(part.get_shape()[dim], f"dim {dim} of tensor {name!r}")
-            return part[(slice(None),) * dim + (slice(lo, hi),)]
+            return self._handle(name).get_slice(name)[(slice(None),) * dim + (slice(lo, hi),)]
+        except Exception as exc:  # noqa: BLE001
+            raise CheckpointError(f"{self.files[name]}: tensor {name!r} cannot be read ({exc})") from exc
+
+    def get(self, name: str, dim: int | None = None, rank: int | None = None) -> torch.Tensor:
+        """The tensor ``name``, or with ``dim`` only the chunk of this rank (or of ``rank``) along that dim."""
+        if dim is not None:
+            tp = self.tp if rank is None else dataclasses.replace(self.tp, rank=rank)
+            return self.span(name, dim, *tp.chunk(self.shape(name)[dim], f"dim {dim} of tensor {name!r}"))
+        try:
+            return self._handle(name).get_tensor(name)
         except Exception as exc:  # noqa: BLE001
             raise CheckpointError(f"{self.files[name]}: tensor {name!r} cannot be read ({exc})") from exc
 

@@ -28,11 +28,21 @@ Megatron-style split of a LLaDA block over N ranks (one process per rank, ``serv
 Norms, q/k norms, routers and expert biases are replicated; LLaDA2's shared experts are split by units in both MoE
 modes. Every split is N equal contiguous chunks, so H, Hk, I (or E) and
 V must be multiples of N (``check``).
+
+Quantized weights (load-time fp8/int8/int4, compressed-tensors checkpoints; the embedding stays dense) split by the
+same rules, and every rank holds exactly its slices of the one-device quantized weights, values and scales:
+column-parallel rows (q/k/v, gate/up, expert w_gate_up, a quantized LM head's vocabulary rows) carry their own
+per-row or per-group scales; a row-parallel weight's K/N columns (o_proj, down_proj, expert w_down) keep the whole
+rows' per-channel scales [N, 1] (at load time from the absmax over all K: one all-reduce(MAX) per tensor,
+``row_absmax``) and whole int4 groups, G chosen from the full K, so K/N must be a multiple of G (``group_chunk``);
+experts are quantized whole under expert parallelism. The row-parallel matmul needs nothing more: each rank's
+x_r @ dequant(W_r)^T uses the shared scales and the block's all-reduce sums the partial products.
 """
 from __future__ import annotations
 
 import dataclasses
 from datetime import timedelta
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -128,6 +138,32 @@ class TensorParallel:
             return width  # the local expert width is already split
         lo, hi = self.chunk(width, "the shared experts' width")
         return hi - lo
+
+    def group_chunk(self, k: int, group: int, what: str) -> tuple[int, int]:
+        """This rank's [start, stop) of the K input features of a row-parallel weight quantized in groups of
+        ``group`` features: K/N must be a multiple of G (every rank holds whole groups, so its group scales are a
+        slice of the full weight's); else UnsupportedConfigError naming ``what``, K, N and G."""
+        lo, hi = self.chunk(k, f"the input features of {what}")
+        if (hi - lo) % group:
+            raise UnsupportedConfigError(
+                f"{what}: tensor parallel size {self.size} splits its K = {k} input features into {hi - lo} per "
+                f"rank, not a multiple of its quantization group size G = {group}")
+        return lo, hi
+
+    def row_absmax(self, local: torch.Tensor, chunk_absmax: Callable[[int], torch.Tensor]) -> torch.Tensor:
+        """The per-row absmax of a row-parallel weight over all K: local fp32 [.., N, 1], this rank's over its K/N
+        columns -> [.., N, 1] over the whole rows, the same bits on every rank (a max is exact in any order). In
+        the process group one all-reduce(MAX); without one (a shard loaded on its own, e.g. by a test), the max of
+        ``chunk_absmax(r)`` (rank r's partial absmax, read by this process) over the other ranks r, one at a time."""
+        if dist.is_initialized():
+            if dist.get_world_size() != self.size:
+                raise RuntimeError(f"process group of {dist.get_world_size()} ranks, tensor parallel size {self.size}")
+            dist.all_reduce(local, op=dist.ReduceOp.MAX)
+            return local
+        for r in range(self.size):
+            if r != self.rank:
+                local = torch.maximum(local, chunk_absmax(r))
+        return local
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         """Sum ``x`` over the ranks, in place; returns it (a no-op on one rank)."""

@@ -127,7 +127,8 @@ def test_static_block_step_path_matches_eager_path(llm64):
     params.append(DiffusionParams(max_tokens=16, block_length=8, preset="fast"))
     prompts.append([15, 16])
     want = [o.token_ids for o in llm.generate(prompts, params)]
-    eng.runner.graphed = GraphedBlockStep(eng.model, eng.kv.layers, eng.kv.pages_for(512), 95, 94, capture=False)
+    eng.runner.graphed = GraphedBlockStep(eng.model, eng.kv.layers, eng.kv.pages_for(512), eng.runner.propose_head,
+                                          capture=False)
     try:
         got = [o.token_ids for o in llm.generate(prompts, params)]
         assert eng.runner.graphed.graphs, "the static path was not used"

@@ -158,7 +158,7 @@ def test_static_block_step_path_applies_controls(llm64):
     params = [DiffusionParams(max_tokens=16, block_length=8, cache="dual", threshold=0.2, temperature=0.8, seed=i,
                               **c) for i, c in enumerate(ctls)]
     want = llm.generate(prompts, params)
-    eng.runner.graphed = GraphedBlockStep(eng.model, eng.kv.layers, eng.kv.pages_for(512), MASK_ID, EOS_ID,
+    eng.runner.graphed = GraphedBlockStep(eng.model, eng.kv.layers, eng.kv.pages_for(512), eng.runner.propose_head,
                                           capture=False)
     try:
         got = llm.generate(prompts, params)

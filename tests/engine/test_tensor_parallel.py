@@ -78,6 +78,47 @@ def test_split_model_matches_one_device(ckpts, single, family, size, expert_para
             assert ids_got == ids_want and lp_got == pytest.approx(lp_want, rel=1e-10, abs=1e-12)
 
 
+def test_steps_without_whole_row_rules_take_the_reduce_path():
+    """Which collective a step pays: exact, threshold and T > 0 steps (with or without the EOS rule) reduce their
+    slices (R·M·4 numbers); a sampling control or logprobs gathers whole rows."""
+    from unmask.server.engine.client import Request
+    from unmask.server.engine.forward_inputs import build_inputs
+    from unmask.server.engine.sequence import Sequence, StepKind
+    from unmask.server.engine.tp_runner import needs_full_rows
+
+    base = dict(max_tokens=8, block_length=4)
+    cases = [(DiffusionParams(**base, steps=8), False), (DiffusionParams(**base, threshold=0.9), False),
+             (DiffusionParams(**base, temperature=0.7, seed=1, logits_eos_inf=True), False),
+             (DiffusionParams(**base, top_p=0.5, temperature=0.7), True), (DiffusionParams(**base, logprobs=1), True)]
+    for p, full in cases:
+        seq = Sequence(Request("r", (5, 6, 7), p), 95, (94,), 0)
+        inp = build_inputs([seq], [StepKind.REFRESH], None, torch.device("cpu"))
+        assert needs_full_rows(inp) is full, p
+
+
+@pytest.mark.parametrize("family,expert_parallel", [("dense", False), ("moe", True)])
+def test_graphed_block_steps_per_rank_match_one_device(ckpts, single, monkeypatch, family, expert_parallel):
+    """Greedy dual-cache block steps through every rank's graphed step (its static buffers run eagerly on CPU:
+    ``UNMASK_STATIC_GRAPH_STEP``, inherited by the spawned ranks; on CUDA the same step is captured): padded to
+    the batch bucket, the partials gathered after it, mixed with T > 0 and sampling-control rows that stay eager.
+    The ranks' forwards meet in collectives of the padded shapes, so a rank off the graphed path would fail the
+    step."""
+    monkeypatch.setenv("UNMASK_STATIC_GRAPH_STEP", "1")
+    dual = dict(max_tokens=8, block_length=4, cache="dual")
+    params = [DiffusionParams(threshold=0.3, **dual), DiffusionParams(**dual, steps=8),
+              DiffusionParams(threshold=0.3, temperature=0.8, seed=2, **dual),
+              DiffusionParams(threshold=0.3, top_k=5, **dual)]
+    want = [o.token_ids for o in single[family].generate(PROMPTS, params)]
+    with LLM(str(ckpts[family]), device="cpu", dtype="float64", kv_cache_memory=KV, tensor_parallel_size=2,
+             enable_expert_parallel=expert_parallel) as tp:
+        got = [o.token_ids for o in tp.generate(PROMPTS, params)]
+        graphs = dict(tp.engine.runner.graphed.graphs)
+        alone = tp.generate([PROMPTS[1]], params[0])[0].token_ids
+        graphs_alone = set(tp.engine.runner.graphed.graphs) - set(graphs)
+    assert got == want and alone == single[family].generate([PROMPTS[1]], params[0])[0].token_ids
+    assert graphs and graphs_alone == {(1, 4)}, (graphs, graphs_alone)  # a request alone: bucket 1
+
+
 FAMILY_SPLITS = [("llada2", True), ("dream", False)]
 
 
@@ -134,8 +175,6 @@ def test_unsplittable_models_are_refused(ckpts):
         LLM(str(ckpts["dense"]), device="cpu", dtype="float64", tensor_parallel_size=3)
     with pytest.raises(UnsupportedConfigError, match="expert parallelism needs a MoE model"):
         LLM(str(ckpts["dense"]), device="cpu", dtype="float64", tensor_parallel_size=2, enable_expert_parallel=True)
-    with pytest.raises(ValueError, match="does not support --quantization"):
-        LLM(str(ckpts["dense"]), device="cpu", dtype="float32", tensor_parallel_size=2, quantization="int8")
 
 
 def test_a_checkpoint_that_fails_to_load_leaves_no_rank_behind(tmp_path):

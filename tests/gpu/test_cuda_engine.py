@@ -1,7 +1,8 @@
 """Engine checks that need a CUDA device (skipped elsewhere: CPU CI covers the same logic eagerly).
 
-Run by benchmarks/gpu_check.sh: the captured CUDA-graph block step equals the eager path, and the Triton
-kernels drive the engine to the same greedy outputs as the torch reference in float32.
+Run by benchmarks/gpu_check.sh: the captured CUDA-graph block step equals the eager path (on one device, and per
+rank under tensor parallelism when 2 GPUs are present), and the Triton kernels drive the engine to the same greedy
+outputs as the torch reference in float32.
 """
 import pytest
 import torch
@@ -33,6 +34,22 @@ def test_cuda_graph_block_step_equals_eager(ckpt):
     want = [o.token_ids for o in eager.generate(_prompts(), params)]
     got = [o.token_ids for o in graphed.generate(_prompts(), params)]
     assert graphed.engine.runner.graphed.graphs and got == want
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices (one per tensor-parallel rank)")
+@pytest.mark.parametrize("expert_parallel", [False, True])
+def test_tensor_parallel_cuda_graphs_equal_eager(ckpt, expert_parallel):
+    """TP = 2 over NCCL: greedy dual-cache block steps through every rank's captured graph (its all-reduces
+    captured with it) answer as the same TP engine stepping eagerly and as one device."""
+    params = [DiffusionParams(max_tokens=32, block_length=16, cache="dual", threshold=t, seed=1)
+              for t in (0.2, 0.5, 0.9, 0.3, 0.7)]
+    one = [o.token_ids for o in LLM(str(ckpt), device="cuda", dtype="float32").generate(_prompts(), params)]
+    with LLM(str(ckpt), device="cuda", dtype="float32", tensor_parallel_size=2,
+             enable_expert_parallel=expert_parallel) as tp:
+        assert tp.engine.runner.graphed is not None and tp.engine.runner.graphed.capture
+        got = [o.token_ids for o in tp.generate(_prompts(), params)]
+        assert tp.engine.runner.graphed.graphs
+    assert got == one
 
 
 @cuda
