@@ -152,8 +152,8 @@ def padded_part(args) -> dict:
                         early_stop=False)
     sides = {"padded": lambda: padded_run(llm, prompts, p, args.concurrency), "engine": lambda: engine_run(llm, prompts, p)}
     cpu: dict[str, list[float]] = {"padded": [], "engine": []}
-    for _ in range(args.warmup_runs):
-        padded_run(llm, prompts[:2], p, 2), engine_run(llm, prompts[:2], p)
+    for _ in range(args.warmup_runs):  # one full batch each: allocator growth at batch C stays out of the rounds
+        padded_run(llm, prompts[:args.concurrency], p, args.concurrency), engine_run(llm, prompts[:args.concurrency], p)
     runs: dict[str, list[dict]] = {"padded": [], "engine": []}
     for r in range(args.padded_rounds):  # A/B, then B/A: drift of the shared machine hits both sides alike
         for name in (("padded", "engine") if r % 2 == 0 else ("engine", "padded")):
