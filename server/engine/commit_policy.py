@@ -162,18 +162,18 @@ def build_rules(seqs: list[Sequence], slots: list[torch.Tensor], device: torch.d
     """seqs with their row positions slots[b] [n_b] int64 (rows are concatenated in this order) -> rules."""
     counts = [s.numel() for s in slots]  # [B]
 
-    def per_row(values, dtype):
-        return torch.tensor([v for v, n in zip(values, counts) for _ in range(n)], dtype=dtype, device=device)  # [M]
-
     seeds = []  # the noise only matters at T > 0 (remask_confidence reads the seeds of those rows alone)
     for seq, pos, n in zip(seqs, slots, counts):
         seeds += [row_seed(seq.seed, seq.num_steps, p) for p in pos.tolist()] if seq.params.temperature > 0 else [0] * n
     mask_bias = [0.0 if s.params.is_exact or s.threshold is not None else NEG_INF for s in seqs]
     eos_bias = [NEG_INF if s.params.logits_eos_inf else 0.0 for s in seqs]
+    per_seq = ([s.params.temperature for s in seqs], mask_bias, eos_bias)
+    temperature, mask_rows, eos_rows = torch.tensor(  # [3, M] float32 in one copy (rows stay contiguous)
+        [[v for v, n in zip(values, counts) for _ in range(n)] for values in per_seq], dtype=torch.float32,
+        device=device)
     return LogitRules(
-        temperature=per_row([s.params.temperature for s in seqs], torch.float32),
-        seeds=torch.tensor(seeds, dtype=torch.int64, device=device),
-        mask_bias=per_row(mask_bias, torch.float32), eos_bias=per_row(eos_bias, torch.float32),
+        temperature=temperature, seeds=torch.tensor(seeds, dtype=torch.int64, device=device),
+        mask_bias=mask_rows, eos_bias=eos_rows,
         sampling=sampling.build(seqs, slots, device), grammar=structured.mask_job(seqs, slots, device),
         biases=any(mask_bias) or any(eos_bias))
 
@@ -194,16 +194,15 @@ def build_plan(seqs: list[Sequence], slots: list[torch.Tensor], device: torch.de
                if s.params.confidence_eos_eot_inf]
     dream = [(torch.arange(a, a + n), s.params.alg == "entropy", s.params.temperature)
              for s, a, n in zip(seqs, starts, counts) if s.params.alg in ("topk_margin", "entropy")]
+    threshold, factor = torch.tensor([[(s.params.threshold or 0.0) if s.threshold is None else 0.0 for s in seqs],
+                                      [s.params.factor or 0.0 for s in seqs]], dtype=torch.float64, device=device)
     return CommitPlan(
         slot_pos=slot_pos, row_slot=row_slot.to(device), cand=cand.to(device),
         topk_row=[(s.block_start, s.params.block_length) if s.threshold is not None else (0, s.length) for s in seqs],
-        k=torch.tensor([step_k(s) for s in seqs], dtype=torch.int32, device=device),
-        threshold=torch.tensor([(s.params.threshold or 0.0) if s.threshold is None else 0.0 for s in seqs],
-                               dtype=torch.float64, device=device),
+        k=torch.tensor([step_k(s) for s in seqs], dtype=torch.int32, device=device), threshold=threshold,
         strict=torch.tensor([float("nan") if s.threshold is None else s.threshold for s in seqs],
                             dtype=torch.float64, device=device) if any(s.threshold is not None for s in seqs) else None,
-        factor=torch.tensor([s.params.factor or 0.0 for s in seqs], dtype=torch.float64, device=device),
-        uses_factor=any(s.params.factor for s in seqs),
+        factor=factor, uses_factor=any(s.params.factor for s in seqs),
         random_conf=None if rand is None else torch.nn.utils.rnn.pad_sequence(rand, batch_first=True).to(device),
         is_random=torch.tensor(is_random, device=device) if any(is_random) else None,
         eos_eot_rows=torch.cat([r for r, _ in eos_eot]).to(device) if eos_eot else None,
@@ -266,10 +265,11 @@ def select(plan: CommitPlan, logits: torch.Tensor, x0: torch.Tensor, conf: torch
     conf_bw = torch.where(plan.cand, conf_bw, NEG_INF)
     k, tied = ranked_counts(conf_bw, plan.cand, plan)  # [B], [B]
     if conf_bw.device.type == "cpu" and bool(tied.all()):  # free to know on CPU: reference_topk picks them all
-        commit = torch.zeros_like(plan.cand)
+        picks = torch.full_like(x0_bw, -1)
     else:
         commit = ops.select_commits(conf_bw, plan.cand, k.to(torch.int32), plan.threshold.to(conf_bw.dtype))
-    parts = [torch.where(commit, x0_bw, -1), tied[:, None].long(), k[:, None]] + ([] if edits is None else [edits])
+        picks = torch.where(commit, x0_bw, -1)  # [B, W] committed tokens, −1 elsewhere
+    parts = [picks, tied[:, None].long(), k[:, None]] + ([] if edits is None else [edits])
     picked = torch.cat(parts, 1).cpu()  # [B, W + 2 (+ W)]
     out = []
     for pos, tok in zip(plan.slot_pos, picked[:, :w]):

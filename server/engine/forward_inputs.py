@@ -16,6 +16,7 @@ inputs and the graph path only pads them to its bucket.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import torch
 
@@ -77,9 +78,8 @@ class _Packer:
         return torch.arange(m0, self.num_rows)
 
     def metadata(self, device: torch.device) -> AttentionMetadata:
-        cu = torch.zeros(len(self.lens) + 1, dtype=torch.int32)
-        cu[1:] = torch.cumsum(torch.tensor(self.lens, dtype=torch.int32), 0)
-        meta = AttentionMetadata(cu_seqlens_q=cu.to(device), max_seqlen_q=max(self.lens))
+        cu = torch.tensor(list(itertools.accumulate(self.lens, initial=0)), dtype=torch.int32, device=device)
+        meta = AttentionMetadata(cu_seqlens_q=cu, max_seqlen_q=max(self.lens))
         if any(self.tables):
             table = torch.zeros(len(self.tables), max(len(t) for t in self.tables), dtype=torch.int32)
             for i, t in enumerate(self.tables):

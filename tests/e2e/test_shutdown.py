@@ -11,12 +11,13 @@ import httpx
 
 from tests.e2e.remote import RemoteServer
 
-SHORT = {"prompt": "A", "max_tokens": 24, "block_length": 24, "steps": 24, "stream": True}
+SHORT = {"prompt": "A", "max_tokens": 24, "block_length": 24, "steps": 8, "stream": True}
 LONG = {"prompt": "A", "max_tokens": 448, "block_length": 448, "steps": 448, "stream": True}
-DRAIN_S = 1.5
-"""Between the two: SHORT's 24 steps fit in it up to ~60 ms per step (a loaded 2-core machine), while the
-~400 steps LONG still has at SIGTERM outlast it down to ~4 ms per step (448 steps take ~2.7 s on an idle
-2-core CPU)."""
+LONGS = 3
+DRAIN_S = 0.75
+"""Between the two: SHORT's 8 steps fit in it up to ~90 ms per step (a loaded 2-core machine), while the
+~400 steps the LONG requests still have at SIGTERM outlast it down to ~2 ms per step. One LONG alone takes
+~1 s on an idle 2-core CPU (2.2 ms per step); three running together take ~3× as long per step."""
 
 
 def _consume(url: str, body: dict, out: dict, key: str) -> None:
@@ -41,14 +42,15 @@ def test_sigterm_drains_then_aborts(chat_ckpt, tmp_path):
     srv = RemoteServer(chat_ckpt, ("--drain-timeout", str(DRAIN_S)), log_path=tmp_path / "server.log")
     try:
         url, out = srv.url_for("v1/completions"), {}
-        long_t = threading.Thread(target=_consume, args=(url, LONG, out, "long"))
-        long_t.start()
+        long_ts = [threading.Thread(target=_consume, args=(url, LONG, out, f"long{i}")) for i in range(LONGS)]
+        for t in long_ts:
+            t.start()
         deadline = time.monotonic() + 10
-        while _running(srv) < 1 and time.monotonic() < deadline:
+        while _running(srv) < LONGS and time.monotonic() < deadline:
             time.sleep(0.02)
         short_t = threading.Thread(target=_consume, args=(url, SHORT, out, "short"))
         short_t.start()
-        while _running(srv) < 2 and "short" not in out and time.monotonic() < deadline:
+        while _running(srv) < LONGS + 1 and "short" not in out and time.monotonic() < deadline:
             time.sleep(0.01)
         srv.signal(signal.SIGTERM)
         time.sleep(0.3)
@@ -57,9 +59,10 @@ def test_sigterm_drains_then_aborts(chat_ckpt, tmp_path):
         assert r.json()["error"]["code"] == "shutting_down"
         assert httpx.get(srv.url_for("health"), timeout=10).status_code == 503
         short_t.join(30)
-        long_t.join(30)
+        for t in long_ts:
+            t.join(30)
         assert out["short"][0] in (["length"], ["stop"]) and out["short"][1]
-        assert out["long"] == (["abort"], True)
+        assert [out[f"long{i}"] for i in range(LONGS)] == [(["abort"], True)] * LONGS
         assert srv.proc.wait(30) == 0
     finally:
         srv.stop()
