@@ -8,6 +8,8 @@ Legend: B sequences of the step, W commit slots per sequence.
 - ``ranked_counts``: the per-sequence count on device for the fixed schedule, the factor rule and LLaDA2's strict
   threshold with a minimum count, with the sequences whose k-th best ties the next;
   ``reference_topk`` resolves those ties in the reference's own ``torch.topk`` order.
+- ``ranked_commits``: a step's commits from those counts (``ops.select_commits`` on the proposals' device, one copy
+  to the host, then the ties and LLaDA2.1's edits).
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ import functools
 from typing import TYPE_CHECKING
 
 import torch
+
+from unmask.kernels import ops
 
 if TYPE_CHECKING:
     from unmask.server.engine.commit_policy import CommitPlan
@@ -110,3 +114,28 @@ def reference_topk(plan: CommitPlan, tied: torch.Tensor, conf_bw: torch.Tensor, 
         chosen = torch.topk(canvas[:, :length], kk, dim=1).indices  # [G, k] row positions
         for i, c, t in zip(rows, (chosen + origin).tolist(), tokens.gather(1, chosen).tolist()):
             out[i] = (c, t)
+
+
+def ranked_commits(plan: CommitPlan, conf_bw: torch.Tensor, x0_bw: torch.Tensor, edits: torch.Tensor | None):
+    """conf_bw / x0_bw [B, W] (−inf off candidates), edits [B, W] or None -> per sequence (canvas positions, tokens):
+    counts and threshold picks on the proposals' device (``select_commits``), one device -> host copy, then
+    fixed-count ties in the reference's order (``reference_topk``) and LLaDA2.1's edits."""
+    w = conf_bw.shape[1]
+    k, tied = ranked_counts(conf_bw, plan.cand, plan)  # [B], [B]
+    commit = ops.select_commits(conf_bw, plan.cand, k.to(torch.int32), plan.threshold.to(conf_bw.dtype))
+    picks = torch.where(commit, x0_bw, -1)  # [B, W] committed tokens, −1 elsewhere
+    parts = [picks, tied[:, None].long(), k[:, None]] + ([] if edits is None else [edits])
+    picked = torch.cat(parts, 1).cpu()  # [B, W + 2 (+ W)]
+    out = []
+    for pos, tok in zip(plan.slot_pos, picked[:, :w]):
+        hit = tok >= 0
+        out.append((pos[hit].tolist(), tok[hit].tolist()))
+    tied = picked[:, w].nonzero(as_tuple=True)[0]  # [T] host
+    if tied.numel():
+        reference_topk(plan, tied, conf_bw, x0_bw, picked[:, w + 1], out)
+    if edits is not None:
+        for i, (pos, tok) in enumerate(zip(plan.slot_pos, picked[:, w + 2:])):
+            hit = tok >= 0
+            if hit.any():
+                out[i] = (out[i][0] + pos[hit].tolist(), out[i][1] + tok[hit].tolist())
+    return out

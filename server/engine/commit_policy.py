@@ -40,9 +40,10 @@ Where each rule runs, and why:
   call per such sequence, at packing time; only its [W] values travel to the device with the inputs.
 
 Ties: ``ops.select_commits`` orders equal confidences by position (lower first); the reference's 1-D
-``torch.topk`` order among ties is implementation-defined (it depends on row length and device). Exact
-parity holds wherever the k-th and (k+1)-th best differ, always in the float64 tests; see
-``benchmarks/README.md`` for the embedded fp32 model.
+``torch.topk`` order among ties is implementation-defined (it depends on row length and device), so a
+fixed-count sequence whose k-th best ties the next takes ``reference_topk`` (the reference's own call, on the
+host). On CPU a step whose sequences all commit fixed counts takes it for every sequence (host ranking costs
+nothing extra there), skipping the device ranking.
 """
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ from unmask.kernels import ops
 from unmask.server.engine import sampling, structured
 from unmask.server.engine.commit_confidence import dream_confidence, eos_eot_confidence
 from unmask.server.engine.commit_constrained import constrained_commits
-from unmask.server.engine.commit_counts import NEG_INF, ranked_counts, reference_topk, step_k
+from unmask.server.engine.commit_counts import NEG_INF, ranked_commits, reference_topk, step_k
 from unmask.server.engine.commit_editing import edit_slots
 
 if TYPE_CHECKING:
@@ -144,6 +145,7 @@ class CommitPlan:
     # that rule), or None when no sequence uses it
     factor: torch.Tensor  # [B] float64 device: Fast-dLLM factor f, 0 = none
     uses_factor: bool  # host: some sequence has factor > 0 (else the factor rule's ops are skipped)
+    fixed_counts: bool  # host: every sequence commits its fixed count k (no threshold, factor, strict rule, editing)
     random_conf: torch.Tensor | None  # [B, W] float32 device: host-drawn confidences (random remasking)
     is_random: torch.Tensor | None  # [B] bool device: the sequence uses random remasking
     eos_eot_rows: torch.Tensor | None  # [R] int64 device: logit rows of confidence_eos_eot_inf requests
@@ -203,6 +205,8 @@ def build_plan(seqs: list[Sequence], slots: list[torch.Tensor], device: torch.de
         strict=torch.tensor([float("nan") if s.threshold is None else s.threshold for s in seqs],
                             dtype=torch.float64, device=device) if any(s.threshold is not None for s in seqs) else None,
         factor=factor, uses_factor=any(s.params.factor for s in seqs),
+        fixed_counts=all(s.threshold is None and not s.params.threshold and not s.params.factor and s.editing is None
+                         for s in seqs),
         random_conf=None if rand is None else torch.nn.utils.rnn.pad_sequence(rand, batch_first=True).to(device),
         is_random=torch.tensor(is_random, device=device) if any(is_random) else None,
         eos_eot_rows=torch.cat([r for r, _ in eos_eot]).to(device) if eos_eot else None,
@@ -251,7 +255,10 @@ def select(plan: CommitPlan, logits: torch.Tensor, x0: torch.Tensor, conf: torch
            eot_id: int | None) -> list[tuple[list[int], list[int]]]:
     """The step's commits. logits [M, V] (after the logit rules), x0/conf [M] from ``propose``, rows in the
     plan's slot order -> per sequence (canvas positions, tokens). Runs on the proposals' device; one
-    device -> host copy for the whole batch (two when a fixed-schedule tie needs ``reference_topk``)."""
+    device -> host copy for the whole batch (two when a fixed-schedule tie needs ``reference_topk``). On CPU, where
+    ranking on the host costs nothing extra, a step whose sequences all commit fixed counts takes the reference's
+    own ``torch.topk`` for every sequence: the same set as the ranked pick wherever the k-th best is unique, and
+    the reference's choice among ties."""
     b, w = plan.slot_pos.shape
     if plan.eos_eot_rows is not None:
         conf = eos_eot_confidence(plan, logits, x0, conf, eos_id, eot_id)
@@ -263,26 +270,12 @@ def select(plan: CommitPlan, logits: torch.Tensor, x0: torch.Tensor, conf: torch
         conf_bw = torch.where(plan.is_random[:, None], plan.random_conf.to(conf_bw.dtype), conf_bw)
     edits = None if plan.editing is None else edit_slots(plan, conf_bw, x0_bw)  # [B, W] tokens, −1 = none
     conf_bw = torch.where(plan.cand, conf_bw, NEG_INF)
-    k, tied = ranked_counts(conf_bw, plan.cand, plan)  # [B], [B]
-    if conf_bw.device.type == "cpu" and bool(tied.all()):  # free to know on CPU: reference_topk picks them all
-        picks = torch.full_like(x0_bw, -1)
+    if plan.fixed_counts and conf_bw.device.type == "cpu":  # host ranking is free: the reference's topk for all
+        k = torch.minimum(plan.k.long(), plan.cand.sum(1))  # [B]
+        out = [([], []) for _ in range(b)]
+        reference_topk(plan, torch.arange(b), conf_bw, x0_bw, k, out)
     else:
-        commit = ops.select_commits(conf_bw, plan.cand, k.to(torch.int32), plan.threshold.to(conf_bw.dtype))
-        picks = torch.where(commit, x0_bw, -1)  # [B, W] committed tokens, −1 elsewhere
-    parts = [picks, tied[:, None].long(), k[:, None]] + ([] if edits is None else [edits])
-    picked = torch.cat(parts, 1).cpu()  # [B, W + 2 (+ W)]
-    out = []
-    for pos, tok in zip(plan.slot_pos, picked[:, :w]):
-        hit = tok >= 0
-        out.append((pos[hit].tolist(), tok[hit].tolist()))
-    tied = picked[:, w].nonzero(as_tuple=True)[0]  # [T] host
-    if tied.numel():
-        reference_topk(plan, tied, conf_bw, x0_bw, picked[:, w + 1], out)
-    if edits is not None:
-        for i, (pos, tok) in enumerate(zip(plan.slot_pos, picked[:, w + 2:])):
-            hit = tok >= 0
-            if hit.any():
-                out[i] = (out[i][0] + pos[hit].tolist(), out[i][1] + tok[hit].tolist())
+        out = ranked_commits(plan, conf_bw, x0_bw, edits)
     if plan.grammar is not None:
         constrained_commits(plan, conf_bw, x0_bw, out)
     if plan.logprobs is not None:

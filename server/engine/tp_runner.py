@@ -52,7 +52,7 @@ BASE_RULES = ("temperature", "seeds", "mask_bias", "eos_bias")
 RULE_FLAGS = ("biases",)
 """LogitRules fields that are host flags about the rules above, not rules of their own."""
 PLAN_WITHOUT_LOGITS = ("slot_pos", "topk_row", "row_slot", "cand", "k", "threshold", "strict", "factor",
-                       "uses_factor", "random_conf", "is_random", "grammar")
+                       "uses_factor", "fixed_counts", "random_conf", "is_random", "grammar")
 """CommitPlan fields whose rules ``select`` applies without the logits; any other one present makes the step
 gather (``eos_eot_rows``, ``dream_conf``, ``logprobs``: softmaxes over whole rows)."""
 
