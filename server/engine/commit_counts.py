@@ -98,9 +98,11 @@ def reference_topk(plan: CommitPlan, tied: torch.Tensor, conf_bw: torch.Tensor, 
     ties the next: ``torch.topk`` on the host over the row the reference ranks (``CommitPlan.topk_row``: the canvas
     [L] or, LLaDA2, the block; −inf off candidates), whose order among equal confidences is topk's own. One 2-D
     ``topk`` per (row length, k) group: row by row it picks the same indices, in the same order, as the
-    reference's 1-D call on that row. tied [T] host batch indices, conf_bw [B, W] (−inf off candidates) and
+    reference's 1-D call on that row. A pick off the candidates (topk reaching −inf, where a candidate's own
+    confidence can be −inf too: ``confidence_eos_eot_inf``) is dropped, as the reference's write of a position that
+    is not masked leaves it unchanged. tied [T] host batch indices, conf_bw [B, W] (−inf off candidates) and
     x0_bw [B, W] (device), k [B] host -> ``out[i]`` replaced by (canvas positions, tokens)."""
-    conf_h, x0_h = conf_bw.cpu(), x0_bw.cpu()  # [B, W] each (no copy on CPU)
+    conf_h, x0_h, cand_h = conf_bw.cpu(), x0_bw.cpu(), plan.cand.cpu()  # [B, W] each (no copy on CPU)
     groups: dict[tuple[int, int], list[int]] = {}
     for i in tied.tolist():
         groups.setdefault((plan.topk_row[i][1], int(k[i])), []).append(i)
@@ -111,9 +113,11 @@ def reference_topk(plan: CommitPlan, tied: torch.Tensor, conf_bw: torch.Tensor, 
         at = torch.where(pos >= 0, pos - origin, length)  # [G, W] row positions, padding to a spare column
         canvas = torch.full((len(rows), length + 1), NEG_INF, dtype=conf_h.dtype).scatter_(1, at, conf_h[g])
         tokens = torch.zeros(len(rows), length + 1, dtype=x0_h.dtype).scatter_(1, at, x0_h[g])  # [G, L + 1]
+        is_cand = torch.zeros(len(rows), length + 1, dtype=torch.bool).scatter_(1, at, cand_h[g])  # [G, L + 1]
         chosen = torch.topk(canvas[:, :length], kk, dim=1).indices  # [G, k] row positions
-        for i, c, t in zip(rows, (chosen + origin).tolist(), tokens.gather(1, chosen).tolist()):
-            out[i] = (c, t)
+        kept = is_cand.gather(1, chosen).tolist()  # [G, k]
+        for i, c, t, ok in zip(rows, (chosen + origin).tolist(), tokens.gather(1, chosen).tolist(), kept):
+            out[i] = ([p for p, keep in zip(c, ok) if keep], [x for x, keep in zip(t, ok) if keep])
 
 
 def ranked_commits(plan: CommitPlan, conf_bw: torch.Tensor, x0_bw: torch.Tensor, edits: torch.Tensor | None):

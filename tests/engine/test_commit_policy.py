@@ -115,3 +115,21 @@ def test_tied_sequences_of_a_batch_each_follow_their_own_1d_topk():
         tied += bool(best[k - 1] == best[k])
         start += sl.numel()
     assert tied >= 3  # the tie path ran for most of them
+
+
+def test_reference_topk_never_commits_off_the_candidates():
+    """k reaches past the finite confidences (candidates at −inf, as confidence_eos_eot_inf makes them): topk's
+    picks among the −inf ties may fall on positions that are not masked, which the reference's write leaves as
+    they are; the commits are exactly the reference's picks that are candidates, on CPU's topk path and on the
+    ranked path's tie handling alike."""
+    seq = Sequence(Request("t", (1, 2, 3), DiffusionParams(max_tokens=4, block_length=4, steps=1)), 95, (94,), 0)
+    slots = [commit_policy.candidates(seq)]  # canvas positions 3..6, all masked; k = 4 at the only step
+    plan = commit_policy.build_plan([seq], slots, torch.device("cpu"))
+    assert plan.fixed_counts and int(plan.k[0]) == 4
+    conf = torch.tensor([0.7, float("-inf"), 0.4, float("-inf")], dtype=torch.float64)
+    row = torch.full((seq.length,), float("-inf"), dtype=torch.float64)
+    row[slots[0]] = conf
+    want = sorted(p for p in torch.topk(row, 4).indices.tolist() if p in slots[0].tolist())
+    (pos, tok), = commit_policy.select(plan, torch.zeros(4, 96, dtype=torch.float64), torch.arange(10, 14), conf, 94, 93)
+    assert sorted(pos) == want and {3, 5} <= set(pos) and set(pos) <= set(slots[0].tolist())
+    assert tok == [10 + p - 3 for p in pos]
