@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from unmask.kernels import options
 from unmask.server.config import from_dict
 from unmask.server.engine.commit_policy import LogitRules, propose
 from unmask.server.engine.cuda_graph import GraphedBlockStep
@@ -74,26 +75,34 @@ def time_step(shape: str, layers: int, batches: list[int], graphs: bool, iters: 
 
     step = GraphedBlockStep(model, kv.layers, kv.pages_for(canvas), head, capture=graphs and dev.type == "cuda")
     out = {}
-    for b in batches:
-        pages = [kv.allocate(canvas) for _ in range(b)]
-        table = torch.tensor(pages, dtype=torch.int32, device=dev)
-        ids = torch.randint(0, min(1000, cfg.vocab_size - 2), (b * BLOCK,), device=dev)
-        pos = torch.arange(PREFIX, canvas, device=dev).repeat(b)
-        meta = AttentionMetadata(cu_seqlens_q=torch.arange(0, b * BLOCK + 1, BLOCK, dtype=torch.int32, device=dev),
-                                 max_seqlen_q=BLOCK, block_table=table, kv_caches=kv.layers,
-                                 kv_lens=torch.full((b,), canvas, dtype=torch.int32, device=dev),
-                                 new_offsets=torch.full((b,), PREFIX, dtype=torch.int32, device=dev))
-        zf, zi = torch.zeros(b * BLOCK, device=dev), torch.arange(b * BLOCK, device=dev)
-        args = (ids, pos, meta, LogitRules(zf, zi, zf, zf), BLOCK)
-        for _ in range(3):
-            step.run(*args)
-        out[b] = _timed(lambda: step.run(*args), iters, dev)
-        for p in pages:
-            kv.free(p)
+    with options.use(options.resolve()):  # resolved once, as an engine runs its steps (no per-op reads)
+        for b in batches:
+            out[b] = _time_batch(step, kv, cfg, b, iters, dev)
     del model, kv, step
     if dev.type == "cuda":
         torch.cuda.empty_cache()
     return out
+
+
+def _time_batch(step: GraphedBlockStep, kv: KVCacheManager, cfg, b: int, iters: int, dev) -> float:
+    """ms per block step of ``b`` sequences (a PREFIX-token cached prefix each) through ``step``."""
+    canvas = PREFIX + BLOCK
+    pages = [kv.allocate(canvas) for _ in range(b)]
+    table = torch.tensor(pages, dtype=torch.int32, device=dev)
+    ids = torch.randint(0, min(1000, cfg.vocab_size - 2), (b * BLOCK,), device=dev)
+    pos = torch.arange(PREFIX, canvas, device=dev).repeat(b)
+    meta = AttentionMetadata(cu_seqlens_q=torch.arange(0, b * BLOCK + 1, BLOCK, dtype=torch.int32, device=dev),
+                             max_seqlen_q=BLOCK, block_table=table, kv_caches=kv.layers,
+                             kv_lens=torch.full((b,), canvas, dtype=torch.int32, device=dev),
+                             new_offsets=torch.full((b,), PREFIX, dtype=torch.int32, device=dev))
+    zf, zi = torch.zeros(b * BLOCK, device=dev), torch.arange(b * BLOCK, device=dev)
+    args = (ids, pos, meta, LogitRules(zf, zi, zf, zf), BLOCK)
+    for _ in range(3):
+        step.run(*args)
+    ms = _timed(lambda: step.run(*args), iters, dev)
+    for p in pages:
+        kv.free(p)
+    return ms
 
 
 def main() -> None:
@@ -123,8 +132,7 @@ def main() -> None:
                              "ms_full_depth_est": round(est, 3), "floor_peak_ms": peak, "floor_measured_ms": measured,
                              "x_floor_peak": round(est / peak, 2) if peak else None})
                 print(rows[-1], flush=True)
-    from unmask.kernels.options import resolve
-    kernels = resolve()  # the defaults with the environment overrides gpu_check.sh sets
+    kernels = options.resolve()  # the defaults with the environment overrides gpu_check.sh sets
 
     res = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "torch": torch.__version__,
            "prefix": PREFIX, "block": BLOCK, "attn_loop": kernels.attn_loop,

@@ -20,8 +20,8 @@ from unmask.server.engine.cuda_graph import graph_capture
 from unmask.server.engine.kv_cache import KVCacheManager, bytes_per_page
 from unmask.server.engine.tp_runner import ShardStep
 from unmask.server.models.loader import load_model
-from unmask.server.models.quantize import weight_bytes
 from unmask.server.models.parallel import TensorParallel, init_group
+from unmask.server.models.quantize import weight_bytes
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,11 +16,7 @@ compressed-tensors checkpoints of the dense, MoE and LLaDA2 families split over 
   row-parallel layers)."""
 from __future__ import annotations
 
-import importlib.util
 import multiprocessing
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -42,7 +38,6 @@ from unmask.server.models.loader import _Reader, load_model
 from unmask.server.models.parallel import EXPERT_STACKS, TensorParallel, init_group
 from unmask.server.models.resolve import ASSETS
 
-HAS_WRITER = importlib.util.find_spec("compressed_tensors") is not None
 # (checkpoint, load_model keywords, expert parallel): the shards every rank loads in one spawned 2-rank group
 JOBS = {**{f"{fam}-{fmt}{'-ep' if ep else ''}": (fam, {"quantization": fmt, "quantize_lm_head": True}, ep)
            for fam, ep in (("dense", False), ("moe", False), ("moe", True)) for fmt in ("fp8", "int8", "int4")},
@@ -77,26 +72,19 @@ def _load_shards(rank: int, size: int, init: str, jobs: dict, out: str) -> None:
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
     root = tmp_path_factory.mktemp("tpq")
-    out = {"dense": write_checkpoint(root / "dense", "dense", seed=11, d=256, inter=256),
+    return {"dense": write_checkpoint(root / "dense", "dense", seed=11, d=256, inter=256),
            "moe": write_checkpoint(root / "moe", "moe", seed=12, d=256, inter=256, experts=4, shards=2),
            "llada2": write_family_checkpoint(root / "llada2", "llada2", seed=13, d=256, layers=2, head_dim=64,
                                              experts=4, n_group=2, topk_group=1, moe_inter=256, inter=256),
            "misaligned": write_checkpoint(root / "misaligned", "dense", seed=14, d=64, inter=128),
-           **{name: FIXTURES / name for name in ("fp8_dynamic", "w8a16", "w4a16")}}
-    if HAS_WRITER:  # as in tests/unit/test_quantize.py: without the repository on the path (a `kernels` clash)
-        writer = Path(__file__).resolve().parent.parent / "fixtures" / "compressed_writer.py"
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        subprocess.run([sys.executable, str(writer), str(out["moe"]), str(root / "moe_w4a16"), "W4A16", "32"],
-                       cwd=root, env=env, check=True, capture_output=True)
-        out["moe_w4a16"] = root / "moe_w4a16"
-    return out
+           **{name: FIXTURES / name for name in ("fp8_dynamic", "w8a16", "w4a16", "moe_w4a16")}}
 
 
 @pytest.fixture(scope="module")
 def shards(ckpts, tmp_path_factory):
     """JOBS key -> [rank 0's record, rank 1's], loaded by 2 spawned ranks in a gloo group."""
     out = tmp_path_factory.mktemp("tpq_shards")
-    jobs = {key: (str(ckpts[c]), kw, ep) for key, (c, kw, ep) in JOBS.items() if c in ckpts}
+    jobs = {key: (str(ckpts[c]), kw, ep) for key, (c, kw, ep) in JOBS.items()}
     torch_mp.start_processes(_load_shards, args=(2, f"file://{out / 'store'}", jobs, str(out)), nprocs=2,
                         start_method="spawn")
     return {key: [torch.load(out / f"{key}.{r}.pt") for r in range(2)] for key in jobs}
@@ -104,8 +92,6 @@ def shards(ckpts, tmp_path_factory):
 
 def _one_device(ckpts, key: str):
     name, kwargs, _ = JOBS[key]
-    if name not in ckpts:
-        pytest.skip("compressed-tensors not installed: its MoE checkpoint cannot be written")
     return load_model(ckpts[name], "cpu", torch.float32, **kwargs)[0]
 
 
