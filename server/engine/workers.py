@@ -78,7 +78,9 @@ class RankGroup:
         self.cfg: ModelConfig | None = None
         self.store_dir: Path | None = None
         self._lock = threading.Lock()
-        self._read_lock = threading.Lock()  # the watcher and the engine thread may both read a dead worker's pipe
+        # The watcher and the engine thread may both reap a dead worker and read its pipe: one at a time, or the
+        # loser's waitpid finds no child and its exit code reads None.
+        self._read_lock = threading.Lock()
         self._closed = False
         self._step_started: float | None = None
         ctx = mp.get_context("spawn")
@@ -184,8 +186,8 @@ class RankGroup:
             return None
         rank = sentinels[done[0]]
         proc = self.procs[rank - 1]
-        proc.join(1.0)
         with self._read_lock:
+            proc.join(1.0)
             said = _last_error(self.conns[rank - 1])
         return f"tensor-parallel rank {rank} (pid {proc.pid}) exited with code {proc.exitcode}" + (
             f" ({said})" if said else "")
@@ -233,14 +235,15 @@ class RankGroup:
             shutil.rmtree(self.store_dir, ignore_errors=True)
 
     def _end_workers(self, grace_s: float) -> None:
-        for proc in self.procs:
-            proc.join(grace_s)
-        for proc in self.procs:
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(2.0)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(2.0)
-        for conn in self.conns:
-            conn.close()
+        with self._read_lock:  # reaping, as in _exited_rank
+            for proc in self.procs:
+                proc.join(grace_s)
+            for proc in self.procs:
+                if proc.is_alive():
+                    proc.terminate()
+                    proc.join(2.0)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join(2.0)
+            for conn in self.conns:
+                conn.close()
