@@ -26,7 +26,9 @@ def attention(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_cache=
 
     Sequences with the same (query count, key count) run as one batched call: per sequence this is the
     same computation as a call of its own (each (sequence, head) softmax is independent), so a
-    sequence's output does not depend on what else is in the batch.
+    sequence's output does not depend on what else is in the batch. A group of consecutive sequences (the
+    engine's packer orders them so) is one contiguous run of rows and is read and written in place; any other
+    group is gathered by row index.
     """
     if q.shape[0] == 0:
         return torch.empty_like(q)
@@ -49,9 +51,16 @@ def attention(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_cache=
     out = torch.empty_like(q)
     dev = q.device
     for (n, m, s, off), seqs in groups.items():
+        mask = block_mask(n, m, s, off, dev)
+        g, b0 = len(seqs), seqs[0]
+        if seqs[-1] - b0 == g - 1:  # consecutive sequences: rows cu[b0] .. cu[b0] + G·n, keys likewise
+            q0, k0 = cu[b0], k_start[b0]
+            out[q0:q0 + g * n] = _batched(q[q0:q0 + g * n], keys[k0:k0 + g * m], vals[k0:k0 + g * m], n, m, rep,
+                                          scale, mask)
+            continue
         q_rows = _rows([cu[b] for b in seqs], n, dev)  # [G·n]
         k_rows = _rows([k_start[b] for b in seqs], m, dev)  # [G·m]
-        out[q_rows] = _batched(q[q_rows], keys[k_rows], vals[k_rows], n, m, rep, scale, block_mask(n, m, s, off, dev))
+        out[q_rows] = _batched(q[q_rows], keys[k_rows], vals[k_rows], n, m, rep, scale, mask)
     return out
 
 

@@ -6,7 +6,10 @@ Per sequence and step kind, the canvas range ``Sequence.fed_range`` says: refres
 block alone (dual cache), reading the rest of the keys from the cache. Block-causal models (LLaDA2) stop at
 the block end, their refresh reads the cached final prefix and writes the rest, and the metadata carries each
 sequence's block size (``attn_blocks``). CFG adds the unconditional canvas (prompt masked, generated
-tokens kept: SMDM / LLaDA) as another sequence; its logit rows follow all conditional rows.
+tokens kept: SMDM / LLaDA) as another sequence; its logit rows follow all conditional rows. The fed segments are
+packed grouped by the attention call they join (same query and key counts), so the reference attention reads each
+group in place (not on the graphed step, whose packed rows are its logit rows, in the sequences' order); logit rows,
+rules and plan stay in the sequences' order.
 
 Logit rows are a sequence's commit candidates (eager path), or every position of its block
 (``all_block_rows``: the graphed dual-cache step, whose shapes must not depend on the canvas); the
@@ -46,6 +49,23 @@ def _slots(pages: list[int], lo: int, n: int, page_size: int) -> torch.Tensor:
     return torch.tensor(pages, dtype=torch.int64)[p // page_size] * page_size + p % page_size
 
 
+def _key_count(seq: Sequence, lo: int, n: int, read: bool) -> int:
+    """Keys a segment of n tokens from canvas position lo attends over: the whole canvas when it reads the cache
+    (a block-causal model: up to the segment's end), else its own tokens."""
+    return seq.length if read and not seq.rules.block_causal else lo + n
+
+
+def _block_size(seq: Sequence) -> int:
+    return seq.params.block_length if seq.rules.block_causal else 0
+
+
+def _attention_group(seq: Sequence, lo: int, hi: int, read: bool) -> tuple[int, int, int, int]:
+    """The attention call a segment joins (queries, keys, block size, block-causal query offset): segments are
+    packed in this order, so each call's sequences are one contiguous run of rows (no gathers per layer)."""
+    block = _block_size(seq)
+    return hi - lo, _key_count(seq, lo, hi - lo, read), block, lo if block else 0
+
+
 class _Packer:
     """Accumulates packed segments (token runs) and logit rows, then builds the tensors once."""
 
@@ -62,8 +82,8 @@ class _Packer:
         n = tokens.shape[0]
         self.ids.append(tokens), self.pos.append(torch.arange(lo, lo + n))
         self.lens.append(n), self.offsets.append(lo)
-        self.kv_lens.append(seq.length if read and not seq.rules.block_causal else lo + n)
-        self.blocks.append(seq.params.block_length if seq.rules.block_causal else 0)
+        self.kv_lens.append(_key_count(seq, lo, n, read))
+        self.blocks.append(_block_size(seq))
         self.tables.append(seq.pages if read else [])
         if self.cached_write:
             self.slots.append(_slots(seq.pages, lo, n, self.kv.page_size) if write else torch.full((n,), -1))
@@ -111,10 +131,16 @@ def build_inputs(seqs: list[Sequence], kinds: list[StepKind], kv: KVCacheManager
     """Pack ``seqs`` (each with its step kind) into one forward's inputs. Logit rows: each sequence's commit
     candidates, or with ``all_block_rows`` every position of its current block (the graphed step)."""
     packer = _Packer(kv, any(s.uses_cache and k is StepKind.REFRESH for s, k in zip(seqs, kinds)))
-    for seq, kind in zip(seqs, kinds):
-        lo, hi = seq.fed_range(kind)
-        start = packer.segment(seq.canvas[lo:hi], lo, seq, seq.uses_cache and kind is StepKind.REFRESH,
-                               kind is StepKind.BLOCK or lo > 0)
+    fed = [seq.fed_range(kind) for seq, kind in zip(seqs, kinds)]
+    reads = [kind is StepKind.BLOCK or lo > 0 for kind, (lo, _) in zip(kinds, fed)]
+    starts = [0] * len(seqs)  # packed index of each sequence's first fed token
+    order = range(len(seqs)) if all_block_rows else sorted(  # the graphed step's rows stay in sequence order
+        range(len(seqs)), key=lambda i: _attention_group(seqs[i], *fed[i], reads[i]))
+    for i in order:
+        (lo, hi), seq = fed[i], seqs[i]
+        starts[i] = packer.segment(seq.canvas[lo:hi], lo, seq, seq.uses_cache and kinds[i] is StepKind.REFRESH,
+                                   reads[i])
+    for seq, (lo, _), start in zip(seqs, fed, starts):
         rows = (torch.arange(seq.block_start, seq.block_end) if all_block_rows
                 else commit_policy.candidates(seq))  # [n] canvas positions
         idx = packer.logit_rows(start + rows - lo, rows)
