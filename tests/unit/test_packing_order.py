@@ -14,10 +14,10 @@ from unmask.server.engine.sequence import Sequence, StepKind
 MASK = 95
 
 
-def _seqs(prompt_lens: list[int], **params) -> list[Sequence]:
+def _seqs(prompt_lens: list[int]) -> list[Sequence]:
     seqs = []
     for i, n in enumerate(prompt_lens):
-        s = Sequence(Request(f"p{i}", tuple(range(1, n + 1)), DiffusionParams(max_tokens=8, block_length=4, **params)),
+        s = Sequence(Request(f"p{i}", tuple(range(1, n + 1)), DiffusionParams(max_tokens=8, block_length=4)),
                      MASK, (94,), seed=i)
         s.canvas[n:n + 2] = torch.tensor([40 + i, 50 + i])  # a few committed tokens: rows differ per sequence
         seqs.append(s)

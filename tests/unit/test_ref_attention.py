@@ -110,7 +110,6 @@ def test_consecutive_groups_read_in_place_equal_scattered_groups(cached):
     D = 24
     g = torch.Generator().manual_seed(7)
     shapes = [(6, 9), (6, 9), (6, 9), (4, 11), (4, 11)] if cached else [(6, 6), (6, 6), (6, 6), (4, 4), (4, 4)]
-    cases = {}
     for name, order in (("consecutive", [0, 1, 2, 3, 4]), ("interleaved", [0, 3, 1, 4, 2])):
         lens, kv = [shapes[i][0] for i in order], [shapes[i][1] for i in order]
         off = [L - n for n, L in zip(lens, kv)]
@@ -126,5 +125,3 @@ def test_consecutive_groups_read_in_place_equal_scattered_groups(cached):
             sl = slice(cu[b], cu[b + 1])
             alone = _run([lens[b]], [kv[b]], [off[b]], table[b:b + 1], q[sl], k[sl], v[sl], kc, vc, cached)
             assert torch.equal(alone, packed[sl]), (name, b)
-        cases[name] = packed
-    assert not torch.equal(cases["consecutive"], cases["interleaved"])  # different random data: both paths ran
