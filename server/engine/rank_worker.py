@@ -16,7 +16,6 @@ import torch.distributed as dist
 
 from unmask.kernels import options
 from unmask.kernels.options import KernelOptions
-from unmask.server.engine.cuda_graph import graph_capture
 from unmask.server.engine.kv_cache import KVCacheManager, bytes_per_page
 from unmask.server.engine.tp_runner import ShardStep
 from unmask.server.models.loader import load_model
@@ -76,8 +75,7 @@ def run_worker(rank: int, spec: RankSpec, conn) -> None:
         local = tp.local_config(cfg)
         kv = KVCacheManager(local, num_pages * bytes_per_page(local, spec.dtype), device, spec.dtype)
         kernels = options.resolve(spec.kernels)
-        shard = ShardStep(model, tp, kv.layers, device, cfg, graph_capture(spec.cuda_graphs, device, kernels, kv),
-                          kv.pages_for(cfg.max_position_embeddings))
+        shard = ShardStep(model, tp, kv, device, cfg, spec.cuda_graphs, kernels)
         conn.send(("ready", None))
         with options.use(kernels):
             while True:

@@ -36,10 +36,11 @@ import numpy as np
 import torch
 
 from unmask.kernels import ops
+from unmask.kernels.options import KernelOptions
 from unmask.server.config import ModelConfig
 from unmask.server.engine import commit_policy
 from unmask.server.engine.commit_policy import CommitPlan, LogitRules
-from unmask.server.engine.cuda_graph import GraphedBlockStep
+from unmask.server.engine.cuda_graph import GraphedBlockStep, graph_capture
 from unmask.server.engine.forward_inputs import ForwardInputs, build_inputs
 from unmask.server.engine.kv_cache import KVCacheManager
 from unmask.server.engine.model_runner import Commits, ModelRunner, guided_logits
@@ -101,13 +102,14 @@ def needs_full_rows(inp: ForwardInputs) -> bool:
 class ShardStep:
     """One rank's part of a step: its model shard, its KV cache layers (H/R heads) and the group."""
 
-    def __init__(self, model: torch.nn.Module, tp: TensorParallel, kv_layers: list, device: torch.device,
-                 cfg: ModelConfig, capture: bool | None = None, max_pages: int = 0):
-        """``capture``: this rank's graphed block step (``cuda_graph.graph_capture``: True captured, False its
-        static buffers run eagerly, None none) over block tables of up to ``max_pages`` pages."""
-        self.model, self.tp, self.kv_layers, self.device, self.cfg = model, tp, kv_layers, device, cfg
-        self.graphed = None if capture is None else GraphedBlockStep(model, kv_layers, max_pages, self.greedy_head,
-                                                                     capture)
+    def __init__(self, model: torch.nn.Module, tp: TensorParallel, kv: KVCacheManager, device: torch.device,
+                 cfg: ModelConfig, cuda_graphs: bool, kernels: KernelOptions):
+        """``kv``: this rank's cache (H/R heads); ``kernels``: the resolved options its steps run under. Its graphed
+        block step is as ``cuda_graph.graph_capture`` decides (captured, static buffers run eagerly, or none)."""
+        self.model, self.tp, self.kv_layers, self.device, self.cfg = model, tp, kv.layers, device, cfg
+        capture = graph_capture(cuda_graphs, device, kernels, kv)
+        self.graphed = None if capture is None else GraphedBlockStep(
+            model, kv.layers, kv.pages_for(cfg.max_position_embeddings), self.greedy_head, capture)
 
     @torch.inference_mode()
     def run(self, p: StepPayload) -> torch.Tensor:

@@ -33,7 +33,6 @@ from unmask.kernels import options
 from unmask.kernels.options import KernelOptions
 from unmask.server.config import EngineConfig, ModelConfig
 from unmask.server.engine.client import EngineDeadError
-from unmask.server.engine.cuda_graph import graph_capture
 from unmask.server.engine.kv_cache import KVCacheManager
 from unmask.server.engine.rank_worker import RankSpec, run_worker
 from unmask.server.engine.tp_runner import ShardStep, TPModelRunner
@@ -153,9 +152,7 @@ class RankGroup:
             raise
         threading.Thread(target=self._watch, name="unmask-tp-watch", daemon=True).start()
         device = self.model.embed.device
-        capture = graph_capture(cuda_graphs, device, options.resolve(kernels), kv)
-        shard = ShardStep(self.model, self.tp, kv.layers, device, self.cfg, capture,
-                          kv.pages_for(self.cfg.max_position_embeddings))
+        shard = ShardStep(self.model, self.tp, kv, device, self.cfg, cuda_graphs, options.resolve(kernels))
         return TPModelRunner(shard, self, self.cfg, device, kv, kernels)
 
     def run_all(self, kind: str, arg, local: Callable):
