@@ -279,3 +279,6 @@ class EngineConfig:
     folder holding one (server/engine/generation_config.py)."""
     override_generation_config: tuple[tuple[str, Any], ...] = ()
     """(generation_config.json key, value) pairs applied over the checkpoint's defaults."""
+    retain_host_memory: bool = True
+    """On a CPU device with glibc, keep freed activation memory in the process heap between steps instead of
+    returning it to the OS (``server/engine/host_memory.py``); MALLOC_* / GLIBC_TUNABLES settings win."""

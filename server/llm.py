@@ -32,17 +32,19 @@ class LLM:
                  generation_config: str = "auto", override_generation_config: dict | None = None,
                  revision: str | None = None, download_dir: str | None = None, tokenizer: str | None = None,
                  quantization: str | None = None, quantize_lm_head: bool = False, tensor_parallel_size: int = 1,
-                 enable_expert_parallel: bool = False, tp_step_timeout: float = 300.0, **sched):
+                 enable_expert_parallel: bool = False, tp_step_timeout: float = 300.0,
+                 retain_host_memory: bool = True, **sched):
         """``generation_config``/``override_generation_config``: the generation defaults as in
         ``unmask serve`` (server/engine/generation_config.py); :meth:`default_params` applies them. ``model`` may
         be a Hugging Face id (``revision``, ``download_dir``); ``quantization``: None, 'fp8', 'int8', 'int4'.
         ``tensor_parallel_size`` > 1 splits the model over that many processes of this node (call :meth:`close`,
-        or use the LLM as a context manager, to end them)."""
+        or use the LLM as a context manager, to end them). ``retain_host_memory``: on CPU, keep freed activation
+        memory in the heap between steps (``EngineConfig.retain_host_memory``)."""
         config = EngineConfig(model=model, device=device, dtype=dtype, kv_cache_memory=kv_cache_memory, seed=seed,
                               revision=revision, download_dir=download_dir, tokenizer=tokenizer,
                               quantization=quantization, quantize_lm_head=quantize_lm_head,
                               tensor_parallel_size=tensor_parallel_size, enable_expert_parallel=enable_expert_parallel,
-                              tp_step_timeout=tp_step_timeout,
+                              tp_step_timeout=tp_step_timeout, retain_host_memory=retain_host_memory,
                               scheduler=SchedulerConfig(max_num_seqs=max_num_seqs, **sched),
                               generation_config=generation_config,
                               override_generation_config=tuple((override_generation_config or {}).items()))

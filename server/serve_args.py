@@ -58,6 +58,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                      help="triton: the skinny GEMM for <= 64 rows on CUDA (default cublas; UNMASK_GEMM overrides)")
     eng.add_argument("--serial-combine", action="store_true",
                      help="merge split-KV attention partials inside the attention launch (UNMASK_SERIAL_COMBINE)")
+    eng.add_argument("--no-retain-host-memory", dest="retain_host_memory", action="store_false",
+                     help="on CPU, let glibc return freed activation memory to the OS after each step (default: keep "
+                          "it in the heap, no page faults per step; MALLOC_* settings in the environment win)")
     lim = p.add_argument_group("request limits")
     lim.add_argument("--max-queue", type=int, default=None,
                      help="most requests waiting for a slot; more get 503 + Retry-After (default unbounded)")
@@ -119,7 +122,8 @@ def build_configs(args: argparse.Namespace) -> tuple[EngineConfig, ServerSetting
         override_generation_config=tuple((args.override_generation_config or {}).items()),
         scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                                   max_model_len=args.max_model_len),
-        kernels=KernelOptions(args.attention_loop, args.gemm, args.serial_combine))
+        kernels=KernelOptions(args.attention_loop, args.gemm, args.serial_combine),
+        retain_host_memory=args.retain_host_memory)
     names = tuple(args.served_model_name or [args.model or DEFAULT_MODEL])  # vLLM: the argument as given
     settings = ServerSettings(
         served_model_name=names[0], served_model_aliases=names[1:], model_root=str(path.resolve()), api_keys=keys,

@@ -12,6 +12,7 @@ from unmask.server.engine.batch import StepOutput
 from unmask.server.engine.client import EngineDeadError, ModelInfo, Request, RequestRejected
 from unmask.server.engine.family_rules import rules_for
 from unmask.server.engine.generation_config import GenerationDefaults, read_generation_config, resolve_defaults
+from unmask.server.engine.host_memory import retain_freed_host_memory
 from unmask.server.engine.kv_cache import KVCacheManager
 from unmask.server.engine.model_runner import ModelRunner
 from unmask.server.engine.scheduler import Scheduler
@@ -36,6 +37,7 @@ class Engine:
         0's shard), or None."""
         self.model, self.model_config, self.tokenizer = model, cfg, tokenizer
         self.config, self.device, self.dtype, self.ranks = config, device, dtype, ranks
+        self.retains_host_memory = device.type == "cpu" and config.retain_host_memory and retain_freed_host_memory()
         kv_cfg = cfg if ranks is None else ranks.tp.local_config(cfg)  # a rank caches its own heads
         self.kv = KVCacheManager(kv_cfg, self._cache_bytes(), device, dtype)
         self.scheduler = Scheduler(config.scheduler, self.kv)

@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 from unmask.kernels import options
 from unmask.kernels.options import KernelOptions
+from unmask.server.engine.host_memory import retain_freed_host_memory
 from unmask.server.engine.kv_cache import KVCacheManager, bytes_per_page
 from unmask.server.engine.tp_runner import ShardStep
 from unmask.server.models.loader import load_model
@@ -41,6 +42,8 @@ class RankSpec:
     quantize_lm_head: bool
     cuda_graphs: bool
     """Greedy dual-cache block steps through this rank's captured CUDA graphs (``cuda_graph.graph_capture``)."""
+    retain_host_memory: bool
+    """On CPU, keep freed host memory in this process between steps (``host_memory.py``), as rank 0's engine."""
 
 
 def rank_device(base: torch.device, rank: int) -> torch.device:
@@ -64,6 +67,8 @@ def run_worker(rank: int, spec: RankSpec, conn) -> None:
         device = rank_device(torch.device(spec.device), rank)
         if device.type == "cpu":  # the node's cores are shared by the ranks
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.size))
+            if spec.retain_host_memory:
+                retain_freed_host_memory()
         conn.send(("hello", os.getpid()))
         tp = TensorParallel(rank, spec.size, spec.expert_parallel)
         init_group(rank, spec.size, spec.init_method, device, spec.timeout_s)

@@ -106,7 +106,7 @@ class RankGroup:
         store = Path(tempfile.mkdtemp(prefix="unmask-tp-")) / "store"
         spec = RankSpec(str(path), str(device), dtype, size, expert_parallel, f"file://{store}",
                         step_timeout_s + COLLECTIVE_SLACK_S, config.kernels, config.quantization,
-                        config.quantize_lm_head, config.cuda_graphs)
+                        config.quantize_lm_head, config.cuda_graphs, config.retain_host_memory)
         group = cls(spec, tp, step_timeout_s)
         group.store_dir = store.parent
         try:
