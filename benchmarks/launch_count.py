@@ -25,6 +25,8 @@ from unmask.server.models.loader import load_model
 NOT_KERNELS = {"view", "view_as", "_unsafe_view", "slice", "t", "transpose", "select", "expand", "reshape", "unsqueeze",
                "squeeze", "detach", "detach_", "alias", "as_strided", "empty", "empty_like", "empty_strided", "split",
                "split_with_sizes", "permute", "lift_fresh", "promote_types", "is_same_size", "_to_copy_meta"}
+AS_ON_CUDA = {"_linear_pointwise": "matmul"}
+"""CPU-only ops counted as what a CUDA run issues in their place: the CPU reference's fp32 oneDNN GEMM is a matmul."""
 
 
 class _Counter(TorchDispatchMode):
@@ -37,6 +39,7 @@ class _Counter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
+        name = AS_ON_CUDA.get(name, name)
         if not self.in_kernel and name not in NOT_KERNELS:
             self.counts[f"aten.{name}"] += 1
         return func(*args, **(kwargs or {}))

@@ -21,10 +21,28 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: to
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [N, H, D], cos/sin [N, D] -> x·cos + rotate_half(x)·sin, in x's dtype."""
+    """x [N, H, D], cos/sin [N, D] -> x·cos + rotate_half(x)·sin, in x's dtype.
+
+    rotate_half(x)·sin = [−x₂·s₁, x₁·s₂] is formed as [x₂, x₁]·[−s₁, s₂] (the same products: negating a factor
+    negates the product exactly), so the halves swap is one copy and the last two ops run in place."""
     half = x.shape[-1] // 2
-    rot = torch.cat([-x[..., half:], x[..., :half]], dim=-1)  # [N, H, D]
-    return x * cos[:, None, :] + rot * sin[:, None, :]
+    signed_sin = torch.cat([-sin[:, :half], sin[:, half:]], dim=-1)  # [N, D]
+    out = x * cos[:, None, :]  # [N, H, D]
+    swapped = torch.cat([x[..., half:], x[..., :half]], dim=-1)  # [N, H, D]
+    swapped *= signed_sin[:, None, :]
+    out += swapped
+    return out
+
+
+def _heads_of_one_buffer(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor | None:
+    """q [N, H, D], k [N, Hk, D] -> a [N, H + Hk, D] view over both when k's heads directly follow q's in the same
+    rows (the fused qkv projection's output), else None: one rotation then serves both."""
+    n, h, d = q.shape
+    if (q.dtype != k.dtype or k.shape[0] != n or k.shape[2] != d or q.stride() != k.stride()
+            or q.stride()[1:] != (d, 1) or q.untyped_storage().data_ptr() != k.untyped_storage().data_ptr()
+            or k.data_ptr() != q.data_ptr() + h * d * q.element_size()):
+        return None
+    return q.as_strided((n, h + k.shape[1], d), q.stride())
 
 
 def rope(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, theta: float, rotate_fp32: bool):
@@ -46,11 +64,14 @@ def rope_apply(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.T
     if r < q.shape[-1]:  # partial rotary (LLaDA2): the leading r dims rotate, the rest pass through
         qr, kr = rope_apply(q[..., :r], k[..., :r], cos, sin, rotate_fp32)
         return torch.cat([qr, q[..., r:]], -1), torch.cat([kr, k[..., r:]], -1)
-    if rotate_fp32:
-        cdt = cos.dtype
-        return _rotate(q.to(cdt), cos, sin).to(q.dtype), _rotate(k.to(cdt), cos, sin).to(k.dtype)
-    cos, sin = cos.to(q.dtype), sin.to(q.dtype)
-    return _rotate(q, cos, sin), _rotate(k, cos, sin)
+    if not rotate_fp32:
+        cos, sin = cos.to(q.dtype), sin.to(q.dtype)
+    cdt = cos.dtype
+    qk = _heads_of_one_buffer(q, k)
+    if qk is not None:  # elementwise: rotating q and k as one tensor gives each the same values as alone
+        out = _rotate(qk.to(cdt), cos, sin).to(q.dtype)  # [N, H + Hk, D]
+        return out[:, :q.shape[1]], out[:, q.shape[1]:]
+    return _rotate(q.to(cdt), cos, sin).to(q.dtype), _rotate(k.to(cdt), cos, sin).to(k.dtype)
 
 
 def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotate_fp32: bool,

@@ -39,8 +39,10 @@ def test_steps_touch_no_new_pages_when_retained():
     retained, applied = _second_run_faults("on")
     released, not_applied = _second_run_faults("off")
     assert applied and not not_applied
-    assert retained < 500, retained  # 8 requests x 32 steps: the heap already holds every step's activations
-    assert released > 10 * max(retained, 100), (released, retained)  # the default: pages returned, touched again
+    # 8 requests x 32 steps = 256 steps; one step's activations span ~400 pages at this size. Retained: under 4
+    # faults per step (the kernels' one-time setup, not activations). The default returns and re-touches pages.
+    assert retained < 1024, retained
+    assert released > 10 * retained, (released, retained)
 
 
 def test_the_environment_settings_win(monkeypatch):
