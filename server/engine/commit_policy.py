@@ -51,6 +51,7 @@ import dataclasses
 import itertools
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from unmask.kernels import ops
@@ -77,7 +78,7 @@ def candidates(seq: Sequence) -> torch.Tensor:
     lo = seq.prompt_len if seq.params.is_exact and seq.threshold is None else seq.block_start
     if seq.editing is not None:  # LLaDA2.1 editing: every generated position of the block, masked or not
         return torch.arange(max(lo, seq.prompt_len), seq.block_end)
-    return (seq.canvas[lo:seq.block_end] == seq.mask_id).nonzero(as_tuple=True)[0] + lo
+    return torch.from_numpy(np.flatnonzero(seq.canvas_np[lo:seq.block_end] == seq.mask_id) + lo)
 
 
 def needs_forward(seq: Sequence) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import collections
 import time
 
-import torch
+import numpy as np
 
 from unmask.server.config import SchedulerConfig
 from unmask.server.engine.batch import Batch, StepOutput, StepResult
@@ -112,7 +112,7 @@ class Scheduler:
             if seq.editing is not None and not seq.masked_in_block().any():
                 seq.post_steps += 1  # an edit-only step (the block had no mask at its start)
             if positions:
-                seq.canvas[positions] = torch.tensor(tokens, dtype=seq.canvas.dtype)
+                seq.canvas_np[positions] = tokens
             seq.nfe += int(ran)
             seq.num_steps += 1
             if kind is StepKind.REFRESH and seq.uses_cache:
@@ -159,7 +159,7 @@ class Scheduler:
         stop_token = None
         if finishes_on_stop(seq.params, hit_stop, done):
             self._finish(seq, "stop")
-            token = int(seq.canvas[seq.prompt_len + len(out_ids)])
+            token = int(seq.canvas_np[seq.prompt_len + len(out_ids)])
             stop_token = token if token in seq.params.stop_token_ids else None
         elif done:
             self._finish(seq, "length")
@@ -169,12 +169,12 @@ class Scheduler:
                 stop_token: int | None = None) -> StepOutput:
         canvas = None
         if seq.request.stream_canvas:
-            canvas = tuple(seq.canvas[seq.prompt_len:seq.gen_end].tolist())
+            canvas = tuple(seq.canvas_np[seq.prompt_len:seq.gen_end].tolist())
         return StepOutput(
             request_id=seq.request_id, new_token_ids=new, finished=seq.status is SeqStatus.FINISHED,
             finish_reason=seq.finish_reason, num_prompt_tokens=seq.prompt_len, num_output_tokens=seq.num_emitted,
             new_logprobs=logprobs, stop_token=stop_token,
-            nfe=seq.nfe, num_committed=int((seq.canvas[seq.prompt_len:seq.gen_end] != seq.mask_id).sum()),
+            nfe=seq.nfe, num_committed=int(np.count_nonzero(seq.canvas_np[seq.prompt_len:seq.gen_end] != seq.mask_id)),
             error=seq.error, canvas=canvas, scheduled_at=seq.scheduled_at,
             queued_s=None if seq.scheduled_at is None else seq.scheduled_at - seq.request.arrival_time)
 
