@@ -53,3 +53,14 @@ def test_the_environment_settings_win(monkeypatch):
             m.setenv(key, value)
             assert host_memory.retain_freed_host_memory() is False
     assert calls == []  # malloc untouched
+
+
+def test_serve_flag_turns_it_off():
+    import argparse
+
+    from unmask.server.serve_args import add_serve_args
+
+    p = argparse.ArgumentParser()
+    add_serve_args(p)
+    assert p.parse_args([]).retain_host_memory is True
+    assert p.parse_args(["--no-retain-host-memory"]).retain_host_memory is False
