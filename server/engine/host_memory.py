@@ -4,7 +4,7 @@ A CPU step allocates and frees its activations (megabytes per tensor at a batch 
 malloc. glibc serves blocks above a dynamic threshold with fresh ``mmap`` pages and hands a freed heap top back
 to the OS once it exceeds the trim threshold, so every step touches new pages again: on the 2-core dev CPU the
 embedded dense model at C=32, exact, took 1.2-1.8 million minor page faults and 1.7-2.6 s of kernel time per
-64 requests on top of 6.0-6.5 s of user time (benchmarks/README.md, #28). Raising both thresholds once keeps
+64 requests on top of 5.9-6.6 s of user time (benchmarks/README.md, #28). Raising both thresholds once keeps
 the freed memory in the heap: the faults drop to none and the kernel time with them. This is the effect
 PyTorch's CPU tuning guides get from preloading jemalloc or tcmalloc; glibc's own ``mallopt`` does it in place.
 The process's resident memory then stays at its peak working set, as a CUDA caching allocator's does.
