@@ -20,18 +20,22 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: to
     return emb.cos(), emb.sin()
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [N, H, D], cos/sin [N, D] -> x·cos + rotate_half(x)·sin, in x's dtype.
-
-    rotate_half(x)·sin = [−x₂·s₁, x₁·s₂] is formed as [x₂, x₁]·[−s₁, s₂] (the same products: negating a factor
-    negates the product exactly), so the halves swap is one copy and the last two ops run in place."""
+def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """x [N, H, D], cos [N, D], signed_sin [N, D] = [−s₁, s₂] (``_signed_sin``) -> x·cos + rotate_half(x)·sin, in
+    x's dtype. rotate_half(x)·sin = [−x₂·s₁, x₁·s₂] is formed as [x₂, x₁]·[−s₁, s₂] (the same products: negating a
+    factor negates the product exactly), so the halves swap is one copy and the last two ops run in place."""
     half = x.shape[-1] // 2
-    signed_sin = torch.cat([-sin[:, :half], sin[:, half:]], dim=-1)  # [N, D]
     out = x * cos[:, None, :]  # [N, H, D]
     swapped = torch.cat([x[..., half:], x[..., :half]], dim=-1)  # [N, H, D]
     swapped *= signed_sin[:, None, :]
     out += swapped
     return out
+
+
+def _signed_sin(sin: torch.Tensor) -> torch.Tensor:
+    """sin [N, D] -> [N, D] with its first half negated (the sign rotate_half puts on x₂)."""
+    half = sin.shape[-1] // 2
+    return torch.cat([-sin[:, :half], sin[:, half:]], dim=-1)
 
 
 def _heads_of_one_buffer(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor | None:
@@ -66,12 +70,12 @@ def rope_apply(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.T
         return torch.cat([qr, q[..., r:]], -1), torch.cat([kr, k[..., r:]], -1)
     if not rotate_fp32:
         cos, sin = cos.to(q.dtype), sin.to(q.dtype)
-    cdt = cos.dtype
+    cdt, signed_sin = cos.dtype, _signed_sin(sin)
     qk = _heads_of_one_buffer(q, k)
     if qk is not None:  # elementwise: rotating q and k as one tensor gives each the same values as alone
-        out = _rotate(qk.to(cdt), cos, sin).to(q.dtype)  # [N, H + Hk, D]
+        out = _rotate(qk.to(cdt), cos, signed_sin).to(q.dtype)  # [N, H + Hk, D]
         return out[:, :q.shape[1]], out[:, q.shape[1]:]
-    return _rotate(q.to(cdt), cos, sin).to(q.dtype), _rotate(k.to(cdt), cos, sin).to(k.dtype)
+    return _rotate(q.to(cdt), cos, signed_sin).to(q.dtype), _rotate(k.to(cdt), cos, signed_sin).to(k.dtype)
 
 
 def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotate_fp32: bool,
