@@ -4,19 +4,25 @@ Legend: N packed new tokens, B sequences, H query heads, Hk key/value heads, D h
 P pages, S page size.
 
 Sequence b owns the new tokens ``cu_seqlens_q[b] : cu_seqlens_q[b+1]``. Without a cache its keys are
-exactly its new tokens (a refresh step or the exact algorithm). With a cache its keys are canvas
-positions ``0 .. kv_lens[b]-1``: positions ``new_offsets[b] .. new_offsets[b]+n_b-1`` come from the
-new k/v, every other position is read from the cache through ``block_table[b]`` (a block step of
-Fast-dLLM's prefix cache, where the new tokens run to the canvas end, or of its dual cache, where
-only the current block is new and the suffix is cached).
+exactly its new tokens (a refresh step or the exact algorithm), or, with ``cu_seqlens_k``, the key rows
+``cu_seqlens_k[b] : cu_seqlens_k[b+1]`` while q holds only some of its queries (the last layer, which needs the
+outputs of the logit rows alone: softmax rows are independent, so the other queries need not be computed).
+With a cache its keys are canvas positions ``0 .. kv_lens[b]-1``: positions ``new_offsets[b] .. new_offsets[b]+n_b-1``
+come from the new k/v, every other position is read from the cache through ``block_table[b]`` (a block step of
+Fast-dLLM's prefix cache, where the new tokens run to the canvas end, or of its dual cache, where only the current
+block is new and the suffix is cached).
 """
 import torch
 import torch.nn.functional as F
 
 
 def attention(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_cache=None,
-              block_table=None, kv_lens=None, new_offsets=None, attn_blocks=None):
+              block_table=None, kv_lens=None, new_offsets=None, attn_blocks=None, cu_seqlens_k=None):
     """q [N, H, D], k/v [N, Hk, D] (H % Hk == 0), cu_seqlens_q [B+1] int32 -> out [N, H, D] (q.dtype).
+
+    Query subset: with ``cu_seqlens_k`` [B+1] int32, q [M, H, D] holds some queries of each sequence (rows
+    cu_seqlens_q[b]:cu_seqlens_q[b+1]) and k/v [N, Hk, D] all of its keys (rows cu_seqlens_k[b]:cu_seqlens_k[b+1]);
+    bidirectional and without a cache only (block-causal masks and cache reads place the queries by position).
 
     Optional cache: k_cache/v_cache [P, S, Hk, D], block_table [B, max_pages] int32, kv_lens [B] int32,
     new_offsets [B] int32 (see the module docstring). ``max_seqlen_q`` is a host-side upper bound kept
@@ -30,11 +36,16 @@ def attention(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_cache=
     engine's packer orders them so) is one contiguous run of rows and is read and written in place; any other
     group is gathered by row index.
     """
+    if cu_seqlens_k is not None and (k_cache is not None or attn_blocks is not None):
+        raise ValueError("a query subset (cu_seqlens_k) is bidirectional and cache-free only")
     if q.shape[0] == 0:
         return torch.empty_like(q)
     cu = cu_seqlens_q.tolist()
     n_q = [cu[b + 1] - cu[b] for b in range(len(cu) - 1)]
-    if k_cache is None:
+    if cu_seqlens_k is not None:
+        cu_k = cu_seqlens_k.tolist()
+        keys, vals, n_k, k_start = k, v, [cu_k[b + 1] - cu_k[b] for b in range(len(n_q))], cu_k[:-1]
+    elif k_cache is None:
         keys, vals, n_k, k_start = k, v, n_q, cu[:-1]
     else:
         keys, vals, n_k, k_start = gather_keys(k, v, cu, k_cache, v_cache, block_table, kv_lens, new_offsets)
@@ -45,7 +56,7 @@ def attention(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_cache=
         if n:  # the block-causal mask depends on the block size and the queries' first position
             groups.setdefault((n, n_k[b], blocks[b], q_off[b] if blocks[b] else 0), []).append(b)
     rep = q.shape[1] // k.shape[1]
-    if k_cache is None and len(groups) == 1 and all(n_q):  # one shape, no cache: plain reshapes
+    if k_cache is None and cu_seqlens_k is None and len(groups) == 1 and all(n_q):  # one shape: plain reshapes
         (n, _, s, off), = groups
         return _batched(q, k, v, n, n, rep, scale, block_mask(n, n, s, off, q.device))
     out = torch.empty_like(q)

@@ -36,18 +36,41 @@ def uniform_noise(seeds: torch.Tensor, vocab: int, start: int = 0) -> torch.Tens
     return (h.to(torch.float64) + 0.5) * (1.0 / 4294967296.0)
 
 
+ARGMAX_CHUNK = 64
+"""Columns per chunk of ``first_argmax``'s coarse pass."""
+
+
+def first_argmax(x: torch.Tensor) -> torch.Tensor:
+    """x [M, V] float -> [M] int64: ``torch.argmax(x, dim=-1)`` (the first maximum; the first NaN where a row has
+    one), in two passes that run at ``amax``'s speed on CPU, where argmax's inner-dimension reduction is scalar:
+    the maximum of each chunk of ``ARGMAX_CHUNK`` columns (the last one may be shorter), the first chunk holding
+    the row's maximum, the first maximum within it."""
+    m, v = x.shape
+    c = ARGMAX_CHUNK
+    if v <= 2 * c:
+        return torch.argmax(x, dim=-1)
+    whole = v - v % c
+    chunk_max = x[:, :whole].unflatten(1, (whole // c, c)).amax(-1)  # [M, V // c]
+    if whole < v:
+        chunk_max = torch.cat([chunk_max, x[:, whole:].amax(-1, keepdim=True)], 1)  # [M, ceil(V / c)]
+    first = torch.argmax(chunk_max, dim=-1) * c  # [M] first column of the winning chunk
+    cols = (first[:, None] + torch.arange(c, device=x.device)).clamp_(max=v - 1)  # [M, c] (a short chunk repeats
+    # its last column after itself: a repeat never precedes the first maximum)
+    return first + torch.argmax(x.gather(1, cols), dim=-1)
+
+
 def remask_confidence(logits: torch.Tensor, temperature: torch.Tensor, seeds: torch.Tensor):
     """logits [M, V] (bf16/fp16/fp32/fp64), temperature [M] float, seeds [M] int64
     -> (x0 [M] int64, conf [M] float32, or float64 for fp64 logits)."""
     cdt = torch.promote_types(logits.dtype, torch.float32)
-    x0 = torch.argmax(logits, dim=-1)  # [M]
+    x0 = first_argmax(logits)  # [M]
     hot = temperature > 0
     if bool(hot.any()):
         rows = hot.nonzero(as_tuple=True)[0]
         u = uniform_noise(seeds[rows], logits.shape[1])  # [m, V] f64
         t = temperature[rows].to(torch.float64)[:, None]
         score = logits[rows].to(torch.float64) / t - torch.log(-torch.log(u))  # [m, V]
-        x0[rows] = torch.argmax(score, dim=-1)
+        x0[rows] = first_argmax(score)
     lf = logits.to(cdt)
     lse = torch.logsumexp(lf, dim=-1)  # [M]
     conf = torch.exp(lf.gather(1, x0[:, None])[:, 0] - lse)  # [M]
@@ -62,7 +85,7 @@ def remask_partial(logits: torch.Tensor, temperature: torch.Tensor, seeds: torch
     logsumexp, both in the confidence dtype (fp32, fp64 for fp64 logits). ``temperature`` None: every row at
     T = 0, with no host synchronisation (a captured CUDA graph's step)."""
     cdt = torch.promote_types(logits.dtype, torch.float32)
-    x0 = torch.argmax(logits, dim=-1)  # [M]
+    x0 = first_argmax(logits)  # [M]
     key = logits.gather(1, x0[:, None])[:, 0].to(torch.float64)  # [M]
     hot = None if temperature is None else temperature > 0
     if hot is not None and bool(hot.any()):

@@ -65,8 +65,8 @@ def _combine_rows(part_ptr, ml_ptr, o_ptr, r64, r_ok, heads, head_dim, stride_on
 
 
 @triton.jit
-def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, part_ptr, ml_ptr, count_ptr, cu_q_ptr, kc_ptr, vc_ptr, bt_ptr,
-                     kvlen_ptr, off_ptr, qk_scale, heads, group, head_dim, page_size,
+def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, part_ptr, ml_ptr, count_ptr, cu_q_ptr, cu_k_ptr, kc_ptr, vc_ptr,
+                     bt_ptr, kvlen_ptr, off_ptr, qk_scale, heads, group, head_dim, page_size,
                      stride_qn, stride_qh, stride_kn, stride_kh, stride_vn, stride_vh, stride_on, stride_oh,
                      stride_cp, stride_cs, stride_ch, stride_vcp, stride_vcs, stride_vch, stride_bt,
                      HAS_CACHE: tl.constexpr, SOURCE: tl.constexpr, SEGMENTS: tl.constexpr, PREFETCH: tl.constexpr,
@@ -83,11 +83,13 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, part_ptr, ml_ptr, count_ptr, cu
     n_q = tl.load(cu_q_ptr + b + 1) - q_start
     if pid_m * BLOCK_M >= n_q:
         return
+    k_start = q_start  # first new key row (a query subset: its own rows, cu_k)
     if HAS_CACHE:
         n_keys = tl.load(kvlen_ptr + b)
         new_off = tl.load(off_ptr + b)
     else:
-        n_keys = n_q
+        k_start = tl.load(cu_k_ptr + b)  # cu_k is cu_q unless q holds a subset of the queries
+        n_keys = tl.load(cu_k_ptr + b + 1) - k_start
         new_off = 0
     lo = 0
     hi = n_keys
@@ -128,7 +130,7 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, part_ptr, ml_ptr, count_ptr, cu
                                                  UPCAST, IEEE, WHILE_LOOP)
         else:
             m_i, l_i, acc = attn_range(q, m_i, l_i, acc, seg_lo, seg_hi, k_ptr, v_ptr, kc_ptr, vc_ptr, bt_row_ptr,
-                                        q_start, n_q, new_off, hk, d, d_ok, qk_scale, stride_kn, stride_kh, stride_vn,
+                                        k_start, n_q, new_off, hk, d, d_ok, qk_scale, stride_kn, stride_kh, stride_vn,
                                         stride_vh, stride_cp, stride_cs, stride_ch, stride_vcp, stride_vcs, stride_vch,
                                         page_size,
                                         SOURCE if SEGMENTS == 1 else 1 - seg % 2,  # segments: cache, new rows, cache
@@ -210,12 +212,14 @@ def cache_operands(k, v, cu_seqlens_q, k_cache, v_cache, block_table, kv_lens, n
 
 def attention_fwd(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_cache=None, block_table=None,
                   kv_lens=None, new_offsets=None, num_splits: int | None = None,
-                  loop: str | None = None, serial_combine: bool | None = None) -> torch.Tensor:
+                  loop: str | None = None, serial_combine: bool | None = None, cu_seqlens_k=None) -> torch.Tensor:
     """``attention`` with an explicit key-split count (None: chosen from the GPU's SM count) and, with a cache,
     an explicit key loop, one of ``LOOPS`` (None: the active ``KernelOptions.attn_loop``); without a cache
     ``loop`` is ignored. With key splits the partials are merged inside the attention kernel by the last split
     of each (query tile, sequence·head) to finish (``serial_combine``; one launch) or by a second kernel (None:
-    the active ``KernelOptions.serial_combine``); both merge in split order, so the results have the same bits."""
+    the active ``KernelOptions.serial_combine``); both merge in split order, so the results have the same bits.
+    ``cu_seqlens_k`` (cache-free only): q holds a subset of each sequence's queries, its keys are those rows of k/v
+    (``max_seqlen_q`` bounds both counts)."""
     n, heads, head_dim = q.shape
     out = torch.empty_like(q)  # [N, H, D]
     batch = cu_seqlens_q.numel() - 1
@@ -247,7 +251,8 @@ def attention_fwd(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_ca
         part, ml = out, out
     grid = (q_tiles, batch * heads, num_splits)
     _attn_fwd_kernel[grid](
-        q, k, v, out, part, ml, counters if counters is not None else ml, cu_seqlens_q, kc, vc, bt, kvl, off,
+        q, k, v, out, part, ml, counters if counters is not None else ml, cu_seqlens_q,
+        cu_seqlens_q if cu_seqlens_k is None else cu_seqlens_k, kc, vc, bt, kvl, off,
         scale * _LOG2E, heads, heads // k.shape[1], head_dim, page_size,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
         *cache_strides, stride_bt,
@@ -266,24 +271,27 @@ def attention_fwd(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_ca
 
 
 def attention(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_cache=None, block_table=None,
-              kv_lens=None, new_offsets=None, attn_blocks=None):
+              kv_lens=None, new_offsets=None, attn_blocks=None, cu_seqlens_k=None):
     """q [N, H, D], k/v [N, Hk, D], cu_seqlens_q [B+1] int32, max_seqlen_q host int >= every n_b,
     scale float; optional cache k/v [P, S, Hk, D] (read as k's dtype), block_table [B, pages] int32,
     kv_lens [B] int32, new_offsets [B] int32; optional attn_blocks [B] int32 -> out [N, H, D] q.dtype.
 
     Non-causal softmax(scale·q·kᵀ)·v per sequence over its own keys (see the module docstring);
     fp16/bf16/fp32 (fp64 is served by the PyTorch reference). With ``attn_blocks`` (LLaDA2's block-causal
-    pattern) the block-causal kernel of ``attention_block_causal.py`` runs instead.
+    pattern) the block-causal kernel of ``attention_block_causal.py`` runs instead. With ``cu_seqlens_k`` q holds
+    a subset of each sequence's queries (see ``attention_fwd``).
     """
+    if cu_seqlens_k is not None and (k_cache is not None or attn_blocks is not None):
+        raise ValueError("a query subset (cu_seqlens_k) is bidirectional and cache-free only")
     if q.dtype == torch.float64:
         return _ref.attention(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache, v_cache, block_table,
-                              kv_lens, new_offsets, attn_blocks)
+                              kv_lens, new_offsets, attn_blocks, cu_seqlens_k)
     if attn_blocks is not None:
         from unmask.kernels.triton_ops.attention_block_causal import block_causal_attention
         return block_causal_attention(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache, v_cache, block_table,
                                       kv_lens, new_offsets, attn_blocks)
     return attention_fwd(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache, v_cache, block_table, kv_lens,
-                         new_offsets)
+                         new_offsets, cu_seqlens_k=cu_seqlens_k)
 
 
 @triton.jit

@@ -3,8 +3,8 @@
 Legend: B sequences fed, N packed tokens, M logit rows, V vocab, W block width, L canvas length. Each
 sequence keeps positions 0..L−1 and attends only to its own tokens, so a packed step equals an unpadded
 batch-1 run. Both paths pack with ``forward_inputs.build_inputs`` and decide commits with
-``commit_policy``: eager = packed forward (its last block runs past attention for the commit candidates'
-rows only), their logits, ``propose``, ``select``; graphed (dual-cache block steps on CUDA) = the captured
+``commit_policy``: eager = packed forward (its last block computes the commit candidates' rows only, from their
+queries on), their logits, ``propose``, ``select``; graphed (dual-cache block steps on CUDA) = the captured
 forward + ``propose`` on every block row, then the same ``select``.
 """
 from __future__ import annotations

@@ -46,8 +46,8 @@ class LLaDAModelLM(nn.Module):
                 out_rows: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids [N] int64, positions [N] int64 -> final hidden states [N, D] (after the final norm), or
         [M, D] of ``out_rows`` [M] int64 alone. Every row's state is needed until the last block's attention
-        (its keys); after it only the wanted rows are computed (each row's output projection, MLP and norm
-        read that row alone, so they are the rows a full forward would give)."""
+        (its keys); after it only the wanted rows are computed (each row's attention output, output projection,
+        MLP and norm read that row alone, so they are the rows a full forward would give, up to float rounding)."""
         x = embed_lookup(self.embed, input_ids, self.tp, self.vocab_start)  # [N, D]
         cfg = self.cfg
         rope = ops.rope_cos_sin(positions, cfg.rotary_dim or cfg.head_dim, cfg.rope_theta, x.dtype)  # 2 x [N, R]

@@ -61,6 +61,24 @@ def test_attention_no_cache(dtype, case):
     check(q, k, v, cu, max(lens), d ** -0.5, (None,) * 5, splits, dtype, f"no cache {case}")
 
 
+@dtypes
+@pytest.mark.parametrize("splits", [1, 3])
+def test_attention_query_subset(dtype, splits):
+    """Some queries of each sequence (``cu_seqlens_k``: their keys are all of the sequence's rows), one sequence
+    with none: the kernel equals the spec's subset call."""
+    lens, h, hk, d = [5, 33, 1, 17], 4, 2, 64
+    q, k, v, cu = packed(lens, h, hk, d, dtype, seed=11)
+    keep = [[0, 4], [1, 2, 3, 20, 31, 32], [], [16]]
+    rows = torch.tensor([s + i for s, r in zip(cu.tolist(), keep) for i in r], dtype=torch.int64, device=DEVICE)
+    cu_q = cu_seqlens([len(r) for r in keep])
+    out = tri.attention_fwd(q[rows], k, v, cu_q, max(lens), d ** -0.5, num_splits=splits, cu_seqlens_k=cu)
+    lp = ref.attention(q[rows], k, v, cu_q, max(lens), d ** -0.5, cu_seqlens_k=cu)
+    r64 = ref.attention(q[rows].double(), k.double(), v.double(), cu_q, max(lens), d ** -0.5, cu_seqlens_k=cu)
+    assert_fa_close(out, lp, r64, dtype, "query subset")
+    assert torch.equal(tri.attention(q[rows], k, v, cu_q, max(lens), d ** -0.5, cu_seqlens_k=cu),
+                       tri.attention_fwd(q[rows], k, v, cu_q, max(lens), d ** -0.5, cu_seqlens_k=cu))
+
+
 CACHED = [  # (new lens, kv_lens, new_offsets, H, Hk, D, page)
     ([4, 1, 9], [40, 17, 9], [36, 16, 0], 4, 1, 64, 16),  # prefix cache, one empty prefix, GQA 4:1
     ([8, 5], [50, 21], [16, 8], 2, 2, 128, 16),  # dual cache: block in the middle, suffix cached

@@ -125,3 +125,39 @@ def test_consecutive_groups_read_in_place_equal_scattered_groups(cached):
             sl = slice(cu[b], cu[b + 1])
             alone = _run([lens[b]], [kv[b]], [off[b]], table[b:b + 1], q[sl], k[sl], v[sl], kc, vc, cached)
             assert torch.equal(alone, packed[sl]), (name, b)
+
+
+def _subset(lens: list[int], g: torch.Generator) -> tuple[list[int], torch.Tensor]:
+    """Some query rows of each packed sequence (ascending, possibly none of one): (counts, packed row ids)."""
+    cu, counts, rows = _cu(lens).tolist(), [], []
+    for b, n in enumerate(lens):
+        pick = sorted(torch.randperm(n, generator=g)[:int(torch.randint(0, n + 1, (), generator=g))].tolist())
+        counts.append(len(pick)), rows.extend(cu[b] + i for i in pick)
+    return counts, torch.tensor(rows, dtype=torch.int64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed", range(6))
+def test_query_subset_equals_full_rows_and_is_batch_invariant(seed, dtype):
+    """A query subset (``cu_seqlens_k``): each row is the full call's row (fp64 to rounding) and each sequence's
+    rows are bit-identical to the subset call of that sequence alone."""
+    lens, _, _, _, q, k, v, _, _ = _case(200 + seed, dtype, cached=False)
+    counts, rows = _subset(lens, torch.Generator().manual_seed(seed))
+    cu_q, cu_k = _cu(counts), _cu(lens)
+    got = ref.attention(q[rows], k, v, cu_q, max(lens), 0.3, cu_seqlens_k=cu_k)  # [M, H, D]
+    full = ref.attention(q, k, v, cu_k, max(lens), 0.3)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(got, full[rows], rtol=tol, atol=tol)
+    cq, ck = cu_q.tolist(), cu_k.tolist()
+    for b in range(len(lens)):
+        if counts[b]:
+            qs, ks = rows[cq[b]:cq[b + 1]], slice(ck[b], ck[b + 1])
+            alone = ref.attention(q[qs], k[ks], v[ks], _cu([counts[b]]), lens[b], 0.3, cu_seqlens_k=_cu([lens[b]]))
+            assert torch.equal(alone, got[cq[b]:cq[b + 1]]), (b, counts, lens)
+
+
+def test_query_subset_refuses_caches_and_block_masks():
+    q, cu = torch.randn(3, H, D), _cu([3])
+    with pytest.raises(ValueError, match="cache-free"):
+        ref.attention(q, q[:, :HK], q[:, :HK], cu, 3, 0.3, attn_blocks=torch.tensor([2], dtype=torch.int32),
+                      cu_seqlens_k=cu)
