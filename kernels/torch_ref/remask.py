@@ -38,6 +38,8 @@ def uniform_noise(seeds: torch.Tensor, vocab: int, start: int = 0) -> torch.Tens
 
 ARGMAX_CHUNK = 64
 """Columns per chunk of ``first_argmax``'s coarse pass."""
+ARGMAX_SMALL = 1 << 15
+"""Below this many elements one ``torch.argmax`` costs less than the two passes' extra calls."""
 
 
 def first_argmax(x: torch.Tensor) -> torch.Tensor:
@@ -47,7 +49,7 @@ def first_argmax(x: torch.Tensor) -> torch.Tensor:
     the row's maximum, the first maximum within it."""
     m, v = x.shape
     c = ARGMAX_CHUNK
-    if v <= 2 * c:
+    if v <= 2 * c or m * v < ARGMAX_SMALL:
         return torch.argmax(x, dim=-1)
     whole = v - v % c
     chunk_max = x[:, :whole].unflatten(1, (whole // c, c)).amax(-1)  # [M, V // c]

@@ -165,33 +165,41 @@ def build_rules(seqs: list[Sequence], slots: list[torch.Tensor], device: torch.d
     """seqs with their row positions slots[b] [n_b] int64 (rows are concatenated in this order) -> rules."""
     counts = [s.numel() for s in slots]  # [B]
 
-    seeds = []  # the noise only matters at T > 0 (remask_confidence reads the seeds of those rows alone)
-    for seq, pos, n in zip(seqs, slots, counts):
-        seeds += [row_seed(seq.seed, seq.num_steps, p) for p in pos.tolist()] if seq.params.temperature > 0 else [0] * n
+    seeds = np.zeros(sum(counts), dtype=np.int64)  # the noise only matters at T > 0 (only those rows' seeds are read)
+    if any(s.params.temperature > 0 for s in seqs):
+        for seq, pos, a in zip(seqs, slots, itertools.accumulate(counts, initial=0)):
+            if seq.params.temperature > 0:
+                seeds[a:a + pos.numel()] = [row_seed(seq.seed, seq.num_steps, p) for p in pos.tolist()]
     mask_bias = [0.0 if s.params.is_exact or s.threshold is not None else NEG_INF for s in seqs]
     eos_bias = [NEG_INF if s.params.logits_eos_inf else 0.0 for s in seqs]
-    per_seq = ([s.params.temperature for s in seqs], mask_bias, eos_bias)
-    temperature, mask_rows, eos_rows = torch.tensor(  # [3, M] float32 in one copy (rows stay contiguous)
-        [[v for v, n in zip(values, counts) for _ in range(n)] for values in per_seq], dtype=torch.float32,
-        device=device)
+    per_seq = np.array([[s.params.temperature for s in seqs], mask_bias, eos_bias], dtype=np.float32)  # [3, B]
+    temperature, mask_rows, eos_rows = torch.from_numpy(  # [3, M] float32 in one copy (rows stay contiguous)
+        np.repeat(per_seq, counts, axis=1)).to(device)
     return LogitRules(
-        temperature=temperature, seeds=torch.tensor(seeds, dtype=torch.int64, device=device),
+        temperature=temperature, seeds=torch.from_numpy(seeds).to(device),
         mask_bias=mask_rows, eos_bias=eos_rows,
         sampling=sampling.build(seqs, slots, device), grammar=structured.mask_job(seqs, slots, device),
         biases=any(mask_bias) or any(eos_bias))
 
 
-def build_plan(seqs: list[Sequence], slots: list[torch.Tensor], device: torch.device) -> CommitPlan:
-    """seqs with their row positions slots[b] [n_b] (ascending) -> the step's CommitPlan. Draws random
-    remasking's confidences from each such sequence's generator (one draw per step, as the reference)."""
-    slot_pos = torch.nn.utils.rnn.pad_sequence(slots, batch_first=True, padding_value=-1)  # [B, W]
-    masked = [s.canvas[pos] == s.mask_id for s, pos in zip(seqs, slots)]
-    cand = torch.nn.utils.rnn.pad_sequence(masked, batch_first=True, padding_value=False)  # [B, W]
-    row_slot = (slot_pos.view(-1) >= 0).nonzero(as_tuple=True)[0]  # [M], rows are slot-major per sequence
+def build_plan(seqs: list[Sequence], slots: list[torch.Tensor], device: torch.device,
+               rows_masked: bool = False) -> CommitPlan:
+    """seqs with their row positions slots[b] [n_b] (ascending) -> the step's CommitPlan. ``rows_masked``: every
+    row is a masked position (the candidates of a step without editing), so no canvas lookup is needed. Draws
+    random remasking's confidences from each such sequence's generator (one draw per step, as the reference)."""
+    counts = [pos.numel() for pos in slots]
+    slot_np = np.full((len(slots), max(counts, default=0)), -1, dtype=np.int64)  # [B, W] (assembled on the host)
+    for b, pos in enumerate(slots):
+        slot_np[b, :counts[b]] = pos.numpy()
+    cand_np = slot_np >= 0  # [B, W]
+    if not rows_masked:
+        for b, (s, pos) in enumerate(zip(seqs, slots)):
+            cand_np[b, :counts[b]] = s.canvas_np[pos.numpy()] == s.mask_id
+    slot_pos, cand = torch.from_numpy(slot_np), torch.from_numpy(cand_np)
+    row_slot = torch.from_numpy(np.flatnonzero(slot_np >= 0))  # [M], rows are slot-major per sequence
     is_random = [s.params.remasking == "random" for s in seqs]
     rand = [torch.rand(s.length, generator=s.generator)[pos] if r else torch.zeros(pos.numel())
             for s, pos, r in zip(seqs, slots, is_random)] if any(is_random) else None
-    counts = [pos.numel() for pos in slots]
     starts = list(itertools.accumulate(counts, initial=0))  # first logit row of each sequence
     eos_eot = [(torch.arange(a, a + n), s.params.temperature == 0) for s, a, n in zip(seqs, starts, counts)
                if s.params.confidence_eos_eot_inf]

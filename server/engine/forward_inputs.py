@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
+import numpy as np
 import torch
 
 from unmask.server.engine import commit_policy
@@ -67,7 +68,8 @@ def _attention_group(seq: Sequence, lo: int, hi: int, read: bool) -> tuple[int, 
 
 
 class _Packer:
-    """Accumulates packed segments (token runs) and logit rows, then builds the tensors once."""
+    """Accumulates packed segments (token runs) and logit rows as numpy arrays (a numpy op on a few dozen ids costs
+    about a microsecond, a torch op several), then builds the tensors once."""
 
     def __init__(self, kv: KVCacheManager | None, cached_write: bool):
         self.kv, self.cached_write = kv, cached_write
@@ -75,12 +77,12 @@ class _Packer:
         self.rows, self.un_rows, self.row_pos, self.cfg_rows, self.blocks = [], [], [], [], []
         self.num_tokens = self.num_rows = 0
 
-    def segment(self, tokens: torch.Tensor, lo: int, seq: Sequence, write: bool, read: bool) -> int:
-        """Add canvas tokens starting at position lo; returns the packed index of the first one. A reading
+    def segment(self, tokens: np.ndarray, lo: int, seq: Sequence, write: bool, read: bool) -> int:
+        """Add canvas tokens [n] starting at position lo; returns the packed index of the first one. A reading
         segment attends over the whole canvas, or up to its own end on a block-causal model (nothing later is
         visible, and later cache slots may hold no K/V yet)."""
         n = tokens.shape[0]
-        self.ids.append(tokens), self.pos.append(torch.arange(lo, lo + n))
+        self.ids.append(tokens), self.pos.append(np.arange(lo, lo + n))
         self.lens.append(n), self.offsets.append(lo)
         self.kv_lens.append(_key_count(seq, lo, n, read))
         self.blocks.append(_block_size(seq))
@@ -90,12 +92,12 @@ class _Packer:
         start, self.num_tokens = self.num_tokens, self.num_tokens + n
         return start
 
-    def logit_rows(self, packed: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Register one sequence's conditional rows (packed indices [n], canvas positions [n]); returns
-        their indices among all conditional logit rows."""
+    def logit_rows(self, packed: np.ndarray, positions: torch.Tensor) -> int:
+        """Register one sequence's conditional rows (packed indices [n], canvas positions [n]); returns the
+        index of the first among all conditional logit rows."""
         m0, self.num_rows = self.num_rows, self.num_rows + positions.numel()
         self.rows.append(packed), self.row_pos.append(positions)
-        return torch.arange(m0, self.num_rows)
+        return m0
 
     def metadata(self, device: torch.device) -> AttentionMetadata:
         cu = torch.tensor(list(itertools.accumulate(self.lens, initial=0)), dtype=torch.int32, device=device)
@@ -115,15 +117,15 @@ class _Packer:
             meta.kv_caches = self.kv.layers
         return meta
 
-    def finish(self, seqs: list[Sequence], device: torch.device) -> ForwardInputs:
-        def cat(parts):
-            return torch.cat(parts).to(device) if parts else None
+    def finish(self, seqs: list[Sequence], device: torch.device, rows_masked: bool) -> ForwardInputs:
+        def cat(parts):  # numpy arrays [n_i] -> one int64 tensor on the device
+            return torch.from_numpy(np.concatenate(parts).astype(np.int64, copy=False)).to(device)
 
         return ForwardInputs(
             seqs=seqs, input_ids=cat(self.ids), positions=cat(self.pos), meta=self.metadata(device),
             logit_rows=cat(self.rows + self.un_rows), num_cond_rows=self.num_rows,
             cfg_rows=self.cfg_rows, rules=commit_policy.build_rules(seqs, self.row_pos, device),
-            plan=commit_policy.build_plan(seqs, self.row_pos, device))
+            plan=commit_policy.build_plan(seqs, self.row_pos, device, rows_masked))
 
 
 def build_inputs(seqs: list[Sequence], kinds: list[StepKind], kv: KVCacheManager | None,
@@ -138,15 +140,16 @@ def build_inputs(seqs: list[Sequence], kinds: list[StepKind], kv: KVCacheManager
         range(len(seqs)), key=lambda i: _attention_group(seqs[i], *fed[i], reads[i]))
     for i in order:
         (lo, hi), seq = fed[i], seqs[i]
-        starts[i] = packer.segment(seq.canvas[lo:hi], lo, seq, seq.uses_cache and kinds[i] is StepKind.REFRESH,
+        starts[i] = packer.segment(seq.canvas_np[lo:hi], lo, seq, seq.uses_cache and kinds[i] is StepKind.REFRESH,
                                    reads[i])
     for seq, (lo, _), start in zip(seqs, fed, starts):
         rows = (torch.arange(seq.block_start, seq.block_end) if all_block_rows
                 else commit_policy.candidates(seq))  # [n] canvas positions
-        idx = packer.logit_rows(start + rows - lo, rows)
+        m0 = packer.logit_rows(rows.numpy() + (start - lo), rows)
         if seq.params.cfg_scale > 0:
-            un = seq.canvas.clone()
+            un = seq.canvas_np.copy()
             un[:seq.prompt_len] = seq.mask_id
-            packer.un_rows.append(packer.segment(un, 0, seq, False, False) + rows)
-            packer.cfg_rows.append((idx.to(device), seq.params.cfg_scale))
-    return packer.finish(seqs, device)
+            packer.un_rows.append(packer.segment(un, 0, seq, False, False) + rows.numpy())
+            packer.cfg_rows.append((torch.arange(m0, m0 + rows.numel(), device=device), seq.params.cfg_scale))
+    # candidates are masked positions (editing proposes for unmasked ones too; the graphed step feeds every block row)
+    return packer.finish(seqs, device, rows_masked=not all_block_rows and all(s.editing is None for s in seqs))

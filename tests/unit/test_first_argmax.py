@@ -2,7 +2,14 @@
 import pytest
 import torch
 
+from unmask.kernels.torch_ref import remask
 from unmask.kernels.torch_ref.remask import ARGMAX_CHUNK, first_argmax
+
+
+@pytest.fixture(autouse=True)
+def two_passes_always(monkeypatch):
+    """The cases below are small: test the two-pass path on them, not the single argmax small inputs take."""
+    monkeypatch.setattr(remask, "ARGMAX_SMALL", 0)
 
 WIDTHS = [1, 7, 2 * ARGMAX_CHUNK, 2 * ARGMAX_CHUNK + 1, 960, 1000, 4 * ARGMAX_CHUNK - 1, 5003]
 
