@@ -148,18 +148,19 @@ class Scheduler:
         done = seq.block_idx >= seq.num_blocks
         # After the last block every position is final, including any that kept the mask token (exact mode).
         prefix = seq.gen_length if done else seq.final_prefix_len()
-        out_ids = seq.output_token_ids(prefix)
-        new = tuple(out_ids[seq.num_emitted:])
+        # The final prefix only grows and its tokens never change, and the emitted ones hold no stop token: the
+        # output so far continues with the final tokens after them, up to a stop (each step reads only those).
+        new = tuple(seq.output_token_ids(prefix, start=seq.num_emitted))
         lps = None
         if seq.params.logprobs is not None:
             lo = seq.prompt_len + seq.num_emitted
             lps = tuple(seq.token_logprobs.pop(p, (0.0, [], [])) for p in range(lo, lo + len(new)))
-        seq.num_emitted = len(out_ids)
-        hit_stop = len(out_ids) < prefix  # a stop token sits in the final prefix
+        seq.num_emitted += len(new)
+        hit_stop = seq.num_emitted < prefix  # a stop token sits in the final prefix
         stop_token = None
         if finishes_on_stop(seq.params, hit_stop, done):
             self._finish(seq, "stop")
-            token = int(seq.canvas_np[seq.prompt_len + len(out_ids)])
+            token = int(seq.canvas_np[seq.prompt_len + seq.num_emitted])
             stop_token = token if token in seq.params.stop_token_ids else None
         elif done:
             self._finish(seq, "length")

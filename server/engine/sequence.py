@@ -146,10 +146,10 @@ class Sequence:
         n = gen.shape[0] if masked.size == 0 else int(masked[0])
         return min(n, max(self.block_start - self.prompt_len, 0)) if self.editing is not None else n
 
-    def output_token_ids(self, upto: int) -> list[int]:
-        """Generation tokens [0, upto), cut at the first stop token (exclusive)."""
+    def output_token_ids(self, upto: int, start: int = 0) -> list[int]:
+        """Generation tokens [start, upto), cut at the first stop token (exclusive)."""
         out = []
-        for t in self.canvas_np[self.prompt_len:self.prompt_len + upto].tolist():
+        for t in self.canvas_np[self.prompt_len + start:self.prompt_len + upto].tolist():
             if t in self.stop_ids:
                 break
             out.append(t)

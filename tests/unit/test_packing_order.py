@@ -54,3 +54,19 @@ def test_packing_order_leaves_each_sequences_logits_unchanged(llm64):
             out[name] = {s.request.request_id: r for s, r in zip(batch, rows)}
     for k, want in out["given"].items():
         torch.testing.assert_close(out["reversed"][k], want, rtol=1e-12, atol=1e-12)
+
+
+def test_plan_marks_exactly_the_masked_slots():
+    """The plan's candidate slots are the masked ones: every row on the eager path (its rows are the masked
+    positions), on the graphed path's all-block rows only those still masked; padding slots never."""
+    seqs = _seqs([5, 9, 7])
+    seqs[1].canvas[9 + 4:9 + 6] = torch.tensor([60, 61])  # block 1 of sequence 1 partly committed too
+    for all_block_rows in (False, True):
+        plan = build_inputs(seqs, [StepKind.REFRESH] * 3, None, torch.device("cpu"), all_block_rows).plan
+        for b, s in enumerate(seqs):
+            pos = plan.slot_pos[b]
+            want = torch.zeros_like(plan.cand[b])
+            want[pos >= 0] = s.canvas[pos[pos >= 0]] == MASK
+            assert torch.equal(plan.cand[b], want), (all_block_rows, b)
+            assert bool(plan.cand[b].any())
+        assert torch.equal(plan.row_slot, (plan.slot_pos.flatten() >= 0).nonzero()[:, 0])
