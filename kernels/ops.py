@@ -83,13 +83,14 @@ def attention(q, k, v, cu_seqlens_q, max_seqlen_q: int, scale: float, k_cache=No
     q [N, H, D], k/v [N, Hk, D], cu_seqlens_q [B+1] int32; cache k/v [P, S, Hk, D], block_table
     [B, pages] int32, kv_lens [B] int32, new_offsets [B] int32; attn_blocks [B] int32 (0 = bidirectional,
     s > 0 = block-causal with blocks of s absolute positions) -> [N, H, D] q.dtype. A query subset
-    (bidirectional, no cache): q [M, H, D] some queries of each sequence, k/v [N, Hk, D] all its keys at rows
-    cu_seqlens_k [B+1] int32 -> [M, H, D]; ``max_seqlen_q`` then bounds the key counts too.
+    (bidirectional): q [M, H, D] some queries of each sequence, k/v [N, Hk, D] its new keys at rows cu_seqlens_k
+    [B+1] int32 -> [M, H, D]; without a cache ``max_seqlen_q`` then bounds the key counts too.
     Spec: ``torch_ref.attention.attention``.
     """
     fn = backend.pick("attention", _attn.attention, q.device)
     if cu_seqlens_k is not None:
-        return fn(q, k, v, cu_seqlens_q, max_seqlen_q, scale, cu_seqlens_k=cu_seqlens_k)
+        return fn(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache, v_cache, block_table, kv_lens, new_offsets,
+                  cu_seqlens_k=cu_seqlens_k)
     if attn_blocks is None:
         return fn(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache, v_cache, block_table, kv_lens, new_offsets)
     return fn(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache, v_cache, block_table, kv_lens, new_offsets,

@@ -4,13 +4,13 @@ Legend: N packed new tokens, B sequences, H query heads, Hk key/value heads, D h
 P pages, S page size.
 
 Sequence b owns the new tokens ``cu_seqlens_q[b] : cu_seqlens_q[b+1]``. Without a cache its keys are
-exactly its new tokens (a refresh step or the exact algorithm), or, with ``cu_seqlens_k``, the key rows
-``cu_seqlens_k[b] : cu_seqlens_k[b+1]`` while q holds only some of its queries (the last layer, which needs the
-outputs of the logit rows alone: softmax rows are independent, so the other queries need not be computed).
-With a cache its keys are canvas positions ``0 .. kv_lens[b]-1``: positions ``new_offsets[b] .. new_offsets[b]+n_b-1``
-come from the new k/v, every other position is read from the cache through ``block_table[b]`` (a block step of
-Fast-dLLM's prefix cache, where the new tokens run to the canvas end, or of its dual cache, where only the current
-block is new and the suffix is cached).
+exactly its new tokens (a refresh step or the exact algorithm). With a cache its keys are canvas positions
+``0 .. kv_lens[b]-1``: positions ``new_offsets[b] .. new_offsets[b]+n_b-1`` come from the new k/v, every other
+position is read from the cache through ``block_table[b]`` (a block step of Fast-dLLM's prefix cache, where the new
+tokens run to the canvas end, or of its dual cache, where only the current block is new and the suffix is cached).
+With ``cu_seqlens_k`` the new k/v rows of sequence b are ``cu_seqlens_k[b] : cu_seqlens_k[b+1]`` while q holds only
+some of its queries (the last layer, which needs the outputs of the logit rows alone: softmax rows are
+independent, so the other queries need not be computed).
 """
 import torch
 import torch.nn.functional as F
@@ -21,8 +21,9 @@ def attention(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_cache=
     """q [N, H, D], k/v [N, Hk, D] (H % Hk == 0), cu_seqlens_q [B+1] int32 -> out [N, H, D] (q.dtype).
 
     Query subset: with ``cu_seqlens_k`` [B+1] int32, q [M, H, D] holds some queries of each sequence (rows
-    cu_seqlens_q[b]:cu_seqlens_q[b+1]) and k/v [N, Hk, D] all of its keys (rows cu_seqlens_k[b]:cu_seqlens_k[b+1]);
-    bidirectional and without a cache only (block-causal masks and cache reads place the queries by position).
+    cu_seqlens_q[b]:cu_seqlens_q[b+1]) and k/v [N, Hk, D] its new keys (rows cu_seqlens_k[b]:cu_seqlens_k[b+1]: all of
+    its keys without a cache, those at new_offsets[b].. with one); bidirectional only (the block-causal mask places
+    the queries by position).
 
     Optional cache: k_cache/v_cache [P, S, Hk, D], block_table [B, max_pages] int32, kv_lens [B] int32,
     new_offsets [B] int32 (see the module docstring). ``max_seqlen_q`` is a host-side upper bound kept
@@ -36,19 +37,17 @@ def attention(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_cache=
     engine's packer orders them so) is one contiguous run of rows and is read and written in place; any other
     group is gathered by row index.
     """
-    if cu_seqlens_k is not None and (k_cache is not None or attn_blocks is not None):
-        raise ValueError("a query subset (cu_seqlens_k) is bidirectional and cache-free only")
+    if cu_seqlens_k is not None and attn_blocks is not None:
+        raise ValueError("a query subset (cu_seqlens_k) is bidirectional only")
     if q.shape[0] == 0:
         return torch.empty_like(q)
     cu = cu_seqlens_q.tolist()
     n_q = [cu[b + 1] - cu[b] for b in range(len(cu) - 1)]
-    if cu_seqlens_k is not None:
-        cu_k = cu_seqlens_k.tolist()
-        keys, vals, n_k, k_start = k, v, [cu_k[b + 1] - cu_k[b] for b in range(len(n_q))], cu_k[:-1]
-    elif k_cache is None:
-        keys, vals, n_k, k_start = k, v, n_q, cu[:-1]
+    cu_new = cu if cu_seqlens_k is None else cu_seqlens_k.tolist()  # each sequence's new key rows
+    if k_cache is None:
+        keys, vals, n_k, k_start = k, v, [cu_new[b + 1] - cu_new[b] for b in range(len(n_q))], cu_new[:-1]
     else:
-        keys, vals, n_k, k_start = gather_keys(k, v, cu, k_cache, v_cache, block_table, kv_lens, new_offsets)
+        keys, vals, n_k, k_start = gather_keys(k, v, cu_new, k_cache, v_cache, block_table, kv_lens, new_offsets)
     blocks = [0] * len(n_q) if attn_blocks is None else attn_blocks.tolist()
     q_off = [0] * len(n_q) if k_cache is None else new_offsets.tolist()
     groups: dict[tuple[int, int, int, int], list[int]] = {}

@@ -83,13 +83,13 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, part_ptr, ml_ptr, count_ptr, cu
     n_q = tl.load(cu_q_ptr + b + 1) - q_start
     if pid_m * BLOCK_M >= n_q:
         return
-    k_start = q_start  # first new key row (a query subset: its own rows, cu_k)
+    k_start = tl.load(cu_k_ptr + b)  # the new key rows (cu_k is cu_q unless q holds a subset of the queries)
+    n_new = tl.load(cu_k_ptr + b + 1) - k_start
     if HAS_CACHE:
         n_keys = tl.load(kvlen_ptr + b)
         new_off = tl.load(off_ptr + b)
     else:
-        k_start = tl.load(cu_k_ptr + b)  # cu_k is cu_q unless q holds a subset of the queries
-        n_keys = tl.load(cu_k_ptr + b + 1) - k_start
+        n_keys = n_new
         new_off = 0
     lo = 0
     hi = n_keys
@@ -120,9 +120,9 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, part_ptr, ml_ptr, count_ptr, cu
                 seg_hi = tl.minimum(hi, new_off)
             if seg == 1:
                 seg_lo = tl.maximum(lo, new_off)
-                seg_hi = tl.minimum(hi, new_off + n_q)
+                seg_hi = tl.minimum(hi, new_off + n_new)
             if seg == 2:
-                seg_lo = tl.maximum(lo, new_off + n_q)
+                seg_lo = tl.maximum(lo, new_off + n_new)
         if PREFETCH and SEGMENTS == 3 and seg != 1:  # a cached segment, pipelined by hand
             m_i, l_i, acc = attn_range_prefetch(q, m_i, l_i, acc, seg_lo, seg_hi, k_ptr, v_ptr, kc_ptr, vc_ptr,
                                                  bt_row_ptr, hk, d, d_ok, qk_scale, stride_cp, stride_cs, stride_ch,
@@ -130,7 +130,7 @@ def _attn_fwd_kernel(q_ptr, k_ptr, v_ptr, o_ptr, part_ptr, ml_ptr, count_ptr, cu
                                                  UPCAST, IEEE, WHILE_LOOP)
         else:
             m_i, l_i, acc = attn_range(q, m_i, l_i, acc, seg_lo, seg_hi, k_ptr, v_ptr, kc_ptr, vc_ptr, bt_row_ptr,
-                                        k_start, n_q, new_off, hk, d, d_ok, qk_scale, stride_kn, stride_kh, stride_vn,
+                                        k_start, n_new, new_off, hk, d, d_ok, qk_scale, stride_kn, stride_kh, stride_vn,
                                         stride_vh, stride_cp, stride_cs, stride_ch, stride_vcp, stride_vcs, stride_vch,
                                         page_size,
                                         SOURCE if SEGMENTS == 1 else 1 - seg % 2,  # segments: cache, new rows, cache
@@ -218,8 +218,8 @@ def attention_fwd(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_ca
     ``loop`` is ignored. With key splits the partials are merged inside the attention kernel by the last split
     of each (query tile, sequence·head) to finish (``serial_combine``; one launch) or by a second kernel (None:
     the active ``KernelOptions.serial_combine``); both merge in split order, so the results have the same bits.
-    ``cu_seqlens_k`` (cache-free only): q holds a subset of each sequence's queries, its keys are those rows of k/v
-    (``max_seqlen_q`` bounds both counts)."""
+    ``cu_seqlens_k``: q holds a subset of each sequence's queries and its new keys are those rows of k/v (without a
+    cache all its keys; ``max_seqlen_q`` then bounds both counts)."""
     n, heads, head_dim = q.shape
     out = torch.empty_like(q)  # [N, H, D]
     batch = cu_seqlens_q.numel() - 1
@@ -281,8 +281,8 @@ def attention(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache=None, v_cache=
     pattern) the block-causal kernel of ``attention_block_causal.py`` runs instead. With ``cu_seqlens_k`` q holds
     a subset of each sequence's queries (see ``attention_fwd``).
     """
-    if cu_seqlens_k is not None and (k_cache is not None or attn_blocks is not None):
-        raise ValueError("a query subset (cu_seqlens_k) is bidirectional and cache-free only")
+    if cu_seqlens_k is not None and attn_blocks is not None:
+        raise ValueError("a query subset (cu_seqlens_k) is bidirectional only")
     if q.dtype == torch.float64:
         return _ref.attention(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache, v_cache, block_table,
                               kv_lens, new_offsets, attn_blocks, cu_seqlens_k)

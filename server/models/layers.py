@@ -54,8 +54,8 @@ class Attention(nn.Module):
         """x [N, D], rope = (cos, sin) [N, R] each from ``ops.rope_cos_sin`` of the positions (R = Dh, or the
         rotary dims of a partial rotary) -> [N, D], or [M, D] for ``out_rows`` [M] int64 only: every row's keys
         and values (and cache writes) are still computed, the output projection runs on those rows alone, and so
-        does the attention itself where the queries need no position (bidirectional, no cache read): each output row
-        is its softmax over the sequence's keys, the same whatever other queries the call holds."""
+        does the attention itself where the queries need no position (bidirectional): each output row is its softmax
+        over the sequence's keys, the same whatever other queries the call holds."""
         cfg, n = self.cfg, x.shape[0]
         hq, hk = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
         qkv = ops.linear(x, self.qkv_proj)  # [N, (H + 2Hk)·Dh]; the views below keep its row stride
@@ -73,24 +73,27 @@ class Attention(nn.Module):
         if meta.slot_mapping is not None:
             ops.kv_cache_write(cache[0], cache[1], k, v, meta.slot_mapping)
         scale = cfg.head_dim ** -0.5
+        if out_rows is not None and meta.attn_blocks is None:  # the output rows' queries alone
+            return ops.linear(_row_subset_attention(q, k, v, meta, cache, scale, out_rows).flatten(1), self.o_proj)
         if meta.reads_cache:
             o = ops.attention(q, k, v, meta.cu_seqlens_q, meta.max_seqlen_q, scale,
                               cache[0], cache[1], meta.block_table, meta.kv_lens, meta.new_offsets, meta.attn_blocks)
-        elif out_rows is not None and meta.attn_blocks is None:  # the output rows' queries alone
-            return ops.linear(_row_subset_attention(q, k, v, meta, scale, out_rows).flatten(1), self.o_proj)
         else:
             o = ops.attention(q, k, v, meta.cu_seqlens_q, meta.max_seqlen_q, scale, attn_blocks=meta.attn_blocks)
         o = o.reshape(n, -1)  # [N, H·Dh]
         return ops.linear(o if out_rows is None else o[out_rows], self.o_proj)  # [N or M, D]
 
 
-def _row_subset_attention(q, k, v, meta: AttentionMetadata, scale: float, out_rows: torch.Tensor) -> torch.Tensor:
-    """q [N, H, Dh], k/v [N, Hk, Dh], out_rows [M] int64 packed rows in any order -> [M, H, Dh]: the attention
-    outputs of those rows, each over all keys of its sequence, with the other queries never computed. The rows are
-    sorted into packed order (a query subset per sequence, ``ops.attention``'s ``cu_seqlens_k``), then put back."""
+def _row_subset_attention(q, k, v, meta: AttentionMetadata, cache: tuple, scale: float,
+                          out_rows: torch.Tensor) -> torch.Tensor:
+    """q [N, H, Dh], k/v [N, Hk, Dh], this layer's (k_cache, v_cache) or (None, None), out_rows [M] int64 packed rows
+    in any order -> [M, H, Dh]: the attention outputs of those rows, each over all keys of its sequence (cached ones
+    too), with the other queries never computed. The rows are sorted into packed order (a query subset per sequence,
+    ``ops.attention``'s ``cu_seqlens_k``), then put back."""
     rows, order = torch.sort(out_rows)  # [M] packed order, [M] where each came from
     cu_q = torch.searchsorted(rows, meta.cu_seqlens_q.to(rows.dtype)).to(torch.int32)  # [B+1] rows before each start
-    o = ops.attention(q[rows], k, v, cu_q, meta.max_seqlen_q, scale, cu_seqlens_k=meta.cu_seqlens_q)  # [M, H, Dh]
+    cached = (cache[0], cache[1], meta.block_table, meta.kv_lens, meta.new_offsets) if meta.reads_cache else ()
+    o = ops.attention(q[rows], k, v, cu_q, meta.max_seqlen_q, scale, *cached, cu_seqlens_k=meta.cu_seqlens_q)
     return torch.empty_like(o).index_copy_(0, order, o)  # [M, H, Dh] in out_rows' order
 
 

@@ -79,6 +79,29 @@ def test_attention_query_subset(dtype, splits):
                        tri.attention_fwd(q[rows], k, v, cu_q, max(lens), d ** -0.5, cu_seqlens_k=cu))
 
 
+@dtypes
+@pytest.mark.parametrize("loop", tri.LOOPS)
+@pytest.mark.parametrize("splits", [1, 3])
+def test_attention_query_subset_over_cache(dtype, splits, loop):
+    """A prefix-cache block step's new rows (block and suffix) with only some of them as queries, one sequence with
+    none: the new keys come from the rows of ``cu_seqlens_k``, the rest from the cache, as in the spec."""
+    lens, kv_lens, offs, h, hk, d, page = [9, 5, 12], [40, 21, 12], [31, 16, 0], 4, 1, 64, 16
+    q, k, v, cu = packed(lens, h, hk, d, dtype, seed=12)
+    kc, vc, table = paged_cache(kv_lens, hk, d, dtype, page, seed=13)
+    cache = (kc, vc, table, torch.tensor(kv_lens, **I32), torch.tensor(offs, **I32))
+    keep = [[0, 3, 8], [], [2, 11]]
+    rows = torch.tensor([s + i for s, r in zip(cu.tolist(), keep) for i in r], dtype=torch.int64, device=DEVICE)
+    cu_q = cu_seqlens([len(r) for r in keep])
+    out = tri.attention_fwd(q[rows], k, v, cu_q, max(lens), d ** -0.5, *cache, num_splits=splits, loop=loop,
+                            cu_seqlens_k=cu)
+    lp = ref.attention(q[rows], k, v, cu_q, max(lens), d ** -0.5, *cache, cu_seqlens_k=cu)
+    c64 = [t.double() if t.is_floating_point() else t for t in cache]
+    r64 = ref.attention(q[rows].double(), k.double(), v.double(), cu_q, max(lens), d ** -0.5, *c64, cu_seqlens_k=cu)
+    assert_fa_close(out, lp, r64, dtype, f"query subset over cache ({loop}, {splits} splits)")
+    full = ref.attention(q.double(), k.double(), v.double(), cu, max(lens), d ** -0.5, *c64)
+    torch.testing.assert_close(r64, full[rows], rtol=1e-12, atol=1e-12)
+
+
 CACHED = [  # (new lens, kv_lens, new_offsets, H, Hk, D, page)
     ([4, 1, 9], [40, 17, 9], [36, 16, 0], 4, 1, 64, 16),  # prefix cache, one empty prefix, GQA 4:1
     ([8, 5], [50, 21], [16, 8], 2, 2, 128, 16),  # dual cache: block in the middle, suffix cached

@@ -3,6 +3,7 @@ the reference attention reads each group in place, while logit rows, rules and p
 sequences they were given in."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from unmask import DiffusionParams
@@ -70,3 +71,32 @@ def test_plan_marks_exactly_the_masked_slots():
             assert torch.equal(plan.cand[b], want), (all_block_rows, b)
             assert bool(plan.cand[b].any())
         assert torch.equal(plan.row_slot, (plan.slot_pos.flatten() >= 0).nonzero()[:, 0])
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_cached_block_step_out_rows_are_the_full_rows(llm64, cache):
+    """A cached block step (the fast preset's) computes its logit rows' queries alone in the last layer: the rows equal
+    those of the same step's full forward (float64, to rounding), for packed sequences of different lengths."""
+    engine = llm64["dense"].engine
+    model, kv, mask = engine.model, engine.kv, llm64["dense"].model_config.mask_token_id
+    seqs = []
+    for i, n in enumerate([5, 9, 7]):
+        s = Sequence(Request(f"c{i}", tuple(range(1, n + 1)), DiffusionParams(max_tokens=8, block_length=4, cache=cache,
+                                                                                threshold=0.9)), mask, (94,), seed=i)
+        s.pages = kv.allocate(s.length)
+        seqs.append(s)
+    try:
+        with torch.inference_mode():
+            refresh = build_inputs(seqs, [StepKind.REFRESH] * 3, kv, torch.device("cpu"))
+            model(refresh.input_ids, refresh.positions, refresh.meta)  # writes every position's K/V
+            for s in seqs:
+                s.cache_valid = True
+                s.canvas[s.block_start] = 40 + s.prompt_len  # one committed block position: rows differ per sequence
+            step = build_inputs(seqs, [StepKind.BLOCK] * 3, kv, torch.device("cpu"))
+            assert step.meta.reads_cache
+            args = (step.input_ids, step.positions, step.meta)
+            full = model(*args)[step.logit_rows]
+            torch.testing.assert_close(model(*args, step.logit_rows), full, rtol=1e-12, atol=1e-12)
+    finally:
+        for s in seqs:
+            kv.free(s.pages)

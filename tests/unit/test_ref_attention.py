@@ -137,27 +137,36 @@ def _subset(lens: list[int], g: torch.Generator) -> tuple[list[int], torch.Tenso
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cached", [False, True], ids=["no_cache", "paged_cache"])
 @pytest.mark.parametrize("seed", range(6))
-def test_query_subset_equals_full_rows_and_is_batch_invariant(seed, dtype):
-    """A query subset (``cu_seqlens_k``): each row is the full call's row (fp64 to rounding) and each sequence's
-    rows are bit-identical to the subset call of that sequence alone."""
-    lens, _, _, _, q, k, v, _, _ = _case(200 + seed, dtype, cached=False)
+def test_query_subset_equals_full_rows_and_is_batch_invariant(seed, cached, dtype):
+    """A query subset (``cu_seqlens_k``: the new key rows of each sequence): each row is the full call's row (fp64 to
+    rounding) and each sequence's rows are bit-identical to the subset call of that sequence alone."""
+    lens, kv, off, table, q, k, v, kc, vc = _case(200 + seed, dtype, cached)
     counts, rows = _subset(lens, torch.Generator().manual_seed(seed))
     cu_q, cu_k = _cu(counts), _cu(lens)
-    got = ref.attention(q[rows], k, v, cu_q, max(lens), 0.3, cu_seqlens_k=cu_k)  # [M, H, D]
-    full = ref.attention(q, k, v, cu_k, max(lens), 0.3)
+
+    def run(qs, ks, cq, ck, b=None):  # the subset call over sequences b (all when None)
+        if not cached:
+            return ref.attention(qs, k[ks], v[ks], cq, max(lens), 0.3, cu_seqlens_k=ck)
+        pick = slice(None) if b is None else slice(b, b + 1)
+        return ref.attention(qs, k[ks], v[ks], cq, max(lens), 0.3, kc, vc, table[pick],
+                             torch.tensor(kv, dtype=torch.int32)[pick], torch.tensor(off, dtype=torch.int32)[pick],
+                             cu_seqlens_k=ck)
+
+    got = run(q[rows], slice(None), cu_q, cu_k)  # [M, H, D]
+    full = _run(lens, kv, off, table, q, k, v, kc, vc, cached)
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     torch.testing.assert_close(got, full[rows], rtol=tol, atol=tol)
     cq, ck = cu_q.tolist(), cu_k.tolist()
     for b in range(len(lens)):
         if counts[b]:
-            qs, ks = rows[cq[b]:cq[b + 1]], slice(ck[b], ck[b + 1])
-            alone = ref.attention(q[qs], k[ks], v[ks], _cu([counts[b]]), lens[b], 0.3, cu_seqlens_k=_cu([lens[b]]))
+            alone = run(q[rows[cq[b]:cq[b + 1]]], slice(ck[b], ck[b + 1]), _cu([counts[b]]), _cu([lens[b]]), b)
             assert torch.equal(alone, got[cq[b]:cq[b + 1]]), (b, counts, lens)
 
 
-def test_query_subset_refuses_caches_and_block_masks():
+def test_query_subset_refuses_block_masks():
     q, cu = torch.randn(3, H, D), _cu([3])
-    with pytest.raises(ValueError, match="cache-free"):
+    with pytest.raises(ValueError, match="bidirectional only"):
         ref.attention(q, q[:, :HK], q[:, :HK], cu, 3, 0.3, attn_blocks=torch.tensor([2], dtype=torch.int32),
                       cu_seqlens_k=cu)
