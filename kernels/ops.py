@@ -88,9 +88,9 @@ def attention(q, k, v, cu_seqlens_q, max_seqlen_q: int, scale: float, k_cache=No
     Spec: ``torch_ref.attention.attention``.
     """
     fn = backend.pick("attention", _attn.attention, q.device)
-    if cu_seqlens_k is not None:
+    if cu_seqlens_k is not None:  # attn_blocks passed on: a block-causal subset is refused there, not dropped
         return fn(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache, v_cache, block_table, kv_lens, new_offsets,
-                  cu_seqlens_k=cu_seqlens_k)
+                  attn_blocks, cu_seqlens_k=cu_seqlens_k)
     if attn_blocks is None:
         return fn(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache, v_cache, block_table, kv_lens, new_offsets)
     return fn(q, k, v, cu_seqlens_q, max_seqlen_q, scale, k_cache, v_cache, block_table, kv_lens, new_offsets,

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from unmask.kernels import ops
 from unmask.kernels.torch_ref import attention as ref
 
 H, HK, D, PAGE = 4, 2, 8, 4
@@ -165,8 +166,8 @@ def test_query_subset_equals_full_rows_and_is_batch_invariant(seed, cached, dtyp
             assert torch.equal(alone, got[cq[b]:cq[b + 1]]), (b, counts, lens)
 
 
-def test_query_subset_refuses_block_masks():
+@pytest.mark.parametrize("entry", [ref.attention, ops.attention], ids=["spec", "ops"])
+def test_query_subset_refuses_block_masks(entry):
     q, cu = torch.randn(3, H, D), _cu([3])
     with pytest.raises(ValueError, match="bidirectional only"):
-        ref.attention(q, q[:, :HK], q[:, :HK], cu, 3, 0.3, attn_blocks=torch.tensor([2], dtype=torch.int32),
-                      cu_seqlens_k=cu)
+        entry(q, q[:, :HK], q[:, :HK], cu, 3, 0.3, attn_blocks=torch.tensor([2], dtype=torch.int32), cu_seqlens_k=cu)
