@@ -8,6 +8,9 @@ import pytest
 from unmask.server.engine import host_memory
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+glibc_only = pytest.mark.skipif(not GLIBC, reason=(
+    "the policy tunes glibc's malloc only: with another C library retain_freed_host_memory() returns False and "
+    "leaves the allocator as it is (test_other_c_libraries_are_left_alone), so there is no retained heap to measure"))
 
 # A fresh process per setting: malloc's thresholds are process-wide and cannot be put back.
 ALLOC_PROBE = """
@@ -57,7 +60,7 @@ def _run(probe: str, setting: str) -> list[str]:
                           check=True).stdout.split()
 
 
-@pytest.mark.skipif(not GLIBC, reason="the policy tunes glibc's malloc; other C libraries are left as they are")
+@glibc_only
 def test_freed_activations_stay_in_the_heap():
     retained, released = (int(_run(ALLOC_PROBE, s)[0]) for s in ("on", "off"))
     # 5 cycles x 64 MiB = 81,920 pages if every cycle came back from the OS, which is what glibc does by default
@@ -66,7 +69,7 @@ def test_freed_activations_stay_in_the_heap():
     assert released > 65536, released
 
 
-@pytest.mark.skipif(not GLIBC, reason="the policy tunes glibc's malloc; other C libraries are left as they are")
+@glibc_only
 def test_engine_steps_touch_no_new_pages():
     faults, applied = _run(ENGINE_PROBE, "on")
     assert applied == "True"
@@ -95,3 +98,11 @@ def test_serve_flag_turns_it_off():
     add_serve_args(p)
     assert p.parse_args([]).retain_host_memory is True
     assert p.parse_args(["--no-retain-host-memory"]).retain_host_memory is False
+
+
+def test_other_c_libraries_are_left_alone(monkeypatch):
+    calls = []
+    monkeypatch.setattr(host_memory.ctypes, "CDLL", lambda *_: calls.append(1))
+    monkeypatch.setattr(host_memory.platform, "libc_ver", lambda: ("musl", "1.2"))
+    assert host_memory.retain_freed_host_memory() is False
+    assert calls == []  # malloc untouched
